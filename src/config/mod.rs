@@ -1,0 +1,415 @@
+//! Configuration: the TOML schema (this file) and its loading and validation
+//! (`load.rs`).
+//!
+//! The structs here are plain data with defaults in one place. Every table
+//! denies unknown keys so a typo is an error, not a silently ignored setting.
+//! Cross-field rules (a device on an unknown bus, overlapping points, ...) are
+//! checked in `load.rs`, which reports every problem with its line.
+
+mod load;
+
+pub use load::{Diagnostic, Diagnostics};
+
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_PATH: &str = "/etc/c2d-gateway/config.toml";
+
+/// A duration written as a human string: `"500ms"`, `"40s"`, `"10m"`, `"48h"`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub const fn secs(s: u64) -> Self {
+        Dur(Duration::from_secs(s))
+    }
+    pub const fn millis(ms: u64) -> Self {
+        Dur(Duration::from_millis(ms))
+    }
+}
+
+impl fmt::Debug for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl std::ops::Deref for Dur {
+    type Target = Duration;
+    fn deref(&self) -> &Duration {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (write e.g. \"500ms\", \"40s\", \"10m\")"
+            ))
+        })
+    }
+}
+
+/// A string that must never reach a log line or an error message.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    pub hub: HubConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub buses: BTreeMap<String, BusConfig>,
+    #[serde(default)]
+    pub devices: BTreeMap<String, DeviceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Where the sled journal lives.
+    pub state_dir: PathBuf,
+    /// `RUST_LOG`-style filter; the `RUST_LOG` environment variable wins.
+    pub log_level: Option<String>,
+    /// At most this many messages in the journal (final ones included, until pruned).
+    pub max_messages: usize,
+    /// At most this many bytes of message bodies in the journal.
+    pub max_bytes: u64,
+    /// How long a final outcome is kept to recognise a redelivered message id.
+    pub dedupe_window: Dur,
+    /// sled's page cache in bytes.
+    pub cache_capacity: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            state_dir: PathBuf::from("/var/lib/c2d-gateway"),
+            log_level: None,
+            max_messages: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+            dedupe_window: Dur::secs(48 * 3600),
+            cache_capacity: 4 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HubKind {
+    Azure,
+    Mqtt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// MQTT over TLS (port 8883 by default).
+    #[default]
+    Tls,
+    /// Plain MQTT over TCP: only allowed towards a loopback address.
+    Mqtt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Complete {
+    /// PUBACK once the device acknowledged (or the message failed for good).
+    #[default]
+    AfterDevice,
+    /// PUBACK as soon as the message is flushed to the journal.
+    AfterJournal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reports {
+    #[default]
+    All,
+    Failures,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    pub kind: HubKind,
+
+    // --- kind = "azure" ---
+    /// `HostName=...;DeviceId=...;SharedAccessKey=...` inline.
+    pub connection_string: Option<Secret>,
+    /// A file holding the connection string (first non-empty line).
+    pub connection_string_file: Option<PathBuf>,
+    #[serde(default)]
+    pub transport: Transport,
+    /// Override the port (default 8883 for TLS, 1883 for plain MQTT).
+    pub port: Option<u16>,
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    /// Lifetime of each SAS token; the link renews at 80 % of it.
+    #[serde(default = "default_sas_ttl")]
+    pub sas_ttl: Dur,
+
+    // --- kind = "mqtt" ---
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: Option<String>,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    /// Subscription pattern; `+` stands for the device name.
+    #[serde(default = "default_subscribe")]
+    pub subscribe: String,
+    /// Topic of result reports; `{device}` is replaced by the device name.
+    #[serde(default = "default_report_topic")]
+    pub report_topic: String,
+
+    // --- both ---
+    /// Trust this CA (PEM) in addition to the system store.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub complete: Complete,
+    #[serde(default = "default_handover_after")]
+    pub handover_after: Dur,
+    #[serde(default)]
+    pub reports: Reports,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: Dur,
+    /// Bodies larger than this are rejected (IoT Hub's limit is 64 KB).
+    #[serde(default = "default_max_body")]
+    pub max_body: usize,
+}
+
+fn default_api_version() -> String {
+    "2021-04-12".into()
+}
+fn default_sas_ttl() -> Dur {
+    Dur::secs(3600)
+}
+fn default_subscribe() -> String {
+    "gateway/+/c2d".into()
+}
+fn default_report_topic() -> String {
+    "gateway/{device}/result".into()
+}
+fn default_handover_after() -> Dur {
+    Dur::secs(40)
+}
+fn default_keep_alive() -> Dur {
+    Dur::secs(60)
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Application property naming the target device.
+    pub device_property: String,
+    /// Device used when the property is absent.
+    pub default_device: Option<String>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            device_property: "device".into(),
+            default_device: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BusKind {
+    ModbusRtu,
+    ModbusTcp,
+    Serial,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Parity {
+    #[default]
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Framing {
+    /// Body + `line_ending`; reply is one line.
+    #[default]
+    Line,
+    /// STX body ETX; reply is STX ... ETX.
+    StxEtx,
+    /// Body as is; reply is whatever arrives until the pattern matches.
+    Raw,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    pub kind: BusKind,
+    /// Serial device path (`modbus-rtu`, `serial`).
+    pub port: Option<PathBuf>,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    #[serde(default)]
+    pub parity: Parity,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// `host:port` (`modbus-tcp`).
+    pub address: Option<String>,
+    /// Every request on this bus is bounded by this.
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    // --- serial ---
+    #[serde(default)]
+    pub framing: Framing,
+    /// Appended to each body with `framing = "line"`.
+    #[serde(default = "default_line_ending")]
+    pub line_ending: String,
+    /// Regex a reply must match to count as an acknowledgement.
+    pub ack: Option<String>,
+    /// Regex a reply matches to count as a refusal (message rejected).
+    pub nack: Option<String>,
+    // --- circuit breaker ---
+    /// Consecutive timeouts after which a device is isolated.
+    #[serde(default = "default_breaker_after")]
+    pub breaker_after: u32,
+    /// Longest isolation of a dead device (it doubles from `timeout` up to this).
+    #[serde(default = "default_breaker_max")]
+    pub breaker_max: Dur,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_timeout() -> Dur {
+    Dur::secs(1)
+}
+fn default_line_ending() -> String {
+    "\n".into()
+}
+fn default_breaker_after() -> u32 {
+    3
+}
+fn default_breaker_max() -> Dur {
+    Dur::secs(60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub bus: String,
+    /// Modbus unit (slave) id, 0..=247; required on Modbus buses.
+    pub unit: Option<u8>,
+    /// Safe to send again after a crash mid-send (absolute writes are).
+    #[serde(default)]
+    pub idempotent: bool,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_max_age")]
+    pub max_age: Dur,
+    /// Accept raw `{"fc": ..}` bodies.
+    #[serde(default)]
+    pub allow_raw: bool,
+    #[serde(default)]
+    pub points: BTreeMap<String, PointConfig>,
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_max_age() -> Dur {
+    Dur::secs(600)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Table {
+    Coil,
+    Discrete,
+    Holding,
+    Input,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PointType {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    F32,
+}
+
+impl PointType {
+    /// Registers (or coils, for bool) the point occupies.
+    pub fn width(self) -> u16 {
+        match self {
+            PointType::Bool | PointType::U16 | PointType::I16 => 1,
+            PointType::U32 | PointType::I32 | PointType::F32 => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WordOrder {
+    /// High word first (Modbus convention).
+    #[default]
+    Big,
+    /// Low word first.
+    Little,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointConfig {
+    pub table: Table,
+    pub address: u16,
+    #[serde(rename = "type")]
+    pub ty: PointType,
+    #[serde(default)]
+    pub word_order: WordOrder,
+    /// Engineering value = raw * scale; a written value is divided by it.
+    pub scale: Option<f64>,
+    /// Limits on the engineering value, enforced before anything is sent.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}

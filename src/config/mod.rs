@@ -1,12 +1,17 @@
 //! Configuration: the TOML schema (this file) and its loading and validation
-//! (`load.rs`).
+//! (`load.rs`, `validate.rs`).
 //!
 //! The structs here are plain data with defaults in one place. Every table
 //! denies unknown keys so a typo is an error, not a silently ignored setting.
 //! Cross-field rules (a device on an unknown bus, overlapping points, ...) are
-//! checked in `load.rs`, which reports every problem with its line.
+//! checked in `validate.rs`; `load.rs` drives parsing and checking and
+//! reports every problem with its line. Tests of both are in `tests.rs`.
 
 mod load;
+mod validate;
+
+#[cfg(test)]
+mod tests;
 
 pub use load::{Diagnostic, Diagnostics};
 
@@ -48,9 +53,7 @@ impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?}: {e} (write e.g. \"500ms\", \"40s\", \"10m\")"
-            ))
+            serde::de::Error::custom(format!("invalid duration {s:?}: {e} (write e.g. \"500ms\", \"40s\", \"10m\")"))
         })
     }
 }
@@ -235,10 +238,7 @@ pub struct RoutingConfig {
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig {
-            device_property: "device".into(),
-            default_device: None,
-        }
+        RoutingConfig { device_property: "device".into(), default_device: None }
     }
 }
 

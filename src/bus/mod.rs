@@ -1,0 +1,63 @@
+//! Buses: one task owns each serial port or Modbus TCP endpoint and is the
+//! only one that talks on it. The pipeline hands it jobs; it reports each
+//! message's final outcome back.
+
+pub mod modbus;
+pub mod port;
+pub mod schedule;
+pub mod serial;
+pub mod worker;
+
+use crate::message::Outcome;
+use crate::router::modbus::Write;
+use tokio::time::Instant;
+
+/// What to do on the wire for one message.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Modbus(Vec<Write>),
+    Serial(Vec<u8>),
+}
+
+/// One message handed to a bus worker.
+#[derive(Debug)]
+pub struct Job {
+    pub seq: u64,
+    pub id: String,
+    pub device: String,
+    pub unit: u8,
+    pub idempotent: bool,
+    pub request: Request,
+    /// Give up at this moment, with this reason (`$.exp` or `max_age`).
+    pub deadline: Option<(Instant, String)>,
+    pub max_attempts: u32,
+    /// Attempts already made (from the journal: they survive restarts).
+    pub attempts: u32,
+    /// Modbus writes of this message already acknowledged.
+    pub progress: usize,
+    /// What the acknowledged writes did (for the report).
+    pub acked: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+/// A message a bus worker has finished with.
+#[derive(Debug)]
+pub struct Done {
+    pub seq: u64,
+    pub device: String,
+    pub outcome: Outcome,
+    pub attempts: u32,
+}
+
+/// How one attempt on the wire ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wire {
+    /// The device acknowledged; the detail says what was done.
+    Acked(String),
+    /// The device refused (exception, nack, wrong echo): final.
+    Refused(String),
+    /// Nothing was written: safe to try again, whatever the device.
+    NotSent(String),
+    /// Written, but no valid confirmation came back (`timeout` tells the breaker).
+    Unconfirmed { reason: String, timeout: bool },
+}

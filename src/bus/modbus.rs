@@ -1,0 +1,212 @@
+//! Modbus RTU and TCP on the wire, one request at a time, every request under
+//! a timeout. The echo of each write is checked here (tokio-modbus only
+//! `debug_assert`s it), an exception is a refusal, and a connection that
+//! failed is rebuilt before the next request.
+
+use super::port::{Counted, Opener};
+use super::Wire;
+use crate::router::modbus::Write;
+use std::borrow::Cow;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_modbus::client::{Client, Context};
+use tokio_modbus::prelude::SlaveContext;
+use tokio_modbus::{ExceptionCode, Request, Response, Slave};
+
+pub enum Target {
+    Tcp { address: String },
+    Rtu { opener: Opener, gap: Duration },
+}
+
+struct Conn {
+    ctx: Context,
+    written: Arc<AtomicU64>,
+    /// A duplicate of the TCP socket, only peeked at to see whether the
+    /// server closed the connection while it was idle.
+    peek: Option<std::net::TcpStream>,
+}
+
+pub struct ModbusLink {
+    target: Target,
+    conn: Option<Conn>,
+    timeout: Duration,
+    last_frame_end: Option<Instant>,
+}
+
+pub fn exception_name(code: ExceptionCode) -> String {
+    let name = match code {
+        ExceptionCode::IllegalFunction => "illegal function",
+        ExceptionCode::IllegalDataAddress => "illegal data address",
+        ExceptionCode::IllegalDataValue => "illegal data value",
+        ExceptionCode::ServerDeviceFailure => "server device failure",
+        ExceptionCode::Acknowledge => "acknowledge",
+        ExceptionCode::ServerDeviceBusy => "server device busy",
+        ExceptionCode::MemoryParityError => "memory parity error",
+        ExceptionCode::GatewayPathUnavailable => "gateway path unavailable",
+        ExceptionCode::GatewayTargetDevice => "gateway target device failed to respond",
+        ExceptionCode::Custom(_) => "non-standard exception",
+    };
+    format!("{name} (exception {:#04x})", u8::from(code))
+}
+
+fn to_request(w: &Write) -> Request<'_> {
+    match w {
+        Write::SingleCoil { address, value } => Request::WriteSingleCoil(*address, *value),
+        Write::SingleRegister { address, value } => Request::WriteSingleRegister(*address, *value),
+        Write::MultipleCoils { address, values } => Request::WriteMultipleCoils(*address, Cow::Borrowed(values)),
+        Write::MultipleRegisters { address, values } => {
+            Request::WriteMultipleRegisters(*address, Cow::Borrowed(values))
+        }
+    }
+}
+
+/// Whether the response is the echo the Modbus spec requires for this write.
+fn echo_matches(w: &Write, r: &Response) -> bool {
+    match (w, r) {
+        (Write::SingleCoil { address, value }, Response::WriteSingleCoil(a, v)) => a == address && v == value,
+        (Write::SingleRegister { address, value }, Response::WriteSingleRegister(a, v)) => a == address && v == value,
+        (Write::MultipleCoils { address, values }, Response::WriteMultipleCoils(a, n)) => {
+            a == address && usize::from(*n) == values.len()
+        }
+        (Write::MultipleRegisters { address, values }, Response::WriteMultipleRegisters(a, n)) => {
+            a == address && usize::from(*n) == values.len()
+        }
+        _ => false,
+    }
+}
+
+impl ModbusLink {
+    pub fn new(target: Target, timeout: Duration) -> Self {
+        ModbusLink { target, conn: None, timeout, last_frame_end: None }
+    }
+
+    /// Makes sure a connection is up. An error means nothing was sent.
+    pub async fn connect(&mut self) -> Result<(), String> {
+        if let Some(c) = &self.conn {
+            if let Some(peek) = &c.peek {
+                let mut b = [0u8; 1];
+                let alive = matches!(peek.peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+                if !alive {
+                    // Closed by the server, or stale bytes of an earlier
+                    // exchange: start afresh so replies line up again.
+                    self.conn = None;
+                }
+            }
+        }
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let t = self.timeout;
+        let conn = match &mut self.target {
+            Target::Tcp { address } => {
+                let s = timeout(t, TcpStream::connect(address.as_str()))
+                    .await
+                    .map_err(|_| format!("connecting to {address} timed out after {t:?}"))?
+                    .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+                let _ = s.set_nodelay(true);
+                let std = s.into_std().map_err(|e| e.to_string())?;
+                let peek = std.try_clone().ok();
+                let s = TcpStream::from_std(std).map_err(|e| e.to_string())?;
+                let (counted, written) = Counted::new(s);
+                Conn { ctx: tokio_modbus::client::tcp::attach(counted), written, peek }
+            }
+            Target::Rtu { opener, .. } => {
+                let port = opener().map_err(|e| e.to_string())?;
+                let (counted, written) = Counted::new(port);
+                Conn { ctx: tokio_modbus::client::rtu::attach(counted), written, peek: None }
+            }
+        };
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Performs one write on unit `unit`. Call [`ModbusLink::connect`] first.
+    pub async fn write(&mut self, unit: u8, w: &Write) -> Wire {
+        if let Err(e) = self.connect().await {
+            return Wire::NotSent(e);
+        }
+        if let (Target::Rtu { gap, .. }, Some(end)) = (&self.target, self.last_frame_end) {
+            sleep_until(end + *gap).await;
+        }
+        let is_tcp = matches!(self.target, Target::Tcp { .. });
+        let conn = self.conn.as_mut().expect("connected above");
+        let before = conn.written.load(Ordering::Relaxed);
+        conn.ctx.set_slave(Slave(unit));
+        let what = format!("unit {unit}: {}", w.describe());
+        let result = timeout(self.timeout, conn.ctx.call(to_request(w))).await;
+        let wrote = conn.written.load(Ordering::Relaxed) > before;
+        self.last_frame_end = Some(Instant::now());
+        let t = self.timeout;
+        match result {
+            Err(_) => {
+                // TCP: a late reply would arrive on the next exchange, so
+                // start a new connection. RTU: tokio-modbus clears its buffer
+                // before each request, and reopening a port costs more than it helps.
+                if is_tcp {
+                    self.conn = None;
+                }
+                if wrote {
+                    Wire::Unconfirmed { reason: format!("no reply from {what} within {t:?}"), timeout: true }
+                } else {
+                    Wire::NotSent(format!("could not send to {what} within {t:?}"))
+                }
+            }
+            Ok(Err(tokio_modbus::Error::Transport(e))) => {
+                self.conn = None;
+                if wrote {
+                    let timeout = e.kind() != io::ErrorKind::InvalidData;
+                    let reason = if timeout {
+                        format!("connection failed after sending to {what}: {e}")
+                    } else {
+                        format!("unreadable reply from {what}: {e}")
+                    };
+                    Wire::Unconfirmed { reason, timeout: false }
+                } else {
+                    Wire::NotSent(format!("could not send to {what}: {e}"))
+                }
+            }
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
+                self.conn = None;
+                Wire::Refused(format!("{what}: the reply does not match the request ({e})"))
+            }
+            Ok(Ok(Err(exc))) => Wire::Refused(format!("{what}: device answered {}", exception_name(exc))),
+            Ok(Ok(Ok(resp))) => {
+                if echo_matches(w, &resp) {
+                    Wire::Acked(w.describe())
+                } else {
+                    Wire::Refused(format!("{what}: the device's echo {resp:?} does not match the write"))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_checks_address_value_and_count() {
+        let w = Write::SingleRegister { address: 100, value: 7 };
+        assert!(echo_matches(&w, &Response::WriteSingleRegister(100, 7)));
+        assert!(!echo_matches(&w, &Response::WriteSingleRegister(100, 8)));
+        assert!(!echo_matches(&w, &Response::WriteSingleRegister(101, 7)));
+        let w = Write::MultipleRegisters { address: 10, values: vec![1, 2] };
+        assert!(echo_matches(&w, &Response::WriteMultipleRegisters(10, 2)));
+        assert!(!echo_matches(&w, &Response::WriteMultipleRegisters(10, 1)));
+        assert!(!echo_matches(&w, &Response::WriteSingleRegister(10, 1)));
+        let w = Write::SingleCoil { address: 7, value: true };
+        assert!(echo_matches(&w, &Response::WriteSingleCoil(7, true)));
+        assert!(!echo_matches(&w, &Response::WriteSingleCoil(7, false)));
+    }
+
+    #[test]
+    fn exceptions_are_named() {
+        assert_eq!(exception_name(ExceptionCode::IllegalDataAddress), "illegal data address (exception 0x02)");
+        assert_eq!(exception_name(ExceptionCode::Custom(0x42)), "non-standard exception (exception 0x42)");
+    }
+}

@@ -1,0 +1,227 @@
+//! The task that owns one bus. It takes jobs from the pipeline, lets the
+//! scheduler pick the next one, marks it `sending` in the journal (flushed
+//! first when a repeat would matter), puts it on the wire, and reports the
+//! final outcome. Only this task touches the port or connection.
+
+use super::modbus::ModbusLink;
+use super::schedule::{Scheduler, Verdict};
+use super::serial::SerialLink;
+use super::{Done, Job, Request, Wire};
+use crate::journal::Journal;
+use crate::message::{Outcome, State};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+
+pub enum Link {
+    Modbus(ModbusLink),
+    Serial(SerialLink),
+}
+
+impl Link {
+    async fn connect(&mut self) -> Result<(), String> {
+        match self {
+            Link::Modbus(l) => l.connect().await,
+            Link::Serial(l) => l.connect().await,
+        }
+    }
+}
+
+/// Handle the pipeline keeps for each bus.
+pub struct BusHandle {
+    pub jobs: mpsc::UnboundedSender<Job>,
+    pub task: JoinHandle<()>,
+}
+
+pub struct BusSettings {
+    pub timeout: Duration,
+    pub breaker_after: u32,
+    pub breaker_max: Duration,
+}
+
+/// Starts the worker of bus `name`.
+pub fn spawn(
+    name: String,
+    link: Link,
+    settings: BusSettings,
+    journal: Journal,
+    done: mpsc::UnboundedSender<Done>,
+    shutdown: watch::Receiver<bool>,
+) -> BusHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sched = Scheduler::new(settings.timeout, settings.breaker_after, settings.breaker_max);
+    let task = tokio::spawn(run(name, link, sched, rx, journal, done, shutdown));
+    BusHandle { jobs: tx, task }
+}
+
+enum Step {
+    Final(Outcome),
+    Retry { timeout: bool },
+}
+
+async fn run(
+    name: String,
+    mut link: Link,
+    mut sched: Scheduler<Job>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    journal: Journal,
+    done: mpsc::UnboundedSender<Done>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let sweep_every = Duration::from_millis(500);
+    let mut sweep_at = Instant::now() + sweep_every;
+    loop {
+        while let Ok(job) = rx.try_recv() {
+            let dev = job.device.clone();
+            sched.push(&dev, job);
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        let now = Instant::now();
+        if now >= sweep_at {
+            for job in sched.sweep(|j| j.deadline.as_ref().is_some_and(|(at, _)| *at <= now)) {
+                let outcome = Outcome::expired(expiry_detail(&job));
+                finish(&done, job, outcome);
+            }
+            sweep_at = now + sweep_every;
+        }
+        if let Some((dev, job)) = sched.next_ready(now) {
+            let dev = dev.to_string();
+            let step = attempt(&mut link, &journal, job).await;
+            let verdict = match &step {
+                Step::Final(_) => Verdict::Done,
+                Step::Retry { timeout } => Verdict::Retry { timeout: *timeout },
+            };
+            let popped = sched.record(&dev, verdict, Instant::now(), fastrand::f64());
+            match (step, popped) {
+                (Step::Final(outcome), Some(job)) => finish(&done, job, outcome),
+                (Step::Retry { timeout }, None) => {
+                    if timeout && sched.is_isolated(&dev) {
+                        tracing::warn!(bus = %name, device = %dev, "device keeps timing out: isolated by the circuit breaker, other devices on the bus go on");
+                    }
+                }
+                _ => unreachable!("the scheduler pops exactly on Done"),
+            }
+            continue;
+        }
+        let wake = sched.next_wake().map_or(sweep_at, |w| w.min(sweep_at));
+        tokio::select! {
+            job = rx.recv() => match job {
+                Some(job) => { let dev = job.device.clone(); sched.push(&dev, job); }
+                None => break,
+            },
+            _ = sleep_until(wake) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    tracing::debug!(bus = %name, left = sched.len(), "bus worker stopped");
+}
+
+fn finish(done: &mpsc::UnboundedSender<Done>, job: Job, outcome: Outcome) {
+    let _ = done.send(Done { seq: job.seq, device: job.device, outcome, attempts: job.attempts });
+}
+
+fn expiry_detail(job: &Job) -> String {
+    let why = job.deadline.as_ref().map_or("expired", |(_, why)| why.as_str());
+    match &job.last_error {
+        Some(e) => format!("{why} before delivery after {} attempts; last error: {e}", job.attempts),
+        None => format!("{why} before delivery"),
+    }
+}
+
+/// One try of the job at the head of its device's queue.
+async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job) -> Step {
+    if job.deadline.as_ref().is_some_and(|(at, _)| Instant::now() >= *at) {
+        return Step::Final(Outcome::expired(expiry_detail(job)));
+    }
+    if job.attempts >= job.max_attempts {
+        let last = job.last_error.as_deref().unwrap_or("none");
+        return Step::Final(Outcome::expired(format!("gave up after {} attempts; last error: {last}", job.attempts)));
+    }
+    // Connecting sends nothing: its failures cost no attempt.
+    if let Err(e) = link.connect().await {
+        job.last_error = Some(e);
+        return Step::Retry { timeout: false };
+    }
+    if let Err(e) = journal.mark_sending(job.seq) {
+        tracing::error!(message_id = %job.id, error = %e, "cannot record `sending` in the journal: not sending");
+        job.last_error = Some(e.to_string());
+        return Step::Retry { timeout: false };
+    }
+    if !job.idempotent {
+        // A crash after this point must find `sending` and report
+        // `uncertain` rather than send the command a second time.
+        if let Err(e) = journal.flush().await {
+            tracing::error!(message_id = %job.id, error = %e, "cannot flush `sending` to the journal: not sending");
+            job.last_error = Some(e.to_string());
+            requeue(journal, job);
+            return Step::Retry { timeout: false };
+        }
+    }
+    job.attempts += 1;
+    let wire = match (&job.request, &mut *link) {
+        (Request::Modbus(writes), Link::Modbus(l)) => {
+            let mut last = Wire::Acked(String::new());
+            while job.progress < writes.len() {
+                last = l.write(job.unit, &writes[job.progress]).await;
+                match &last {
+                    Wire::Acked(d) => {
+                        job.acked.push(d.clone());
+                        job.progress += 1;
+                    }
+                    _ => break,
+                }
+            }
+            match last {
+                Wire::Acked(_) => Wire::Acked(job.acked.join("; ")),
+                other => other,
+            }
+        }
+        (Request::Serial(body), Link::Serial(l)) => l.send(body).await,
+        _ => Wire::Refused("this kind of request cannot go on this kind of bus".into()),
+    };
+    match wire {
+        Wire::Acked(detail) => Step::Final(Outcome::delivered(detail)),
+        Wire::Refused(why) => Step::Final(Outcome::rejected(partial(job, why))),
+        Wire::NotSent(why) => {
+            job.last_error = Some(why);
+            requeue(journal, job);
+            Step::Retry { timeout: false }
+        }
+        Wire::Unconfirmed { reason, timeout } => {
+            if job.idempotent {
+                job.last_error = Some(reason);
+                requeue(journal, job);
+                Step::Retry { timeout }
+            } else {
+                Step::Final(Outcome::uncertain(partial(
+                    job,
+                    format!("{reason}; not sent again because device {} is not idempotent", job.device),
+                )))
+            }
+        }
+    }
+}
+
+/// Prefixes what was already done when a multi-write message stops midway.
+fn partial(job: &Job, why: String) -> String {
+    if job.acked.is_empty() {
+        why
+    } else {
+        format!("{why} (already written: {})", job.acked.join("; "))
+    }
+}
+
+/// Back to `queued` after an attempt that will be retried (not flushed: a
+/// crash before the next flush leaves `sending`, which errs on the safe side).
+fn requeue(journal: &Journal, job: &Job) {
+    if let Err(e) = journal.update(job.seq, |e| {
+        if e.state == State::Sending {
+            e.state = State::Queued;
+        }
+    }) {
+        tracing::error!(message_id = %job.id, error = %e, "journal update failed");
+    }
+}

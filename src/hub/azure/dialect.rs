@@ -1,0 +1,146 @@
+//! IoT Hub's MQTT dialect wired to the link: credentials (connection string
+//! from config, file, environment or systemd credential), SAS tokens with
+//! renewal, the devicebound topic in, the events topic out.
+
+use super::connstr::{self, ConnectionString};
+use super::{propbag, sas};
+use crate::config::{Config, Transport};
+use crate::hub::{is_loopback, tls, HubError};
+use crate::message::{unix_ms, Inbound};
+use rumqttc::MqttOptions;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const ENV_CONNECTION_STRING: &str = "C2D_GATEWAY_CONNECTION_STRING";
+
+pub struct AzureDialect {
+    cs: ConnectionString,
+    api_version: String,
+    transport: Transport,
+    port: u16,
+    ca_file: Option<PathBuf>,
+    sas_ttl: Duration,
+    keep_alive: Duration,
+    device_property: String,
+    max_body: usize,
+}
+
+/// Where the connection string comes from, in order: inline, file, the
+/// environment, then systemd's `$CREDENTIALS_DIRECTORY/connection-string`.
+pub fn load_connection_string(cfg: &Config) -> Result<ConnectionString, HubError> {
+    let text = if let Some(s) = &cfg.hub.connection_string {
+        s.expose().to_string()
+    } else if let Some(path) = &cfg.hub.connection_string_file {
+        read_secret_file(path)?
+    } else if let Ok(s) = std::env::var(ENV_CONNECTION_STRING) {
+        s
+    } else if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        read_secret_file(&Path::new(&dir).join("connection-string"))?
+    } else {
+        return Err(HubError::Config(format!(
+            "no connection string: set hub.connection_string_file (or hub.connection_string), \
+             the environment variable {ENV_CONNECTION_STRING}, or a systemd credential named connection-string"
+        )));
+    };
+    connstr::parse(text.trim()).map_err(|e| HubError::Config(format!("connection string: {e}")))
+}
+
+fn read_secret_file(path: &Path) -> Result<String, HubError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| HubError::Config(format!("cannot read {}: {e}", path.display())))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .ok_or_else(|| HubError::Config(format!("{} holds no connection string", path.display())))
+}
+
+impl AzureDialect {
+    pub fn from_config(cfg: &Config) -> Result<Self, HubError> {
+        let cs = load_connection_string(cfg)?;
+        let hub = &cfg.hub;
+        if hub.transport == Transport::Mqtt && !is_loopback(&cs.host_name) {
+            return Err(HubError::Config(format!(
+                "transport = \"mqtt\" (no TLS) is only allowed for a hub on this machine, not {}",
+                cs.host_name
+            )));
+        }
+        let port = hub.port.unwrap_or(match hub.transport {
+            Transport::Tls => 8883,
+            Transport::Mqtt => 1883,
+        });
+        Ok(AzureDialect {
+            cs,
+            api_version: hub.api_version.clone(),
+            transport: hub.transport,
+            port,
+            ca_file: hub.ca_file.clone(),
+            sas_ttl: *hub.sas_ttl,
+            keep_alive: *hub.keep_alive,
+            device_property: cfg.routing.device_property.clone(),
+            max_body: hub.max_body,
+        })
+    }
+
+    pub fn device_id(&self) -> &str {
+        &self.cs.device_id
+    }
+
+    pub fn mqtt_options(&self) -> Result<MqttOptions, HubError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let expiry = now + self.sas_ttl.as_secs().max(60);
+        let token = sas::token(&self.cs.resource(), self.cs.key.expose(), expiry, None)
+            .map_err(|e| HubError::Config(format!("SAS token: {e}")))?;
+        let mut o = MqttOptions::new(self.cs.client_id(), self.cs.host_name.clone(), self.port);
+        o.set_credentials(self.cs.username(&self.api_version), token.expose().to_string());
+        super::super::mqtt::common_options(&mut o, self.keep_alive);
+        if self.transport == Transport::Tls {
+            o.set_transport(tls::transport(self.ca_file.as_deref())?);
+        }
+        Ok(o)
+    }
+
+    /// Renew at 80 % of the token's life (the C SDK's choice).
+    pub fn renew_after(&self) -> Duration {
+        self.sas_ttl.max(Duration::from_secs(60)).mul_f64(0.8)
+    }
+
+    pub fn subscription(&self) -> String {
+        propbag::devicebound_filter(&self.cs.device_id)
+    }
+
+    pub fn inbound(&self, topic: &str, payload: &[u8]) -> Option<Inbound> {
+        let prefix = format!("devices/{}/messages/devicebound/", self.cs.device_id);
+        if !topic.starts_with(&prefix) {
+            return None;
+        }
+        let mut m = Inbound { body: payload.to_vec(), ..Inbound::default() };
+        match propbag::parse_devicebound(topic, &self.cs.device_id) {
+            Ok(p) => {
+                m.id = p.message_id.filter(|s| !s.is_empty());
+                m.correlation_id = p.correlation_id;
+                m.expires_at = p.expiry.map(unix_ms);
+                m.device = p.app.iter().find(|(k, _)| *k == self.device_property).and_then(|(_, v)| v.clone());
+            }
+            Err(e) => m.reject = Some(format!("malformed devicebound topic: {e}")),
+        }
+        if m.reject.is_none() && payload.len() > self.max_body {
+            m.reject = Some(format!("body of {} bytes exceeds max_body = {}", payload.len(), self.max_body));
+        }
+        Some(m)
+    }
+
+    pub fn report_topic(&self, message_id: &str, status: &str) -> String {
+        let props = [
+            ("$.cid".to_string(), Some(message_id.to_string())),
+            ("$.ct".to_string(), Some("application/json".to_string())),
+            ("$.ce".to_string(), Some("utf-8".to_string())),
+            ("c2d-status".to_string(), Some(status.to_string())),
+        ];
+        propbag::events_topic(&self.cs.device_id, &props)
+    }
+
+    pub fn describe(&self) -> String {
+        format!("IoT Hub {}:{} as device {}", self.cs.host_name, self.port, self.cs.device_id)
+    }
+}

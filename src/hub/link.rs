@@ -1,0 +1,236 @@
+//! The hub link: the one task that owns the MQTT connection.
+//!
+//! It reconnects with exponential back-off and jitter (1 s doubling to 60 s),
+//! subscribes again after every CONNACK, renews credentials by reconnecting
+//! before the SAS token expires, and numbers connections (generations) so a
+//! PUBACK is only ever sent on the connection its PUBLISH came from: an ack
+//! for an older connection is dropped, and the hub's redelivery is
+//! deduplicated by the journal instead. Acks are never sent on their own:
+//! rumqttc runs with manual acks and only this task calls it.
+
+use super::{Dialect, HubCommand, HubEvent};
+use rumqttc::{AsyncClient, ConnectionError, Event, Packet, Publish, QoS};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep, sleep_until, Instant};
+
+/// Exponential back-off with jitter: 1 s doubling to 60 s, each wait drawn
+/// in [50 %, 100 %] of its step.
+pub fn reconnect_delay(failures: u32, jitter: f64) -> Duration {
+    let step = Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60));
+    step.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// Spots two processes with one identity kicking each other off: several
+/// connections in a row that each lived only a short time.
+#[derive(Debug, Default)]
+pub struct KickDetector {
+    short_lived: u32,
+}
+
+impl KickDetector {
+    pub const SHORT: Duration = Duration::from_secs(10);
+    pub const THRESHOLD: u32 = 3;
+
+    /// Records how long a connection lived; true when it looks like a kick loop.
+    pub fn record(&mut self, lived: Duration) -> bool {
+        if lived < Self::SHORT {
+            self.short_lived += 1;
+        } else {
+            self.short_lived = 0;
+        }
+        self.short_lived >= Self::THRESHOLD
+    }
+}
+
+fn ack_packet(pkid: u16) -> Publish {
+    let mut p = Publish::new("", QoS::AtLeastOnce, Vec::<u8>::new());
+    p.pkid = pkid;
+    p
+}
+
+pub async fn run(
+    dialect: Dialect,
+    events: mpsc::Sender<HubEvent>,
+    mut commands: mpsc::UnboundedReceiver<HubCommand>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut failures: u32 = 0;
+    let opts = loop {
+        match dialect.mqtt_options() {
+            Ok(o) => break o,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the hub connection settings");
+                failures += 1;
+                tokio::select! {
+                    _ = sleep(reconnect_delay(failures, fastrand::f64())) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    };
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let mut generation: u64 = 0;
+    let mut connected_at: Option<Instant> = None;
+    let mut renew_at: Option<Instant> = None;
+    let mut outbox: VecDeque<HubCommand> = VecDeque::new();
+    let mut kicks = KickDetector::default();
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    tracing::info!(hub = %dialect.describe(), "connecting to the hub");
+
+    loop {
+        // Hand what we can to rumqttc; stop at the first full channel so
+        // order is kept (acks must go in arrival order).
+        if connected_at.is_some() {
+            while let Some(cmd) = outbox.pop_front() {
+                let r = match &cmd {
+                    HubCommand::Ack { generation: g, pkid } => {
+                        if *g != generation {
+                            tracing::debug!(pkid, "dropping an ack of an earlier connection; the hub will redeliver");
+                            continue;
+                        }
+                        client.try_ack(&ack_packet(*pkid))
+                    }
+                    HubCommand::Publish { topic, payload } => {
+                        client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
+                    }
+                };
+                if r.is_err() {
+                    outbox.push_front(cmd);
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => {
+                // Last acks and reports first, then DISCONNECT, in that order.
+                while let Ok(cmd) = commands.try_recv() { outbox.push_back(cmd); }
+                if connected_at.is_some() {
+                    for cmd in outbox.drain(..) {
+                        let _ = match cmd {
+                            HubCommand::Ack { generation: g, pkid } if g == generation => client.try_ack(&ack_packet(pkid)),
+                            HubCommand::Publish { topic, payload } => client.try_publish(topic, QoS::AtLeastOnce, false, payload),
+                            HubCommand::Ack { .. } => Ok(()),
+                        };
+                    }
+                }
+                let _ = client.try_disconnect();
+                // Let the DISCONNECT (and anything queued before it) go out.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Ok(ev) = eventloop.poll().await {
+                        if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) { break; }
+                    }
+                }).await;
+                return;
+            }
+            cmd = commands.recv(), if connected_at.is_some() && outbox.len() < 1024 => match cmd {
+                Some(cmd) => outbox.push_back(cmd),
+                None => return,
+            },
+            _ = sleep_until(renew_at.unwrap_or(far)), if renew_at.is_some() && connected_at.is_some() => {
+                tracing::info!("renewing the SAS token: reconnecting with a new one");
+                match dialect.mqtt_options() {
+                    Ok(fresh) => {
+                        if let Some(login) = fresh.credentials() {
+                            eventloop.mqtt_options.set_credentials(login.username, login.password);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot renew credentials"),
+                }
+                eventloop.clean();
+                eventloop.state.events.clear();
+                connected_at = None;
+                renew_at = None;
+                let _ = events.send(HubEvent::Disconnected { generation }).await;
+            }
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    generation += 1;
+                    connected_at = Some(Instant::now());
+                    renew_at = dialect.renew_after().map(|d| Instant::now() + d);
+                    tracing::info!(generation, session_present = ack.session_present, "connected to the hub");
+                    for topic in dialect.subscriptions() {
+                        if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                            tracing::error!(%topic, error = %e, "cannot subscribe");
+                        }
+                    }
+                    if events.send(HubEvent::Connected { generation }).await.is_err() { return; }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let pkid = if p.qos == QoS::AtMostOnce { 0 } else { p.pkid };
+                    match dialect.inbound(&p.topic, &p.payload) {
+                        Some(inbound) => {
+                            if events.send(HubEvent::Message { generation, pkid, inbound }).await.is_err() { return; }
+                        }
+                        None => {
+                            tracing::warn!(topic = %p.topic, "PUBLISH on a topic that is not a C2D topic: acknowledged and ignored");
+                            if pkid != 0 { outbox.push_back(HubCommand::Ack { generation, pkid }); }
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(s))) => {
+                    if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                        tracing::error!("the hub refused the C2D subscription");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Events read from the dead connection must not surface
+                    // after the next CONNACK: their packet ids are stale.
+                    eventloop.state.events.clear();
+                    if let Some(at) = connected_at.take() {
+                        renew_at = None;
+                        let lived = at.elapsed();
+                        if events.send(HubEvent::Disconnected { generation }).await.is_err() { return; }
+                        if kicks.record(lived) {
+                            tracing::error!(lived_ms = lived.as_millis() as u64, "the hub keeps dropping the connection shortly after it is made: is another gateway or device connected with the same identity? Backing off");
+                        }
+                        failures = if lived > KickDetector::SHORT { 0 } else { failures };
+                    }
+                    failures += 1;
+                    let wait = reconnect_delay(failures, fastrand::f64());
+                    log_connection_error(&e, wait);
+                    tokio::select! {
+                        _ = sleep(wait) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn log_connection_error(e: &ConnectionError, wait: Duration) {
+    let wait_ms = wait.as_millis() as u64;
+    match e {
+        ConnectionError::ConnectionRefused(code) => {
+            tracing::error!(?code, wait_ms, "the hub refused the connection (check the device id, key or password)")
+        }
+        other => tracing::warn!(error = %other, wait_ms, "hub connection lost or failed; reconnecting"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff_doubles_to_a_minute() {
+        assert_eq!(reconnect_delay(1, 1.0), Duration::from_secs(1));
+        assert_eq!(reconnect_delay(2, 1.0), Duration::from_secs(2));
+        assert_eq!(reconnect_delay(6, 1.0), Duration::from_secs(32));
+        assert_eq!(reconnect_delay(7, 1.0), Duration::from_secs(60));
+        assert_eq!(reconnect_delay(50, 1.0), Duration::from_secs(60));
+        assert_eq!(reconnect_delay(3, 0.0), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn kick_loop_needs_several_short_connections_in_a_row() {
+        let mut k = KickDetector::default();
+        assert!(!k.record(Duration::from_secs(1)));
+        assert!(!k.record(Duration::from_secs(2)));
+        assert!(k.record(Duration::from_secs(1)));
+        assert!(!k.record(Duration::from_secs(600)), "a long connection resets it");
+    }
+}

@@ -1,0 +1,129 @@
+//! The hub side: one connection (IoT Hub's MQTT dialect or any MQTT broker),
+//! owned by one task (`link.rs`). The dialects turn a PUBLISH into an
+//! [`Inbound`] message and say where result reports go.
+
+pub mod azure;
+pub mod link;
+pub mod mqtt;
+pub mod tls;
+
+use crate::config::{Config, HubKind};
+use crate::message::Inbound;
+use rumqttc::MqttOptions;
+use std::time::Duration;
+
+/// What the link tells the pipeline.
+#[derive(Debug)]
+pub enum HubEvent {
+    /// CONNACK received; acks are only valid for this generation.
+    Connected {
+        generation: u64,
+    },
+    Disconnected {
+        generation: u64,
+    },
+    /// A C2D message; `pkid` 0 = QoS 0 (nothing to acknowledge).
+    Message {
+        generation: u64,
+        pkid: u16,
+        inbound: Inbound,
+    },
+}
+
+/// What the pipeline asks of the link.
+#[derive(Debug)]
+pub enum HubCommand {
+    /// PUBACK packet `pkid` of connection `generation` (dropped if stale).
+    Ack { generation: u64, pkid: u16 },
+    /// Publish QoS 1 (result reports, telemetry).
+    Publish { topic: String, payload: Vec<u8> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("hub configuration: {0}")]
+    Config(String),
+}
+
+/// The two dialects behind one face.
+pub enum Dialect {
+    Azure(azure::dialect::AzureDialect),
+    Mqtt(mqtt::MqttDialect),
+}
+
+impl Dialect {
+    pub fn from_config(cfg: &Config) -> Result<Dialect, HubError> {
+        match cfg.hub.kind {
+            HubKind::Azure => Ok(Dialect::Azure(azure::dialect::AzureDialect::from_config(cfg)?)),
+            HubKind::Mqtt => Ok(Dialect::Mqtt(mqtt::MqttDialect::from_config(cfg)?)),
+        }
+    }
+
+    /// Fresh connection options (a new SAS token for IoT Hub).
+    pub fn mqtt_options(&self) -> Result<MqttOptions, HubError> {
+        match self {
+            Dialect::Azure(d) => d.mqtt_options(),
+            Dialect::Mqtt(d) => d.mqtt_options(),
+        }
+    }
+
+    pub fn subscriptions(&self) -> Vec<String> {
+        match self {
+            Dialect::Azure(d) => vec![d.subscription()],
+            Dialect::Mqtt(d) => vec![d.subscription()],
+        }
+    }
+
+    /// The message in a PUBLISH, or None when the topic is not a C2D topic.
+    pub fn inbound(&self, topic: &str, payload: &[u8]) -> Option<Inbound> {
+        match self {
+            Dialect::Azure(d) => d.inbound(topic, payload),
+            Dialect::Mqtt(d) => d.inbound(topic, payload),
+        }
+    }
+
+    /// Topic of a result report about `device` with final state `status`.
+    pub fn report_topic(&self, message_id: &str, device: Option<&str>, status: &str) -> String {
+        match self {
+            Dialect::Azure(d) => d.report_topic(message_id, status),
+            Dialect::Mqtt(d) => d.report_topic(device),
+        }
+    }
+
+    /// Reconnect with fresh credentials after this long (SAS renewal).
+    pub fn renew_after(&self) -> Option<Duration> {
+        match self {
+            Dialect::Azure(d) => Some(d.renew_after()),
+            Dialect::Mqtt(_) => None,
+        }
+    }
+
+    /// Host name for log lines (never credentials).
+    pub fn describe(&self) -> String {
+        match self {
+            Dialect::Azure(d) => d.describe(),
+            Dialect::Mqtt(d) => d.describe(),
+        }
+    }
+}
+
+/// True for `localhost` and loopback addresses: plain MQTT is allowed only there.
+pub fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["localhost", "127.0.0.1", "127.3.4.5", "::1", "[::1]", "LOCALHOST"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["example.com", "10.0.0.1", "localhost.example.com", "0.0.0.0"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The plain MQTT dialect, for any MQTT 3.1.1 broker: C2D messages arrive on
+//! `subscribe` (where `+` is the device name), result reports go to
+//! `report_topic` (`{device}` replaced). The message id comes from a JSON
+//! `id` field of the body; a message without one gets a fresh id and cannot
+//! be recognised when the broker redelivers it (never dedupe by content: two
+//! identical commands sent on purpose must both run).
+
+use crate::config::{Config, Secret};
+use crate::hub::{is_loopback, tls, HubError};
+use crate::message::Inbound;
+use rumqttc::MqttOptions;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct MqttDialect {
+    host: String,
+    port: u16,
+    tls: bool,
+    ca_file: Option<PathBuf>,
+    client_id: String,
+    login: Option<(String, Secret)>,
+    subscribe: String,
+    device_level: Option<usize>,
+    report_topic: String,
+    keep_alive: Duration,
+    max_body: usize,
+    default_device: Option<String>,
+}
+
+/// Options both dialects share.
+pub fn common_options(o: &mut MqttOptions, keep_alive: Duration) {
+    o.set_clean_session(false);
+    o.set_manual_acks(true);
+    o.set_max_packet_size(512 * 1024, 512 * 1024);
+    o.set_keep_alive(keep_alive.max(Duration::from_secs(5)));
+    o.set_inflight(100);
+}
+
+/// `mqtt://host:port` / `mqtts://host:port` → (tls, host, port).
+pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(format!("url {url:?} must start with mqtt:// or mqtts://"));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') => {
+            (h.to_string(), p.parse::<u16>().map_err(|_| format!("url {url:?}: bad port {p:?}"))?)
+        }
+        _ => (rest.to_string(), if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err(format!("url {url:?} has no host"));
+    }
+    Ok((tls, host, port))
+}
+
+impl MqttDialect {
+    pub fn from_config(cfg: &Config) -> Result<Self, HubError> {
+        let hub = &cfg.hub;
+        let url =
+            hub.url.as_deref().ok_or_else(|| HubError::Config("hub.url is required with kind = \"mqtt\"".into()))?;
+        let (tls, host, port) = parse_url(url).map_err(HubError::Config)?;
+        if !tls && !is_loopback(&host) && hub.password.is_some() {
+            tracing::warn!(%host, "sending a password over plain MQTT to a remote broker: use mqtts://");
+        }
+        let password = match (&hub.password, &hub.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(f)) => Some(Secret(
+                std::fs::read_to_string(f)
+                    .map_err(|e| HubError::Config(format!("cannot read {}: {e}", f.display())))?
+                    .trim()
+                    .to_string(),
+            )),
+            (None, None) => None,
+        };
+        let login = match (&hub.username, password) {
+            (Some(u), p) => Some((u.clone(), p.unwrap_or(Secret(String::new())))),
+            (None, Some(_)) => return Err(HubError::Config("hub.password needs hub.username".into())),
+            (None, None) => None,
+        };
+        let levels: Vec<&str> = hub.subscribe.split('/').collect();
+        let device_level = levels.iter().position(|l| *l == "+");
+        let client_id = hub.client_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("c2d-gateway-{}", host.trim()).trim_end_matches('-').to_string()
+        });
+        Ok(MqttDialect {
+            host,
+            port,
+            tls,
+            ca_file: hub.ca_file.clone(),
+            client_id,
+            login,
+            subscribe: hub.subscribe.clone(),
+            device_level,
+            report_topic: hub.report_topic.clone(),
+            keep_alive: *hub.keep_alive,
+            max_body: hub.max_body,
+            default_device: cfg.routing.default_device.clone(),
+        })
+    }
+
+    pub fn mqtt_options(&self) -> Result<MqttOptions, HubError> {
+        let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+        if let Some((u, p)) = &self.login {
+            o.set_credentials(u.clone(), p.expose().to_string());
+        }
+        common_options(&mut o, self.keep_alive);
+        if self.tls {
+            o.set_transport(tls::transport(self.ca_file.as_deref())?);
+        }
+        Ok(o)
+    }
+
+    pub fn subscription(&self) -> String {
+        self.subscribe.clone()
+    }
+
+    /// The device a topic names, if it matches the subscription pattern.
+    fn match_topic(&self, topic: &str) -> Option<Option<String>> {
+        let pat: Vec<&str> = self.subscribe.split('/').collect();
+        let got: Vec<&str> = topic.split('/').collect();
+        if pat.last() == Some(&"#") {
+            if got.len() < pat.len() - 1 {
+                return None;
+            }
+        } else if pat.len() != got.len() {
+            return None;
+        }
+        for (p, g) in pat.iter().zip(&got) {
+            if *p != "+" && *p != "#" && p != g {
+                return None;
+            }
+        }
+        Some(self.device_level.map(|i| got[i].to_string()))
+    }
+
+    pub fn inbound(&self, topic: &str, payload: &[u8]) -> Option<Inbound> {
+        let device = self.match_topic(topic)?;
+        let mut m = Inbound {
+            device: device.or_else(|| self.default_device.clone()),
+            body: payload.to_vec(),
+            ..Inbound::default()
+        };
+        if payload.len() > self.max_body {
+            m.reject = Some(format!("body of {} bytes exceeds max_body = {}", payload.len(), self.max_body));
+            return Some(m);
+        }
+        if let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(payload) {
+            m.id = match obj.get("id") {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            // Envelope for serial devices: {"id": ..., "text": "..."} sends the text.
+            if let Some(serde_json::Value::String(text)) = obj.get("text") {
+                if obj.keys().all(|k| k == "id" || k == "text") {
+                    m.body = text.clone().into_bytes();
+                }
+            }
+        }
+        Some(m)
+    }
+
+    pub fn report_topic(&self, device: Option<&str>) -> String {
+        self.report_topic.replace("{device}", device.unwrap_or("unknown"))
+    }
+
+    pub fn describe(&self) -> String {
+        format!("MQTT broker {}:{}{}", self.host, self.port, if self.tls { " (TLS)" } else { "" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialect(subscribe: &str) -> MqttDialect {
+        let cfg: Config = toml::from_str(&format!(
+            "[hub]\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\nsubscribe = \"{subscribe}\"\nclient_id = \"t\""
+        ))
+        .unwrap();
+        MqttDialect::from_config(&cfg).unwrap()
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("mqtt://127.0.0.1:1884").unwrap(), (false, "127.0.0.1".into(), 1884));
+        assert_eq!(parse_url("mqtts://broker.example").unwrap(), (true, "broker.example".into(), 8883));
+        assert_eq!(parse_url("mqtt://[::1]:1883").unwrap(), (false, "[::1]".into(), 1883));
+        assert!(parse_url("http://x").is_err());
+        assert!(parse_url("mqtt://:1883").is_err());
+        assert!(parse_url("mqtt://h:99999").is_err());
+    }
+
+    #[test]
+    fn device_from_topic_and_id_from_body() {
+        let d = dialect("gateway/+/c2d");
+        let m = d.inbound("gateway/boiler/c2d", br#"{"id": "a1", "point": "x", "value": 1}"#).unwrap();
+        assert_eq!(m.device.as_deref(), Some("boiler"));
+        assert_eq!(m.id.as_deref(), Some("a1"));
+        let m = d.inbound("gateway/boiler/c2d", br#"{"id": 42}"#).unwrap();
+        assert_eq!(m.id.as_deref(), Some("42"));
+        let m = d.inbound("gateway/boiler/c2d", b"not json").unwrap();
+        assert_eq!(m.id, None);
+        assert!(d.inbound("gateway/boiler/other", b"{}").is_none());
+        assert!(d.inbound("gateway/boiler/c2d/x", b"{}").is_none());
+        let m = d.inbound("gateway/panel/c2d", br#"{"id": "t1", "text": "HELLO"}"#).unwrap();
+        assert_eq!(m.body, b"HELLO");
+    }
+
+    #[test]
+    fn oversize_is_rejected() {
+        let d = dialect("gateway/+/c2d");
+        let big = vec![b'x'; 70_000];
+        let m = d.inbound("gateway/a/c2d", &big).unwrap();
+        assert!(m.reject.unwrap().contains("exceeds max_body"));
+    }
+}

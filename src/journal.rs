@@ -1,0 +1,418 @@
+//! The journal: every C2D message, durable in sled before anything else
+//! happens to it. All sled access in the crate is in this module.
+//!
+//! Layout: tree `messages` maps the arrival sequence (u64, big-endian, so
+//! key order is arrival order) to the entry as JSON; tree `bodies` maps the
+//! same key to the body bytes, removed once the message is final (only the
+//! outcome is needed to answer a redelivery). The id → sequence index is
+//! rebuilt in memory at open: the entries are the single source of truth, so
+//! no crash can leave two trees disagreeing about an id.
+
+use crate::message::{Entry, Inbound, Outcome, State};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("journal entry {0} is unreadable: {1}")]
+    Decode(u64, serde_json::Error),
+    #[error("journal has no message with sequence {0}")]
+    Missing(u64),
+    #[error("journal store is unusable: {0}")]
+    Unusable(String),
+    #[error("could not move the broken journal aside: {0}")]
+    MoveAside(std::io::Error),
+}
+
+/// Limits on what the journal holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub max_messages: usize,
+    pub max_bytes: u64,
+}
+
+/// Result of offering a received message to the journal.
+#[derive(Debug)]
+pub enum Admitted {
+    /// First time this id is seen: stored (not yet flushed).
+    New(Entry),
+    /// The id is already journaled: do not run it again.
+    Duplicate(Entry),
+    /// No room: the journal holds `max_messages` / `max_bytes` of unfinished work.
+    Full { detail: String },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub entries: usize,
+    pub unfinished: usize,
+    pub body_bytes: u64,
+    pub oldest_unfinished_ms: Option<u64>,
+}
+
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    messages: sled::Tree,
+    bodies: sled::Tree,
+    bounds: Bounds,
+    index: Mutex<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    by_id: HashMap<String, u64>,
+    body_bytes: u64,
+    unfinished: usize,
+}
+
+/// What `open` had to do to get a usable store.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    /// The store could not be opened and was moved here; the journal starts empty.
+    pub moved_aside: Option<(PathBuf, String)>,
+    /// Entries that could not be decoded and were dropped.
+    pub dropped_entries: Vec<String>,
+}
+
+fn key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn seq_of(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = k.len().min(8);
+    b[..n].copy_from_slice(&k[..n]);
+    u64::from_be_bytes(b)
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`. A store that sled cannot open
+    /// or read is moved aside, and an empty one is started in its place: the
+    /// daemon keeps running and the operator finds the broken copy beside it.
+    pub fn open(dir: &Path, cache_capacity: u64, bounds: Bounds) -> Result<(Journal, OpenReport), JournalError> {
+        let mut report = OpenReport::default();
+        match open_guarded(dir, cache_capacity, bounds, &mut report.dropped_entries) {
+            Ok(j) => Ok((j, report)),
+            Err(why) => {
+                let stamp = crate::message::now_ms();
+                let aside = dir.with_file_name(format!(
+                    "{}.corrupt-{stamp}",
+                    dir.file_name().and_then(|n| n.to_str()).unwrap_or("journal")
+                ));
+                std::fs::rename(dir, &aside).map_err(JournalError::MoveAside)?;
+                report.moved_aside = Some((aside, why));
+                report.dropped_entries.clear();
+                let j = open_guarded(dir, cache_capacity, bounds, &mut report.dropped_entries)
+                    .map_err(JournalError::Unusable)?;
+                Ok((j, report))
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        // A panic while holding the lock cannot leave the index half-written
+        // in a way that matters more than stopping: recover the guard.
+        self.inner.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a received message unless its id is known already. Call
+    /// [`Journal::flush`] before acting on the result.
+    pub fn admit(&self, inbound: Inbound, now_ms: u64) -> Result<Admitted, JournalError> {
+        let mut idx = self.lock();
+        if let Some(id) = &inbound.id {
+            if let Some(&seq) = idx.by_id.get(id) {
+                return Ok(Admitted::Duplicate(self.get_locked(seq)?));
+            }
+        }
+        let body_len = inbound.body.len() as u64;
+        let needs_body = inbound.reject.is_none();
+        if needs_body {
+            if let Some(detail) = self.make_room(&mut idx, body_len)? {
+                return Ok(Admitted::Full { detail });
+            }
+        }
+        let seq = self.inner.db.generate_id()?;
+        let (id, id_generated) = match inbound.id {
+            Some(id) => (id, false),
+            None => (format!("gw-{seq:016x}-{:08x}", fastrand::u32(..)), true),
+        };
+        let mut entry = Entry {
+            seq,
+            id,
+            id_generated,
+            device: inbound.device,
+            correlation_id: inbound.correlation_id,
+            expires_at: inbound.expires_at,
+            received_at: now_ms,
+            state: State::Queued,
+            attempts: 0,
+            detail: String::new(),
+            completed_at: None,
+            handed_over: false,
+            reported: false,
+            resent_after_crash: false,
+            reject: inbound.reject,
+            body_len,
+        };
+        if let Some(why) = &entry.reject {
+            entry.state = State::Rejected;
+            entry.detail = why.clone();
+            entry.completed_at = Some(now_ms);
+        } else {
+            self.inner.bodies.insert(key(seq), inbound.body)?;
+            idx.body_bytes += body_len;
+            idx.unfinished += 1;
+        }
+        self.put(&entry)?;
+        idx.by_id.insert(entry.id.clone(), seq);
+        Ok(Admitted::New(entry))
+    }
+
+    /// Makes room for a new body by forgetting the oldest finished and
+    /// reported entries (their dedupe window is cut short, said in the log).
+    /// Returns why there is no room when unfinished work alone fills it.
+    fn make_room(&self, idx: &mut Index, body_len: u64) -> Result<Option<String>, JournalError> {
+        let b = self.inner.bounds;
+        let over = |idx: &Index| idx.by_id.len() >= b.max_messages || idx.body_bytes + body_len > b.max_bytes;
+        if !over(idx) {
+            return Ok(None);
+        }
+        let mut evicted = 0usize;
+        for kv in self.inner.messages.iter() {
+            if !over(idx) {
+                break;
+            }
+            let (k, v) = kv?;
+            let e: Entry = serde_json::from_slice(&v).map_err(|err| JournalError::Decode(seq_of(&k), err))?;
+            if e.state.is_final() && e.reported {
+                self.inner.messages.remove(&k)?;
+                idx.by_id.remove(&e.id);
+                evicted += 1;
+            }
+        }
+        if evicted > 0 {
+            tracing::warn!(evicted, "journal at its bound: forgot the oldest finished messages early (their redeliveries can no longer be recognised)");
+        }
+        if over(idx) {
+            return Ok(Some(format!(
+                "journal full: {} unfinished messages, {} bytes of bodies (max_messages = {}, max_bytes = {})",
+                idx.unfinished, idx.body_bytes, b.max_messages, b.max_bytes
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        self.inner.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn get(&self, seq: u64) -> Result<Entry, JournalError> {
+        let _idx = self.lock();
+        self.get_locked(seq)
+    }
+
+    fn get_locked(&self, seq: u64) -> Result<Entry, JournalError> {
+        let v = self.inner.messages.get(key(seq))?.ok_or(JournalError::Missing(seq))?;
+        serde_json::from_slice(&v).map_err(|e| JournalError::Decode(seq, e))
+    }
+
+    pub fn lookup(&self, id: &str) -> Result<Option<Entry>, JournalError> {
+        let idx = self.lock();
+        match idx.by_id.get(id) {
+            Some(&seq) => self.get_locked(seq).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, JournalError> {
+        Ok(self.inner.bodies.get(key(seq))?.map(|v| v.to_vec()))
+    }
+
+    fn put(&self, e: &Entry) -> Result<(), JournalError> {
+        let v = serde_json::to_vec(e).expect("entry serialises");
+        self.inner.messages.insert(key(e.seq), v)?;
+        Ok(())
+    }
+
+    /// Read-modify-write of one entry under the journal lock.
+    pub fn update(&self, seq: u64, f: impl FnOnce(&mut Entry)) -> Result<Entry, JournalError> {
+        let mut idx = self.lock();
+        let mut e = self.get_locked(seq)?;
+        let was_final = e.state.is_final();
+        f(&mut e);
+        if !was_final && e.state.is_final() {
+            idx.unfinished = idx.unfinished.saturating_sub(1);
+            if self.inner.bodies.remove(key(seq))?.is_some() {
+                idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
+            }
+        }
+        self.put(&e)?;
+        Ok(e)
+    }
+
+    /// `sending`, one more attempt. Flush before the request goes on the wire
+    /// when a repeat would matter (non-idempotent devices).
+    pub fn mark_sending(&self, seq: u64) -> Result<Entry, JournalError> {
+        self.update(seq, |e| {
+            e.state = State::Sending;
+            e.attempts += 1;
+        })
+    }
+
+    /// Records the final outcome (idempotent: a final entry stays as it is).
+    pub fn finish(&self, seq: u64, outcome: &Outcome, now_ms: u64) -> Result<Entry, JournalError> {
+        self.update(seq, |e| {
+            if !e.state.is_final() {
+                e.state = outcome.state;
+                e.detail = outcome.detail.clone();
+                e.completed_at = Some(now_ms);
+            }
+        })
+    }
+
+    /// Removes an entry that could not be made durable, so that the hub's
+    /// redelivery of it is treated as new rather than as a duplicate.
+    pub fn forget(&self, seq: u64) -> Result<(), JournalError> {
+        let mut idx = self.lock();
+        if let Ok(e) = self.get_locked(seq) {
+            idx.by_id.remove(&e.id);
+            if !e.state.is_final() {
+                idx.unfinished = idx.unfinished.saturating_sub(1);
+                idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
+            }
+        }
+        self.inner.messages.remove(key(seq))?;
+        self.inner.bodies.remove(key(seq))?;
+        Ok(())
+    }
+
+    /// Unfinished entries (`queued`, `sending`) in arrival order.
+    pub fn unfinished(&self) -> Result<Vec<Entry>, JournalError> {
+        self.scan(|e| !e.state.is_final())
+    }
+
+    /// Final entries whose result report was not yet handed to the hub.
+    pub fn unreported(&self) -> Result<Vec<Entry>, JournalError> {
+        self.scan(|e| e.state.is_final() && !e.reported)
+    }
+
+    fn scan(&self, keep: impl Fn(&Entry) -> bool) -> Result<Vec<Entry>, JournalError> {
+        let _idx = self.lock();
+        let mut out = Vec::new();
+        for kv in self.inner.messages.iter() {
+            let (k, v) = kv?;
+            let e: Entry = serde_json::from_slice(&v).map_err(|err| JournalError::Decode(seq_of(&k), err))?;
+            if keep(&e) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes final, reported entries older than `window`. Returns how many.
+    pub fn prune(&self, now_ms: u64, window: Duration) -> Result<usize, JournalError> {
+        let cutoff = now_ms.saturating_sub(window.as_millis() as u64);
+        let mut idx = self.lock();
+        let mut removed = 0;
+        for kv in self.inner.messages.iter() {
+            let (k, v) = kv?;
+            let e: Entry = serde_json::from_slice(&v).map_err(|err| JournalError::Decode(seq_of(&k), err))?;
+            if e.state.is_final() && e.reported && e.completed_at.unwrap_or(0) <= cutoff {
+                self.inner.messages.remove(&k)?;
+                idx.by_id.remove(&e.id);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let idx = self.lock();
+        let oldest = self
+            .inner
+            .bodies
+            .iter()
+            .keys()
+            .next()
+            .and_then(|k| k.ok())
+            .and_then(|k| self.get_locked(seq_of(&k)).ok())
+            .map(|e| e.received_at);
+        Stats {
+            entries: idx.by_id.len(),
+            unfinished: idx.unfinished,
+            body_bytes: idx.body_bytes,
+            oldest_unfinished_ms: oldest,
+        }
+    }
+}
+
+/// Opens sled and rebuilds the index; any failure, panics inside sled
+/// included, comes back as the reason the store is unusable.
+fn open_guarded(dir: &Path, cache_capacity: u64, bounds: Bounds, dropped: &mut Vec<String>) -> Result<Journal, String> {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_inner(dir, cache_capacity, bounds, dropped)));
+    match r {
+        Ok(Ok(j)) => Ok(j),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(p) => Err(format!(
+            "sled panicked: {}",
+            p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("?")
+        )),
+    }
+}
+
+fn open_inner(
+    dir: &Path,
+    cache_capacity: u64,
+    bounds: Bounds,
+    dropped: &mut Vec<String>,
+) -> Result<Journal, JournalError> {
+    let db = sled::Config::new().path(dir).cache_capacity(cache_capacity).mode(sled::Mode::LowSpace).open()?;
+    let messages = db.open_tree("messages")?;
+    let bodies = db.open_tree("bodies")?;
+    let mut idx = Index::default();
+    for kv in messages.iter() {
+        let (k, v) = kv?;
+        let seq = seq_of(&k);
+        match serde_json::from_slice::<Entry>(&v) {
+            Ok(e) => {
+                if !e.state.is_final() {
+                    idx.unfinished += 1;
+                    idx.body_bytes += e.body_len;
+                }
+                idx.by_id.insert(e.id, seq);
+            }
+            Err(err) => {
+                dropped.push(format!("entry {seq}: {err}"));
+                messages.remove(&k)?;
+                bodies.remove(&k)?;
+            }
+        }
+    }
+    // Bodies without an unfinished entry are leftovers of a crash mid-write.
+    for k in bodies.iter().keys() {
+        let k = k?;
+        let keep = match messages.get(&k)? {
+            Some(v) => serde_json::from_slice::<Entry>(&v).map(|e| !e.state.is_final()).unwrap_or(false),
+            None => false,
+        };
+        if !keep {
+            bodies.remove(&k)?;
+        }
+    }
+    Ok(Journal { inner: Arc::new(Inner { db, messages, bodies, bounds, index: Mutex::new(idx) }) })
+}
+
+#[cfg(test)]
+#[path = "journal_tests.rs"]
+mod tests;

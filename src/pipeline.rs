@@ -1,0 +1,443 @@
+//! The pipeline: the task between the hub link and the bus workers. It
+//! journals every received message (one flush per batch: group commit),
+//! deduplicates by message id, routes, hands jobs to the buses, records
+//! outcomes, sends PUBACKs in arrival order once each message may be
+//! completed, hands over messages that take too long, and publishes result
+//! reports.
+
+use crate::bus::worker::BusHandle;
+use crate::bus::{Done, Job};
+use crate::completion::AckQueue;
+use crate::config::{Complete, Config};
+use crate::hub::{Dialect, HubCommand, HubEvent};
+use crate::journal::{Admitted, Journal};
+use crate::message::{now_ms, Entry, Inbound, Outcome, State};
+use crate::{report, router};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+
+/// Most messages journaled under one flush.
+const BATCH: usize = 256;
+
+/// What the pipeline shows the outside (systemd STATUS=, logs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub hub_connected: bool,
+    pub queued: usize,
+    pub oldest_queued_ms: Option<u64>,
+}
+
+pub struct Pipeline {
+    cfg: Arc<Config>,
+    journal: Journal,
+    dialect: Arc<Dialect>,
+    hub: mpsc::UnboundedSender<HubCommand>,
+    buses: HashMap<String, BusHandle>,
+    acks: AckQueue,
+    generation: u64,
+    connected: bool,
+    status: watch::Sender<Status>,
+}
+
+impl Pipeline {
+    pub fn new(
+        cfg: Arc<Config>,
+        journal: Journal,
+        dialect: Arc<Dialect>,
+        hub: mpsc::UnboundedSender<HubCommand>,
+        buses: HashMap<String, BusHandle>,
+        status: watch::Sender<Status>,
+    ) -> Self {
+        Pipeline {
+            cfg,
+            journal,
+            dialect,
+            hub,
+            buses,
+            acks: AckQueue::default(),
+            generation: 0,
+            connected: false,
+            status,
+        }
+    }
+
+    /// Resumes what the journal holds: messages interrupted mid-send first
+    /// become `queued` again (idempotent devices) or `uncertain`; then every
+    /// unfinished message is dispatched in arrival order, and reports that
+    /// never went out are sent.
+    pub async fn recover(&mut self) -> Result<(), crate::journal::JournalError> {
+        let unfinished = self.journal.unfinished()?;
+        let mut resumed = 0;
+        for mut e in unfinished {
+            if e.state == State::Sending {
+                let idempotent =
+                    router::route(&self.cfg, e.device.as_deref()).map(|r| r.config.idempotent).unwrap_or(false);
+                if idempotent {
+                    tracing::warn!(message_id = %e.id, device = ?e.device, "the gateway stopped while this message was on the wire; sending it again (device is idempotent)");
+                    e = self.journal.update(e.seq, |e| {
+                        e.state = State::Queued;
+                        e.resent_after_crash = true;
+                    })?;
+                } else {
+                    let o = Outcome::uncertain(format!(
+                        "the gateway stopped while this command was on the wire; not sent again because device {} is not idempotent",
+                        e.device.as_deref().unwrap_or("?")
+                    ));
+                    self.finish_one(e.seq, o);
+                    continue;
+                }
+            }
+            resumed += 1;
+            self.dispatch(e);
+        }
+        self.journal.flush().await?;
+        for e in self.journal.unreported()? {
+            self.report(&e);
+        }
+        if resumed > 0 {
+            tracing::info!(resumed, "resuming unfinished messages from the journal");
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    /// Runs until `shutdown` turns true. Then stops taking messages, lets the
+    /// buses finish the request on the wire, records those outcomes, flushes
+    /// and sends the acks that became possible.
+    pub async fn run(
+        mut self,
+        mut hub_events: mpsc::Receiver<HubEvent>,
+        mut done: mpsc::UnboundedReceiver<Done>,
+        mut shutdown: watch::Receiver<bool>,
+        bus_shutdown: watch::Sender<bool>,
+    ) {
+        let mut housekeeping = Instant::now() + Duration::from_secs(1);
+        let mut prune_at = Instant::now() + Duration::from_secs(60);
+        loop {
+            let handover = self.acks.next_overdue(*self.cfg.hub.handover_after);
+            let wake = handover.map_or(housekeeping, |h| h.min(housekeeping));
+            tokio::select! {
+                ev = hub_events.recv() => match ev {
+                    Some(ev) => self.on_hub_event(ev, &mut hub_events).await,
+                    None => break,
+                },
+                Some(d) = done.recv() => {
+                    let mut batch = vec![d];
+                    while let Ok(d) = done.try_recv() { batch.push(d); if batch.len() >= BATCH { break; } }
+                    self.on_done(batch).await;
+                }
+                _ = sleep_until(wake) => {
+                    self.handover().await;
+                    let now = Instant::now();
+                    if now >= housekeeping {
+                        housekeeping = now + Duration::from_secs(1);
+                        self.publish_status();
+                    }
+                    if now >= prune_at {
+                        prune_at = now + Duration::from_secs(60);
+                        match self.journal.prune(now_ms(), *self.cfg.gateway.dedupe_window) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::debug!(pruned = n, "pruned finished messages past the dedupe window"),
+                            Err(e) => tracing::error!(error = %e, "journal prune failed"),
+                        }
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Stop: the buses finish what is on the wire, then we record it.
+        let _ = bus_shutdown.send(true);
+        let tasks: Vec<_> = self.buses.drain().map(|(_, b)| b.task).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let mut batch = Vec::new();
+        while let Ok(d) = done.try_recv() {
+            batch.push(d);
+        }
+        if !batch.is_empty() {
+            self.on_done(batch).await;
+        }
+        if let Err(e) = self.journal.flush().await {
+            tracing::error!(error = %e, "final journal flush failed");
+        }
+    }
+
+    async fn on_hub_event(&mut self, ev: HubEvent, more: &mut mpsc::Receiver<HubEvent>) {
+        match ev {
+            HubEvent::Connected { generation } => {
+                self.generation = generation;
+                self.connected = true;
+                self.acks.reconnected(generation);
+                self.publish_status();
+            }
+            HubEvent::Disconnected { .. } => {
+                self.connected = false;
+                self.publish_status();
+            }
+            HubEvent::Message { generation, pkid, inbound } => {
+                let mut batch = vec![(generation, pkid, inbound)];
+                let mut after = None;
+                while batch.len() < BATCH {
+                    match more.try_recv() {
+                        Ok(HubEvent::Message { generation, pkid, inbound }) => batch.push((generation, pkid, inbound)),
+                        Ok(other) => {
+                            after = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.on_messages(batch).await;
+                if let Some(ev) = after {
+                    Box::pin(self.on_hub_event(ev, more)).await;
+                }
+            }
+        }
+    }
+
+    /// Journals a batch of received messages under one flush, then acts.
+    async fn on_messages(&mut self, batch: Vec<(u64, u16, Inbound)>) {
+        let now = now_ms();
+        let arrived = Instant::now();
+        let mut admitted = Vec::with_capacity(batch.len());
+        for (generation, pkid, inbound) in batch {
+            match self.journal.admit(inbound, now) {
+                Ok(a) => admitted.push((generation, pkid, a)),
+                Err(e) => {
+                    // Not journaled: not acknowledged; the hub delivers it again.
+                    tracing::error!(error = %e, "cannot journal a received message: leaving it unacknowledged");
+                }
+            }
+        }
+        if let Err(e) = self.journal.flush().await {
+            tracing::error!(error = %e, count = admitted.len(), "cannot flush the journal (disk full?): the messages are not acknowledged and will be redelivered");
+            for (_, _, a) in admitted {
+                if let Admitted::New(e) = a {
+                    let _ = self.journal.forget(e.seq);
+                }
+            }
+            return;
+        }
+        let after_journal = self.cfg.hub.complete == Complete::AfterJournal;
+        for (generation, pkid, a) in admitted {
+            match a {
+                Admitted::New(e) => {
+                    tracing::info!(message_id = %e.id, device = ?e.device, seq = e.seq, "received");
+                    if e.state.is_final() {
+                        tracing::warn!(message_id = %e.id, detail = %e.detail, "rejected");
+                        self.slot(generation, pkid, e.seq, true, arrived);
+                        self.report(&e);
+                        continue;
+                    }
+                    if after_journal {
+                        let _ = self.journal.update(e.seq, |e| e.handed_over = true);
+                    }
+                    self.slot(generation, pkid, e.seq, after_journal, arrived);
+                    self.dispatch(e);
+                }
+                Admitted::Duplicate(e) => {
+                    tracing::info!(message_id = %e.id, state = %e.state, "redelivered message: not executed again");
+                    let ready = e.state.is_final() || e.handed_over;
+                    self.slot(generation, pkid, e.seq, ready, arrived);
+                    if e.state.is_final() {
+                        self.report(&e);
+                    }
+                }
+                Admitted::Full { detail } => {
+                    tracing::error!(%detail, "journal full: rejecting a new message");
+                    let e = Entry {
+                        seq: 0,
+                        id: format!("unjournaled-{now}"),
+                        id_generated: true,
+                        device: None,
+                        correlation_id: None,
+                        expires_at: None,
+                        received_at: now,
+                        state: State::Rejected,
+                        attempts: 0,
+                        detail,
+                        completed_at: Some(now),
+                        handed_over: false,
+                        reported: true,
+                        resent_after_crash: false,
+                        reject: None,
+                        body_len: 0,
+                    };
+                    if pkid != 0 {
+                        let _ = self.hub.send(HubCommand::Ack { generation, pkid });
+                    }
+                    self.send_report(&e);
+                }
+            }
+        }
+        self.send_acks();
+        self.publish_status();
+    }
+
+    fn slot(&mut self, generation: u64, pkid: u16, seq: u64, ready: bool, arrived: Instant) {
+        if pkid != 0 {
+            self.acks.push(generation, pkid, seq, ready, arrived);
+        }
+    }
+
+    /// Routes an unfinished entry and hands it to its bus, or rejects it.
+    fn dispatch(&mut self, e: Entry) {
+        let job = match self.make_job(&e) {
+            Ok(job) => job,
+            Err(why) => {
+                self.finish_one(e.seq, Outcome::rejected(why));
+                return;
+            }
+        };
+        let bus = router::route(&self.cfg, e.device.as_deref()).map(|r| r.bus_name.to_string()).unwrap_or_default();
+        match self.buses.get(&bus) {
+            Some(h) => {
+                if let Err(mpsc::error::SendError(job)) = h.jobs.send(job) {
+                    tracing::error!(message_id = %job.id, %bus, "bus worker is gone; the message stays queued in the journal");
+                }
+            }
+            None => self.finish_one(e.seq, Outcome::rejected(format!("bus {bus:?} is not running"))),
+        }
+    }
+
+    fn make_job(&self, e: &Entry) -> Result<Job, String> {
+        let route = router::route(&self.cfg, e.device.as_deref())?;
+        let body = self
+            .journal
+            .body(e.seq)
+            .map_err(|err| err.to_string())?
+            .ok_or_else(|| "the message body is missing from the journal".to_string())?;
+        let request = router::command(&route, &body)?;
+        // Deadlines are wall-clock facts turned into monotonic instants now.
+        let now_wall = now_ms();
+        let now = Instant::now();
+        let mut deadline: Option<(Instant, String)> = None;
+        let mut consider = |at_ms: u64, why: String| {
+            let at = now + Duration::from_millis(at_ms.saturating_sub(now_wall));
+            if deadline.as_ref().is_none_or(|(d, _)| at < *d) {
+                deadline = Some((at, why));
+            }
+        };
+        if let Some(exp) = e.expires_at {
+            consider(exp, "message expiry ($.exp) reached".into());
+        }
+        let max_age = *route.config.max_age;
+        consider(
+            e.received_at + max_age.as_millis() as u64,
+            format!("max_age ({}) reached", humantime::format_duration(max_age)),
+        );
+        Ok(Job {
+            seq: e.seq,
+            id: e.id.clone(),
+            device: route.device.to_string(),
+            unit: route.config.unit.unwrap_or(0),
+            idempotent: route.config.idempotent,
+            request,
+            deadline,
+            max_attempts: route.config.max_attempts.max(1),
+            attempts: e.attempts,
+            progress: 0,
+            acked: Vec::new(),
+            last_error: None,
+        })
+    }
+
+    /// Records a final outcome decided here (not on a bus); flushed with the
+    /// next batch.
+    fn finish_one(&mut self, seq: u64, outcome: Outcome) {
+        match self.journal.finish(seq, &outcome, now_ms()) {
+            Ok(e) => self.after_final(&e),
+            Err(err) => tracing::error!(seq, error = %err, "cannot record an outcome"),
+        }
+    }
+
+    async fn on_done(&mut self, batch: Vec<Done>) {
+        let now = now_ms();
+        let mut finished = Vec::with_capacity(batch.len());
+        for d in batch {
+            match self.journal.finish(d.seq, &d.outcome, now) {
+                Ok(e) => finished.push(e),
+                Err(err) => tracing::error!(seq = d.seq, error = %err, "cannot record an outcome"),
+            }
+        }
+        // The outcome is durable before the hub hears the message is complete.
+        if let Err(e) = self.journal.flush().await {
+            tracing::error!(error = %e, "cannot flush outcomes to the journal: holding their acks");
+            return;
+        }
+        for e in &finished {
+            self.after_final(e);
+        }
+        self.send_acks();
+        self.publish_status();
+    }
+
+    fn after_final(&mut self, e: &Entry) {
+        let level_ok = e.state == State::Delivered;
+        if level_ok {
+            tracing::info!(message_id = %e.id, device = ?e.device, attempts = e.attempts, detail = %e.detail, "delivered");
+        } else {
+            tracing::warn!(message_id = %e.id, device = ?e.device, state = %e.state, attempts = e.attempts, detail = %e.detail, "not delivered");
+        }
+        self.acks.mark_ready(e.seq);
+        self.report(e);
+    }
+
+    /// Publishes the report if the policy wants it; marks it done either way.
+    fn report(&mut self, e: &Entry) {
+        if report::wanted(self.cfg.hub.reports, e.state) {
+            self.send_report(e);
+        }
+        if !e.reported && e.seq != 0 {
+            let _ = self.journal.update(e.seq, |e| e.reported = true);
+        }
+    }
+
+    fn send_report(&self, e: &Entry) {
+        let topic = self.dialect.report_topic(&e.id, e.device.as_deref(), e.state.as_str());
+        let _ = self.hub.send(HubCommand::Publish { topic, payload: report::body(e) });
+    }
+
+    fn send_acks(&mut self) {
+        for (generation, pkid) in self.acks.pop_ready() {
+            let _ = self.hub.send(HubCommand::Ack { generation, pkid });
+        }
+    }
+
+    /// Acknowledges messages unfinished after `handover_after`: the journal
+    /// keeps custody and delivery goes on; the outcome is reported later.
+    async fn handover(&mut self) {
+        let overdue = self.acks.overdue(Instant::now(), *self.cfg.hub.handover_after);
+        if overdue.is_empty() {
+            return;
+        }
+        for seq in &overdue {
+            if let Ok(e) = self.journal.update(*seq, |e| e.handed_over = true) {
+                tracing::info!(message_id = %e.id, "not finished within handover_after: acknowledged to the hub, delivery goes on from the journal");
+            }
+        }
+        if let Err(e) = self.journal.flush().await {
+            tracing::error!(error = %e, "cannot flush handover to the journal: holding acks");
+            return;
+        }
+        for seq in overdue {
+            self.acks.mark_ready(seq);
+        }
+        self.send_acks();
+    }
+
+    fn publish_status(&self) {
+        let s = self.journal.stats();
+        let st =
+            Status { hub_connected: self.connected, queued: s.unfinished, oldest_queued_ms: s.oldest_unfinished_ms };
+        self.status.send_if_modified(|old| {
+            let changed = *old != st;
+            *old = st;
+            changed
+        });
+    }
+}

@@ -1,0 +1,98 @@
+//! Result reports: one D2C message per final outcome, so the back end learns
+//! what the device did (IoT Hub's own feedback only says the message was
+//! completed). Properties: `$.cid` = original message id, `$.ct`, `$.ce`,
+//! `c2d-status` = the final state.
+
+use crate::config::Reports;
+use crate::message::{rfc3339_ms, Entry, State};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message_id: &'a str,
+    device: Option<&'a str>,
+    status: &'a str,
+    attempts: u32,
+    detail: &'a str,
+    received_at: String,
+    completed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<&'a str>,
+    /// The device may have received the command twice (idempotent device,
+    /// sent again after the gateway stopped mid-send).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    resent_after_crash: bool,
+    /// The id was made up by the gateway (the message carried none).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    id_generated: bool,
+}
+
+/// Whether the policy asks for a report of this outcome.
+pub fn wanted(policy: Reports, state: State) -> bool {
+    match policy {
+        Reports::All => true,
+        Reports::Failures => state != State::Delivered,
+        Reports::None => false,
+    }
+}
+
+/// The JSON body of the report about a final entry.
+pub fn body(e: &Entry) -> Vec<u8> {
+    let b = Body {
+        message_id: &e.id,
+        device: e.device.as_deref(),
+        status: e.state.as_str(),
+        attempts: e.attempts,
+        detail: &e.detail,
+        received_at: rfc3339_ms(e.received_at),
+        completed_at: e.completed_at.map(rfc3339_ms),
+        correlation_id: e.correlation_id.as_deref(),
+        resent_after_crash: e.resent_after_crash,
+        id_generated: e.id_generated,
+    };
+    serde_json::to_vec(&b).expect("report serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_body_has_the_contract_fields() {
+        let e = Entry {
+            seq: 1,
+            id: "m1".into(),
+            id_generated: false,
+            device: Some("boiler".into()),
+            correlation_id: None,
+            expires_at: None,
+            received_at: 0,
+            state: State::Delivered,
+            attempts: 1,
+            detail: "holding 100..101".into(),
+            completed_at: Some(1500),
+            handed_over: false,
+            reported: false,
+            resent_after_crash: false,
+            reject: None,
+            body_len: 3,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
+        assert_eq!(v["message_id"], "m1");
+        assert_eq!(v["device"], "boiler");
+        assert_eq!(v["status"], "delivered");
+        assert_eq!(v["attempts"], 1);
+        assert_eq!(v["detail"], "holding 100..101");
+        assert_eq!(v["received_at"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["completed_at"], "1970-01-01T00:00:01.500Z");
+        assert!(v.get("resent_after_crash").is_none());
+    }
+
+    #[test]
+    fn policy() {
+        assert!(wanted(Reports::All, State::Delivered));
+        assert!(!wanted(Reports::Failures, State::Delivered));
+        assert!(wanted(Reports::Failures, State::Uncertain));
+        assert!(!wanted(Reports::None, State::Rejected));
+    }
+}

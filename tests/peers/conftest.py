@@ -1,0 +1,300 @@
+"""Fixtures for the outside-peer suites: real peers around the real binary.
+
+- `mosquitto`: a Mosquitto broker of its own on 127.0.0.1:<free port>.
+- `socat_pair` / `make_socat_pair()`: two linked ptys, `.a` and `.b`.
+- `modbus_device(...)`: tests/peers/modbus_device.py (pymodbus) on TCP or RTU.
+- `serial_device(port, ...)`: tests/peers/serial_device.py on a pty.
+- `gateway(config_text, ...)`: `$C2D_GATEWAY_BIN run --config <tmp>/config.toml`.
+
+Each fixture stops what it started at teardown. A peer program missing from
+the machine skips the test (fails it under CI=true, where tests/run has
+installed everything).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway import Gateway
+from util import HOST, Proc, csv, free_port, peer_argv, port_accepts, read_jsonl, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def require_program(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+    if path:
+        return path
+    message = f"{name} is not installed (tests/run installs it with apt-get)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+# --------------------------------------------------------------------- broker
+
+class Broker:
+    """A Mosquitto process: `.host`, `.port`, `.log_text()`, `stop()`, `start()`."""
+
+    def __init__(self, program: str, workdir: Path):
+        self.host = HOST
+        self.port = free_port()
+        self.conf_path = workdir / "mosquitto.conf"
+        self.conf_path.write_text(
+            f"listener {self.port} {HOST}\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type all\n", encoding="utf-8")
+        self.proc = Proc([program, "-c", self.conf_path], workdir / "mosquitto.log")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> "Broker":
+        """Start (again, on the same port) and wait until the port accepts."""
+        self.proc.start()
+        self.proc.wait_ready(lambda: port_accepts(self.port), 10, f"mosquitto on {self.port}")
+        return self
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+    def log_text(self) -> str:
+        return self.proc.log_text()
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    program = require_program("mosquitto")
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    broker = Broker(program, workdir)
+    try:
+        broker.start()
+    except AssertionError:
+        broker.stop()  # the port was taken in between: once more on another
+        broker = Broker(program, workdir)
+        broker.start()
+    yield broker
+    broker.stop()
+
+
+# ------------------------------------------------------------------ pty pairs
+
+class PtyPair:
+    """Two linked pseudo-terminals from socat: open `.a` at one end, `.b` at the other."""
+
+    def __init__(self, a: str, b: str, proc: Proc):
+        self.a, self.b, self.proc = a, b, proc
+
+
+@pytest.fixture
+def make_socat_pair(tmp_path):
+    program = require_program("socat")
+    procs = []
+    counter = itertools.count()
+
+    def make() -> PtyPair:
+        n = next(counter)
+        workdir = tmp_path / f"pty{n}"
+        workdir.mkdir()
+        a, b = workdir / "a", workdir / "b"
+        proc = Proc([program, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+                    workdir / "socat.log").start()
+        procs.append(proc)
+        proc.wait_ready(lambda: a.exists() and b.exists(), 10, "socat pty links")
+        return PtyPair(str(a), str(b), proc)
+
+    yield make
+    for proc in reversed(procs):
+        proc.stop()
+
+
+@pytest.fixture
+def socat_pair(make_socat_pair) -> PtyPair:
+    return make_socat_pair()
+
+
+# ---------------------------------------------------------------- peer scripts
+
+class Peer:
+    """A peer script: `.log_path` (JSON lines), `.entries()`, `wait_entries(n)`."""
+
+    def __init__(self, argv, workdir: Path, ready_file: Path):
+        self.argv = argv
+        self.ready_file = ready_file
+        self.log_path = workdir / "log.jsonl"
+        self.proc = Proc(argv, workdir / "stderr.log")
+        self.address = ""
+
+    def start(self) -> "Peer":
+        self.ready_file.unlink(missing_ok=True)
+        self.proc.start()
+        self.address = self.proc.wait_ready(self._ready, 15, f"{Path(self.argv[1]).name} ready")
+        return self
+
+    def _ready(self):
+        try:
+            return self.ready_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+    def restart(self) -> "Peer":
+        self.stop()
+        return self.start()
+
+    def entries(self) -> list[dict]:
+        return read_jsonl(self.log_path)
+
+    def wait_entries(self, n: int, timeout: float = 10.0) -> list[dict]:
+        """Until at least `n` log entries exist; returns all of them."""
+        return wait_until(lambda: (e := self.entries()) and len(e) >= n and e, timeout,
+                          what=f"{n} entries in {self.log_path}")
+
+    def stderr_text(self) -> str:
+        return self.proc.log_text()
+
+
+class ModbusPeer(Peer):
+    """modbus_device.py: `.writes()` are its applied writes; TCP: `.host`, `.port`."""
+
+    writes = Peer.entries
+    wait_writes = Peer.wait_entries
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def restart(self) -> "Peer":
+        """Stop and start again; a TCP device comes back on the same port."""
+        if "--tcp" in self.argv and self.address:
+            self.argv[self.argv.index("--tcp") + 1] = self.address
+            self.proc.argv = [str(a) for a in self.argv]
+        return super().restart()
+
+
+class SerialPeer(Peer):
+    """serial_device.py: `.frames()` are the frames it received."""
+
+    frames = Peer.entries
+    wait_frames = Peer.wait_entries
+
+
+def _workdir(tmp_path: Path, stem: str, counter) -> Path:
+    workdir = tmp_path / f"{stem}{next(counter)}"
+    workdir.mkdir()
+    return workdir
+
+
+@pytest.fixture
+def modbus_device(tmp_path):
+    """Factory: `modbus_device(rtu=None, *, tcp="127.0.0.1:0", units=(1,), ...)` -> ModbusPeer."""
+    peers, counter = [], itertools.count()
+
+    def start(rtu=None, *, tcp=f"{HOST}:0", units=(1,), dead_units=(), exception_at=(),
+              delay_ms=0, baud=9600, parity="N", size=None, preset=(), pace_baud=False,
+              extra_args=()) -> ModbusPeer:
+        workdir = _workdir(tmp_path, "modbus", counter)
+        ready = workdir / "ready"
+        args = ["--rtu", rtu, "--baud", baud, "--parity", parity] if rtu else ["--tcp", tcp]
+        args += ["--units", csv(units), "--log", workdir / "log.jsonl", "--ready-file", ready]
+        if dead_units:
+            args += ["--dead-units", csv(dead_units)]
+        if exception_at:
+            args += ["--exception-at", csv(exception_at)]
+        if delay_ms:
+            args += ["--delay-ms", delay_ms]
+        if size:
+            args += ["--size", size]
+        for p in preset:
+            args += ["--preset", p]
+        if pace_baud:
+            args += ["--pace-baud"]
+        peer = ModbusPeer(peer_argv("modbus_device.py", *args, *extra_args), workdir, ready)
+        peers.append(peer)
+        return peer.start()
+
+    yield start
+    for peer in reversed(peers):
+        peer.stop()
+
+
+@pytest.fixture
+def serial_device(tmp_path):
+    """Factory: `serial_device(port, *, framing="line", ...)` -> SerialPeer."""
+    peers, counter = [], itertools.count()
+
+    def start(port, *, framing="line", baud=115200, reply_ok="OK", reply_nack="ERR",
+              nack_on=(), silent_on=(), delay_ms=0, idle_ms=None, extra_args=()) -> SerialPeer:
+        workdir = _workdir(tmp_path, "serial", counter)
+        ready = workdir / "ready"
+        args = ["--port", port, "--baud", baud, "--framing", framing,
+                "--reply-ok", reply_ok, "--reply-nack", reply_nack,
+                "--log", workdir / "log.jsonl", "--ready-file", ready]
+        for text in nack_on:
+            args += ["--nack-on", text]
+        for text in silent_on:
+            args += ["--silent-on", text]
+        if delay_ms:
+            args += ["--delay-ms", delay_ms]
+        if idle_ms is not None:
+            args += ["--idle-ms", idle_ms]
+        peer = SerialPeer(peer_argv("serial_device.py", *args, *extra_args), workdir, ready)
+        peers.append(peer)
+        return peer.start()
+
+    yield start
+    for peer in reversed(peers):
+        peer.stop()
+
+
+# -------------------------------------------------------------------- gateway
+
+@pytest.fixture(scope="session")
+def gateway_bin() -> Path:
+    """`$C2D_GATEWAY_BIN`, else the release build under the cargo target dir."""
+    explicit = os.environ.get("C2D_GATEWAY_BIN")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            pytest.fail(f"C2D_GATEWAY_BIN={explicit} is not an executable")
+        return Path(explicit)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    binary = target / "release" / "c2d-gateway"
+    if not os.access(binary, os.X_OK):
+        pytest.skip(f"no gateway binary: run tests/run, or cargo build --release, or set C2D_GATEWAY_BIN")
+    return binary
+
+
+@pytest.fixture
+def gateway(tmp_path, gateway_bin):
+    """Factory: `gateway(config_text, *, start=True, wait_ready=True, env=None, args=())` -> Gateway.
+
+    `config_text` may use `{dir}` (this gateway's tmp dir) and `{state_dir}`;
+    without a `state_dir` key one under `{dir}` is added to `[gateway]`.
+    """
+    gateways, counter = [], itertools.count()
+
+    def start(config_text, *, start=True, wait_ready=True, env=None, args=()) -> Gateway:
+        gw = Gateway(gateway_bin, tmp_path / f"gateway{next(counter)}", config_text, env, args)
+        gateways.append(gw)
+        if start:
+            gw.start(wait_ready=wait_ready)
+        return gw
+
+    yield start
+    for gw in reversed(gateways):
+        gw.close()

@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""An independent Modbus device (TCP or RTU) for the outside-peer suites.
+
+Why it exists: the gateway's own simulator (`src/sim`) is written by us and
+would share our misreadings of the spec. This device frames, decodes and
+encodes with pymodbus, a third party, so a suite that passes against it shows
+the gateway speaks Modbus the way other implementations understand it.
+
+What it does:
+- serves Modbus TCP (`--tcp HOST:PORT`, port 0 picks a free one) or Modbus
+  RTU on a serial path (`--rtu PATH`, e.g. one end of a socat pty pair);
+- answers only the unit ids in `--units` minus `--dead-units`; a frame for
+  any other unit gets no answer at all, as on a real RS-485 line (over TCP
+  too), so a dead unit is simulated by leaving it out;
+- gives each unit four tables (coils, discrete inputs, holding and input
+  registers) of `--size` addresses, zero unless `--preset`; a request that
+  touches an address >= `--size` or listed in `--exception-at` answers
+  exception 2 (ILLEGAL DATA ADDRESS) and changes nothing;
+- appends one JSON line to `--log` per write it applied, e.g.
+  `{"t": 1700000000.5, "unit": 3, "fc": 16, "address": 100, "values": [16812, 0]}`
+  (FC5/FC15 values are booleans; FC22 and FC23 log the registers stored);
+- `--delay-ms N` answers every request N ms late (a slow device);
+- `--pace-baud` makes an RTU device take each frame's time on the wire at
+  `--baud` (a pty passes bytes instantly, see shared/crates.md);
+- writes its listening address to `--ready-file` once it serves.
+
+pymodbus is pinned in tests/requirements.txt (3.16.1). This file subclasses
+that version's per-connection `ServerRequestHandler` so that it alone
+answers each request: pymodbus would answer an unknown unit with exception 4,
+and its own handler re-reads the request after awaiting the datastore, which
+a delayed answer would race.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from pymodbus import FramerType, pymodbus_apply_logging_config
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+log = logging.getLogger("modbus_device")
+
+TABLES = ("coil", "discrete", "holding", "input")
+BIT_TABLES = ("coil", "discrete")
+TABLE_OF_FC = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 4: "input"}
+TABLE_OF_FC.update({fc: "holding" for fc in (3, 6, 16, 22, 23)})
+
+
+class Store:
+    """The memory of every served unit, in the shape pymodbus PDUs call.
+
+    A request PDU's `datastore_update(context, unit)` calls only
+    `async_getValues` / `async_setValues` on its context, so this plain object
+    stands in for pymodbus's datastore, and every write that passes the
+    address checks is logged here, at the moment it is applied.
+    """
+
+    def __init__(self, units, size, exception_at, log_path):
+        self.size = size
+        self.exception_at = set(exception_at)
+        self.units = {
+            u: {t: [False if t in BIT_TABLES else 0] * size for t in TABLES}
+            for u in units
+        }
+        self.log_file = open(log_path, "a", encoding="utf-8") if log_path else None
+
+    def check(self, address, count):
+        """Exception code for [address, address+count), or None if valid."""
+        if address < 0 or count < 1 or address + count > self.size:
+            return ExcCodes.ILLEGAL_ADDRESS
+        if any(a in self.exception_at for a in range(address, address + count)):
+            return ExcCodes.ILLEGAL_ADDRESS
+        return None
+
+    async def async_getValues(self, device_id, func_code, address, count=1):
+        if rc := self.check(address, count):
+            return rc
+        return self.units[device_id][TABLE_OF_FC[func_code]][address : address + count]
+
+    async def async_setValues(self, device_id, func_code, address, values):
+        if rc := self.check(address, len(values)):
+            return rc
+        table = TABLE_OF_FC[func_code]
+        kind = bool if table in BIT_TABLES else int
+        values = [kind(v) for v in values]
+        self.units[device_id][table][address : address + len(values)] = values
+        self.record(device_id, func_code, address, values)
+        return None
+
+    def preset(self, table, address, values):
+        kind = bool if table in BIT_TABLES else int
+        for unit in self.units.values():
+            unit[table][address : address + len(values)] = [kind(v) for v in values]
+
+    def record(self, unit, fc, address, values):
+        entry = {"t": time.time(), "unit": unit, "fc": fc, "address": address, "values": values}
+        log.info("write %s", entry)
+        if self.log_file:
+            self.log_file.write(json.dumps(entry) + "\n")
+            self.log_file.flush()
+
+
+class Device:
+    """Answers requests: unit filter, delay, wire pacing, one at a time."""
+
+    def __init__(self, store, delay_s, pace_char_s):
+        self.store = store
+        self.delay_s = delay_s
+        self.pace_char_s = pace_char_s  # seconds per character on the wire, 0 = off
+        self.lock = asyncio.Lock()  # one request at a time, like a real device
+        self.tasks = set()
+
+    async def answer(self, handler, pdu, addr):
+        if pdu.dev_id not in self.store.units:
+            log.info("silent: unit %s not served (fc %s)", pdu.dev_id, pdu.function_code)
+            return
+        async with self.lock:
+            if self.pace_char_s:
+                # the request's own time on the wire, then the 3.5-char gap
+                frame = handler.framer.buildFrame(pdu)
+                await asyncio.sleep((len(frame) + 3.5) * self.pace_char_s)
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            try:
+                response = await pdu.datastore_update(self.store, pdu.dev_id)
+            except Exception:  # pylint: disable=broad-except
+                log.exception("request failed: %s", pdu)
+                response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
+            response.transaction_id = pdu.transaction_id
+            response.dev_id = pdu.dev_id
+            if self.pace_char_s:
+                frame = handler.framer.buildFrame(response)
+                await asyncio.sleep(len(frame) * self.pace_char_s)
+            if handler.transport:
+                handler.server_send(response, addr)
+
+
+class DeviceRequestHandler(ServerRequestHandler):
+    """pymodbus's per-connection handler, with answers given by `Device`.
+
+    The base `callback_data` decodes a frame into `last_pdu` and schedules
+    `handle_later` once per decoded request; the request is queued here at
+    once, before the next chunk of bytes can overwrite `last_pdu`.
+    """
+
+    def __init__(self, owner, *args):
+        super().__init__(owner, *args)
+        self.device = owner.device
+        self.queued = deque()
+
+    def callback_data(self, data, addr=None):
+        used_len = super().callback_data(data, addr)
+        if self.last_pdu:
+            self.queued.append((self.last_pdu, self.last_addr))
+        return used_len
+
+    def handle_later(self):
+        pdu, addr = self.queued.popleft()
+        task = self.loop.create_task(self.device.answer(self, pdu, addr))
+        self.device.tasks.add(task)
+        task.add_done_callback(self.device.tasks.discard)
+
+
+class DeviceServerMixin:
+    """Makes a pymodbus server hand each connection a `DeviceRequestHandler`."""
+
+    def __init__(self, device, **kwargs):
+        self.device = device
+        # pymodbus wants a datastore; requests never reach it (see Store).
+        unused = SimDevice(id=0, simdata=SimData(0, values=0, datatype=DataType.REGISTERS))
+        super().__init__(unused, **kwargs)
+
+    def callback_new_connection(self):
+        return DeviceRequestHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
+class TcpDeviceServer(DeviceServerMixin, ModbusTcpServer):
+    """Modbus TCP (MBAP framing)."""
+
+
+class RtuDeviceServer(DeviceServerMixin, ModbusSerialServer):
+    """Modbus RTU on a serial path."""
+
+
+def int_list(text):
+    return [int(x) for x in text.split(",") if x.strip()] if text else []
+
+
+def parse_preset(text):
+    """`holding:100=1,2` -> ("holding", 100, [1, 2])."""
+    try:
+        where, values = text.split("=", 1)
+        table, address = where.split(":", 1)
+        if table not in TABLES:
+            raise ValueError(table)
+        return table, int(address), int_list(values)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad --preset {text!r}: TABLE:ADDRESS=V[,V...]") from exc
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tcp", metavar="HOST:PORT", help="serve Modbus TCP here")
+    where.add_argument("--rtu", metavar="PATH", help="serve Modbus RTU on this serial path")
+    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--parity", choices=("N", "E", "O"), default="N")
+    p.add_argument("--units", type=int_list, default=[1], help="unit ids answered, e.g. 1,3,5")
+    p.add_argument("--dead-units", type=int_list, default=[], help="unit ids never answered")
+    p.add_argument("--size", type=int, default=10000, help="addresses per table")
+    p.add_argument("--exception-at", type=int_list, default=[], help="addresses answering exception 2")
+    p.add_argument("--preset", type=parse_preset, action="append", default=[],
+                   metavar="TABLE:ADDR=V,...", help="initial values (coil|discrete|holding|input)")
+    p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument("--pace-baud", action="store_true", help="take wire time at --baud (RTU)")
+    p.add_argument("--log", help="JSON lines, one per applied write")
+    p.add_argument("--ready-file", help="written with the listening address once serving")
+    p.add_argument("--verbose", action="store_true", help="pymodbus debug log on stderr")
+    return p.parse_args(argv)
+
+
+async def serve(args):
+    units = [u for u in args.units if u not in set(args.dead_units)]
+    store = Store(units, args.size, args.exception_at, args.log)
+    for table, address, values in args.preset:
+        store.preset(table, address, values)
+    char_bits = 1 + 8 + (0 if args.parity == "N" else 1) + 1
+    pace = char_bits / args.baud if args.pace_baud and args.rtu else 0.0
+    device = Device(store, args.delay_ms / 1000.0, pace)
+    if args.tcp:
+        host, port = args.tcp.rsplit(":", 1)
+        server = TcpDeviceServer(device, address=(host, int(port)), framer=FramerType.SOCKET)
+    else:
+        server = RtuDeviceServer(device, port=args.rtu, framer=FramerType.RTU,
+                                 baudrate=args.baud, parity=args.parity)
+    await server.serve_forever(background=True)
+    if args.tcp:
+        address = "%s:%d" % server.transport.sockets[0].getsockname()[:2]
+    else:
+        address = args.rtu
+    log.info("serving units %s on %s", units, address)
+    if args.ready_file:
+        Path(args.ready_file).write_text(address + "\n", encoding="utf-8")
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.shutdown()
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(message)s")
+    if args.verbose:
+        pymodbus_apply_logging_config(logging.DEBUG)
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

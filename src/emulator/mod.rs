@@ -1,0 +1,250 @@
+//! A local stand-in for Azure IoT Hub, good enough for the gateway's tests,
+//! the demo, and Microsoft's own device SDK: MQTT with SAS validation,
+//! per-device C2D queues with locks, redelivery and TTL, delivery feedback,
+//! and a D2C event store.
+
+pub mod mqtt;
+pub mod state;
+
+use crate::hub::azure::propbag::C2dProperties;
+use mqtt::ConnMsg;
+use state::{Event, Feedback, HubState, QueuedView, SendError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone)]
+pub struct EmulatorOptions {
+    /// The hub's host name as devices see it (SAS resource, username).
+    pub host_name: String,
+    /// Plain MQTT listener (e.g. 127.0.0.1:0).
+    pub mqtt: Option<SocketAddr>,
+    pub lock_timeout: Duration,
+    pub default_ttl: Duration,
+    pub strict_ack_order: bool,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        EmulatorOptions {
+            host_name: "localhost".into(),
+            mqtt: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            lock_timeout: Duration::from_secs(60),
+            default_ttl: Duration::from_secs(3600),
+            strict_ack_order: true,
+        }
+    }
+}
+
+/// A C2D message as a back end sends it.
+#[derive(Debug, Clone, Default)]
+pub struct C2dRequest {
+    pub body: Vec<u8>,
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub ack: Option<String>,
+    pub ttl: Option<Duration>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub properties: Vec<(String, String)>,
+}
+
+pub struct Shared {
+    pub host_name: String,
+    strict: bool,
+    default_ttl: Duration,
+    state: Mutex<HubState>,
+    conns: Mutex<HashMap<u64, mpsc::UnboundedSender<ConnMsg>>>,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub fn state(&self) -> MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<ConnMsg>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new connection for `device`; an older one is closed (IoT Hub keeps one).
+    pub fn register(&self, device: &str, tx: mpsc::UnboundedSender<ConnMsg>) -> u64 {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+        let old = {
+            let mut st = self.state();
+            let d = st.devices.get_mut(device).expect("registered device");
+            let old = d.conn.replace(id);
+            d.subscribed = false;
+            old
+        };
+        if let Some(old) = old {
+            if let Some(tx) = self.conns().remove(&old) {
+                let _ = tx.send(ConnMsg::Close("another connection with the same device id"));
+            }
+            self.state().disconnected(device, old);
+            // disconnected() cleared the new conn if it matched; restore it.
+            self.state().devices.get_mut(device).expect("device").conn = Some(id);
+        }
+        self.conns().insert(id, tx);
+        id
+    }
+
+    pub fn unregister(&self, device: &str, conn: u64) {
+        self.conns().remove(&conn);
+        self.state().disconnected(device, conn);
+        self.pump();
+    }
+
+    pub fn subscribed(&self, device: &str, conn: u64) {
+        if let Some(d) = self.state().devices.get_mut(device) {
+            if d.conn == Some(conn) {
+                d.subscribed = true;
+            }
+        }
+    }
+
+    pub fn complete(&self, device: &str, conn: u64, pkid: u16) -> bool {
+        self.state().complete(device, conn, pkid, self.strict)
+    }
+
+    /// Delivers whatever can be delivered now.
+    pub fn pump(&self) {
+        let out = self.state().pump(SystemTime::now());
+        if out.is_empty() {
+            return;
+        }
+        let conns = self.conns();
+        for d in out {
+            if let Some(tx) = conns.get(&d.conn) {
+                let _ = tx.send(ConnMsg::Deliver { pkid: d.pkid, topic: d.topic, body: d.body });
+            }
+        }
+    }
+}
+
+pub struct Emulator {
+    shared: Arc<Shared>,
+    mqtt_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Emulator {
+    pub async fn start(opts: EmulatorOptions) -> std::io::Result<Emulator> {
+        let shared = Arc::new(Shared {
+            host_name: opts.host_name.clone(),
+            strict: opts.strict_ack_order,
+            default_ttl: opts.default_ttl,
+            state: Mutex::new(HubState::new(opts.lock_timeout)),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+        });
+        let mut tasks = Vec::new();
+        let mut mqtt_addr = None;
+        if let Some(addr) = opts.mqtt {
+            let l = TcpListener::bind(addr).await?;
+            mqtt_addr = Some(l.local_addr()?);
+            let sh = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Ok((s, _)) = l.accept().await {
+                    let _ = s.set_nodelay(true);
+                    tokio::spawn(mqtt::serve(s, sh.clone()));
+                }
+            }));
+        }
+        // Lock ends and TTL expiry.
+        let sh = shared.clone();
+        let tick = (opts.lock_timeout / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
+        tasks.push(tokio::spawn(async move {
+            let mut t = tokio::time::interval(tick);
+            loop {
+                t.tick().await;
+                sh.pump();
+            }
+        }));
+        Ok(Emulator { shared, mqtt_addr, tasks })
+    }
+
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Registers a device (a key is generated when none is given) and
+    /// returns its connection string.
+    pub fn add_device(&self, id: &str, key: Option<&str>) -> String {
+        use base64::Engine;
+        let key = key.map(str::to_string).unwrap_or_else(|| {
+            let raw: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        });
+        self.shared
+            .state()
+            .devices
+            .insert(id.to_string(), state::Device { key: key.clone(), ..state::Device::default() });
+        format!("HostName={};DeviceId={id};SharedAccessKey={key}", self.shared.host_name)
+    }
+
+    /// Enqueues a C2D message, like the service SDK's `SendAsync`.
+    pub fn send(&self, device: &str, req: C2dRequest) -> Result<String, SendError> {
+        let props = C2dProperties {
+            message_id: req.message_id,
+            correlation_id: req.correlation_id,
+            content_type: req.content_type,
+            content_encoding: req.content_encoding,
+            ack: req.ack,
+            app: req.properties.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+            ..C2dProperties::default()
+        };
+        let ttl = req.ttl.unwrap_or(self.shared.default_ttl);
+        let id = self.shared.state().enqueue(device, props, req.body, ttl, SystemTime::now())?;
+        self.shared.pump();
+        Ok(id)
+    }
+
+    pub fn queue(&self, device: &str) -> Result<Vec<QueuedView>, SendError> {
+        self.shared.state().queue_view(device)
+    }
+
+    pub fn feedback(&self) -> Vec<Feedback> {
+        self.shared.state().feedback.clone()
+    }
+
+    pub fn events(&self, device: &str) -> Vec<Event> {
+        self.shared.state().events.iter().filter(|e| e.device_id == device).cloned().collect()
+    }
+
+    pub fn purge(&self, device: &str) -> Result<usize, SendError> {
+        self.shared.state().purge(device)
+    }
+
+    /// How many connections were accepted so far (a reconnect shows here).
+    pub fn connections(&self) -> u64 {
+        self.shared.next_conn.load(Ordering::Relaxed)
+    }
+
+    /// Drops the device's connection, as a network fault would.
+    pub fn drop_connection(&self, device: &str) {
+        let conn = self.shared.state().devices.get(device).and_then(|d| d.conn);
+        if let Some(c) = conn {
+            if let Some(tx) = self.shared.conns().get(&c) {
+                let _ = tx.send(ConnMsg::Close("dropped by the test"));
+            }
+        }
+    }
+}

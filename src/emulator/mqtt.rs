@@ -1,0 +1,159 @@
+//! The emulator's MQTT side: one task per connection, speaking MQTT 3.1.1
+//! through rumqttc's `mqttbytes` codec. CONNECT is checked like IoT Hub
+//! does it (client id, username, SAS token); the connection is closed when
+//! the token expires, when a second connection takes the same id, or (strict
+//! mode) on a PUBACK out of order.
+
+use super::Shared;
+use crate::hub::azure::{propbag, sas};
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, PubAck, SubAck, SubscribeReasonCode};
+use rumqttc::mqttbytes::QoS;
+use rumqttc::Publish;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout};
+
+const MAX_PACKET: usize = 512 * 1024;
+
+/// What the hub sends down a connection.
+#[derive(Debug)]
+pub enum ConnMsg {
+    Deliver { pkid: u16, topic: String, body: Vec<u8> },
+    Close(&'static str),
+}
+
+struct Wire<S> {
+    stream: S,
+    buf: BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    async fn read(&mut self) -> Result<Packet, String> {
+        loop {
+            match Packet::read(&mut self.buf, MAX_PACKET) {
+                Ok(p) => return Ok(p),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => return Err(format!("bad packet: {e:?}")),
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed by the client".into());
+            }
+        }
+    }
+
+    async fn write(&mut self, p: Packet) -> Result<(), String> {
+        let mut out = BytesMut::new();
+        p.write(&mut out, MAX_PACKET).map_err(|e| format!("{e:?}"))?;
+        self.stream.write_all(&out).await.map_err(|e| e.to_string())
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// Serves one client connection until it ends.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Shared>) {
+    let mut w = Wire { stream, buf: BytesMut::with_capacity(4096) };
+    let connect = match timeout(Duration::from_secs(10), w.read()).await {
+        Ok(Ok(Packet::Connect(c))) => c,
+        _ => return,
+    };
+    let device = connect.client_id.clone();
+    let refuse = |code| Packet::ConnAck(ConnAck::new(code, false));
+    let key = shared.state().devices.get(&device).map(|d| d.key.clone());
+    let Some(key) = key else {
+        tracing::info!(%device, "emulator: unknown device id: refused");
+        let _ = w.write(refuse(ConnectReturnCode::BadClientId)).await;
+        return;
+    };
+    let host = &shared.host_name;
+    let (user, token) = match &connect.login {
+        Some(l) => (l.username.clone(), l.password.clone()),
+        None => (String::new(), String::new()),
+    };
+    let user_ok = user.starts_with(&format!("{host}/{device}/?api-version="));
+    let expiry = match sas::verify(&token, &key, &format!("{host}/devices/{device}"), now_unix()) {
+        Ok(e) if user_ok => e,
+        Ok(_) => {
+            tracing::info!(%device, "emulator: bad username: refused");
+            let _ = w.write(refuse(ConnectReturnCode::BadUserNamePassword)).await;
+            return;
+        }
+        Err(e) => {
+            tracing::info!(%device, error = %e, "emulator: SAS token rejected: refused");
+            let _ = w.write(refuse(ConnectReturnCode::NotAuthorized)).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let conn = shared.register(&device, tx);
+    if w.write(Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, !connect.clean_session))).await.is_err() {
+        shared.unregister(&device, conn);
+        return;
+    }
+    tracing::info!(%device, conn, "emulator: device connected");
+    let token_left = Duration::from_secs(expiry.saturating_sub(now_unix()));
+    let expire = sleep(token_left);
+    tokio::pin!(expire);
+    let why = loop {
+        tokio::select! {
+            _ = &mut expire => break "SAS token expired".to_string(),
+            msg = rx.recv() => match msg {
+                Some(ConnMsg::Deliver { pkid, topic, body }) => {
+                    let mut p = Publish::new(topic, QoS::AtLeastOnce, body);
+                    p.pkid = pkid;
+                    if let Err(e) = w.write(Packet::Publish(p)).await { break e; }
+                }
+                Some(ConnMsg::Close(why)) => break why.to_string(),
+                None => break "hub stopped".into(),
+            },
+            p = w.read() => match p {
+                Err(e) => break e,
+                Ok(Packet::Subscribe(s)) => {
+                    let mut codes = Vec::new();
+                    for f in &s.filters {
+                        if f.path == propbag::devicebound_filter(&device) {
+                            shared.subscribed(&device, conn);
+                            codes.push(SubscribeReasonCode::Success(QoS::AtLeastOnce));
+                        } else if f.path.starts_with("$iothub/") {
+                            codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
+                        } else {
+                            codes.push(SubscribeReasonCode::Failure);
+                        }
+                    }
+                    if let Err(e) = w.write(Packet::SubAck(SubAck::new(s.pkid, codes))).await { break e; }
+                    shared.pump();
+                }
+                Ok(Packet::Publish(p)) => {
+                    let prefix = format!("devices/{device}/messages/events/");
+                    let Some(bag) = p.topic.strip_prefix(&prefix) else {
+                        break format!("publish to a topic IoT Hub does not accept: {}", p.topic);
+                    };
+                    match propbag::parse(bag) {
+                        Ok(props) => shared.state().record_event(&device, props, &p.payload, SystemTime::now()),
+                        Err(e) => break format!("malformed property bag in a D2C topic: {e}"),
+                    }
+                    if p.qos != QoS::AtMostOnce {
+                        if let Err(e) = w.write(Packet::PubAck(PubAck::new(p.pkid))).await { break e; }
+                    }
+                }
+                Ok(Packet::PubAck(a)) => {
+                    if !shared.complete(&device, conn, a.pkid) {
+                        break format!("PUBACK {} out of order (strict mode)", a.pkid);
+                    }
+                }
+                Ok(Packet::PingReq) => { if let Err(e) = w.write(Packet::PingResp).await { break e; } }
+                Ok(Packet::Disconnect) => break "client disconnected".into(),
+                Ok(Packet::Unsubscribe(_)) | Ok(_) => {}
+            }
+        }
+    };
+    tracing::info!(%device, conn, reason = %why, "emulator: connection closed");
+    let _ = w.stream.shutdown().await;
+    shared.unregister(&device, conn);
+}

@@ -142,6 +142,7 @@ async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job) -> Step {
     }
     // Connecting sends nothing: its failures cost no attempt.
     if let Err(e) = link.connect().await {
+        tracing::debug!(device = %job.device, error = %e, "cannot reach the device");
         job.last_error = Some(e);
         return Step::Retry { timeout: false };
     }

@@ -166,14 +166,9 @@ impl Service for Svc {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            match out {
-                None => {
-                    // Silent: hold the request until the client gives up.
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    Ok(None)
-                }
-                Some(r) => r.map(Some),
-            }
+            // None: no reply at all (tokio-modbus sends nothing), as a
+            // unit that is not there.
+            out.transpose()
         })
     }
 }

@@ -21,6 +21,7 @@ pub struct Gateway {
 impl Gateway {
     pub async fn start(cfg_text: &str) -> Gateway {
         let cfg = Config::parse(cfg_text, "test.toml").unwrap_or_else(|d| panic!("{d}\n{cfg_text}"));
+        daemon::init_logging(None);
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(daemon::run(cfg, Some(rx)));
         Gateway { stop, task }

@@ -245,7 +245,17 @@ async def serve(args):
     else:
         server = RtuDeviceServer(device, port=args.rtu, framer=FramerType.RTU,
                                  baudrate=args.baud, parity=args.parity)
-    await server.serve_forever(background=True)
+    # an RTU port is opened with an exclusive lock; a pty just handed out
+    # may still be held by whoever had its number before, so retry briefly
+    deadline = time.monotonic() + (5.0 if args.rtu else 0.0)
+    while True:
+        try:
+            await server.serve_forever(background=True)
+            break
+        except RuntimeError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
     if args.tcp:
         address = "%s:%d" % server.transport.sockets[0].getsockname()[:2]
     else:

@@ -7,6 +7,7 @@
 //! `pipeline` ties them together and `daemon` runs it.
 
 pub mod bus;
+pub mod cli;
 pub mod completion;
 pub mod config;
 pub mod daemon;

@@ -3,8 +3,10 @@
 //! per-device C2D queues with locks, redelivery and TTL, delivery feedback,
 //! and a D2C event store.
 
+pub mod http;
 pub mod mqtt;
 pub mod state;
+pub mod tls;
 
 use crate::hub::azure::propbag::C2dProperties;
 use mqtt::ConnMsg;
@@ -14,6 +16,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
+
+/// IoT Hub's limit on a C2D message body.
+pub const MAX_C2D_BODY: usize = 64 * 1024;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -24,6 +29,10 @@ pub struct EmulatorOptions {
     pub host_name: String,
     /// Plain MQTT listener (e.g. 127.0.0.1:0).
     pub mqtt: Option<SocketAddr>,
+    /// MQTT over TLS listener (IoT Hub's port is 8883).
+    pub tls: Option<SocketAddr>,
+    /// HTTP API listener.
+    pub http: Option<SocketAddr>,
     pub lock_timeout: Duration,
     pub default_ttl: Duration,
     pub strict_ack_order: bool,
@@ -34,6 +43,8 @@ impl Default for EmulatorOptions {
         EmulatorOptions {
             host_name: "localhost".into(),
             mqtt: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            tls: None,
+            http: None,
             lock_timeout: Duration::from_secs(60),
             default_ttl: Duration::from_secs(3600),
             strict_ack_order: true,
@@ -112,6 +123,26 @@ impl Shared {
         self.state().complete(device, conn, pkid, self.strict)
     }
 
+    /// Enqueues a C2D message, like the service SDK's `SendAsync`.
+    pub fn send(&self, device: &str, req: C2dRequest) -> Result<String, SendError> {
+        if req.body.len() > MAX_C2D_BODY {
+            return Err(SendError::TooLarge(req.body.len()));
+        }
+        let props = C2dProperties {
+            message_id: req.message_id,
+            correlation_id: req.correlation_id,
+            content_type: req.content_type,
+            content_encoding: req.content_encoding,
+            ack: req.ack,
+            app: req.properties.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+            ..C2dProperties::default()
+        };
+        let ttl = req.ttl.unwrap_or(self.default_ttl);
+        let id = self.state().enqueue(device, props, req.body, ttl, SystemTime::now())?;
+        self.pump();
+        Ok(id)
+    }
+
     /// Delivers whatever can be delivered now.
     pub fn pump(&self) {
         let out = self.state().pump(SystemTime::now());
@@ -130,6 +161,9 @@ impl Shared {
 pub struct Emulator {
     shared: Arc<Shared>,
     mqtt_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    ca_pem: Option<String>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -164,6 +198,38 @@ impl Emulator {
                 }
             }));
         }
+        let mut tls_addr = None;
+        let mut ca_pem = None;
+        if let Some(addr) = opts.tls {
+            let certs = tls::generate(&opts.host_name).map_err(std::io::Error::other)?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(certs.server.clone());
+            ca_pem = Some(certs.ca_pem);
+            let l = TcpListener::bind(addr).await?;
+            tls_addr = Some(l.local_addr()?);
+            let sh = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Ok((s, peer)) = l.accept().await {
+                    let _ = s.set_nodelay(true);
+                    let (acceptor, sh) = (acceptor.clone(), sh.clone());
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s)).await {
+                            Ok(Ok(tls)) => mqtt::serve(tls, sh).await,
+                            Ok(Err(e)) => tracing::info!(%peer, error = %e, "emulator: TLS handshake failed"),
+                            Err(_) => tracing::info!(%peer, "emulator: TLS handshake timed out"),
+                        }
+                    });
+                }
+            }));
+        }
+        let mut http_addr = None;
+        if let Some(addr) = opts.http {
+            let l = TcpListener::bind(addr).await?;
+            http_addr = Some(l.local_addr()?);
+            let app = http::router(shared.clone());
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(l, app).await;
+            }));
+        }
         // Lock ends and TTL expiry.
         let sh = shared.clone();
         let tick = (opts.lock_timeout / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
@@ -174,11 +240,24 @@ impl Emulator {
                 sh.pump();
             }
         }));
-        Ok(Emulator { shared, mqtt_addr, tasks })
+        Ok(Emulator { shared, mqtt_addr, tls_addr, http_addr, ca_pem, tasks })
     }
 
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
         self.mqtt_addr
+    }
+
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The CA certificate (PEM) devices must trust for the TLS listener.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -202,19 +281,7 @@ impl Emulator {
 
     /// Enqueues a C2D message, like the service SDK's `SendAsync`.
     pub fn send(&self, device: &str, req: C2dRequest) -> Result<String, SendError> {
-        let props = C2dProperties {
-            message_id: req.message_id,
-            correlation_id: req.correlation_id,
-            content_type: req.content_type,
-            content_encoding: req.content_encoding,
-            ack: req.ack,
-            app: req.properties.into_iter().map(|(k, v)| (k, Some(v))).collect(),
-            ..C2dProperties::default()
-        };
-        let ttl = req.ttl.unwrap_or(self.shared.default_ttl);
-        let id = self.shared.state().enqueue(device, props, req.body, ttl, SystemTime::now())?;
-        self.shared.pump();
-        Ok(id)
+        self.shared.send(device, req)
     }
 
     pub fn queue(&self, device: &str) -> Result<Vec<QueuedView>, SendError> {

@@ -81,8 +81,8 @@ pub enum SendError {
     UnknownDevice(String),
     #[error("the queue of device {0} is full ({QUEUE_LIMIT} messages)")]
     QueueFull(String),
-    #[error("{0}")]
-    BadRequest(String),
+    #[error("the body has {0} bytes; IoT Hub accepts at most 65536")]
+    TooLarge(usize),
 }
 
 /// What a connection must send after a state change.

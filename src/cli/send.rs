@@ -1,0 +1,96 @@
+//! `c2d-gateway send`: the seeds' SendCloudToDevice back end, against the
+//! emulator's HTTP API. Prints the message id; with `--wait`, prints the
+//! feedback record(s) for it as they arrive, like the seed's feedback
+//! receiver.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+pub struct Args {
+    pub hub: String,
+    pub device: String,
+    pub ack: Option<String>,
+    pub properties: Vec<(String, String)>,
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub expiry: Option<Duration>,
+    pub wait: bool,
+    pub timeout: Duration,
+    pub body: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+pub fn run(a: Args) -> Result<(), String> {
+    let body = if a.body == "-" {
+        let mut b = Vec::new();
+        std::io::stdin().read_to_end(&mut b).map_err(|e| format!("cannot read stdin: {e}"))?;
+        b
+    } else {
+        a.body.into_bytes()
+    };
+    let base = a.hub.trim_end_matches('/');
+    let url = format!("{base}/devices/{}/messages", a.device);
+    let agent = agent();
+    let mut req = agent.post(&url);
+    if let Some(v) = &a.ack {
+        req = req.header("iothub-ack", v);
+    }
+    if let Some(v) = &a.message_id {
+        req = req.header("iothub-messageid", v);
+    }
+    if let Some(v) = &a.correlation_id {
+        req = req.header("iothub-correlationid", v);
+    }
+    if let Some(d) = a.expiry {
+        req = req.header("iothub-expiry", &d.as_secs().max(1).to_string());
+    }
+    for (k, v) in &a.properties {
+        req = req.header(&format!("iothub-app-{k}"), v);
+    }
+    let mut resp = req.send(&body[..]).map_err(|e| format!("cannot reach the hub at {base}: {e}"))?;
+    let status = resp.status();
+    let text = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text.clone()));
+    if !status.is_success() {
+        let why = v.get("error").and_then(|e| e.as_str()).unwrap_or(&text);
+        return Err(format!("the hub refused the message ({status}): {why}"));
+    }
+    let id = v.get("message_id").and_then(|m| m.as_str()).unwrap_or_default().to_string();
+    println!("{id}");
+    if !a.wait {
+        return Ok(());
+    }
+    let end = Instant::now() + a.timeout;
+    let mut seen = 0usize;
+    loop {
+        let mut r = agent.get(format!("{base}/feedback")).call().map_err(|e| format!("feedback: {e}"))?;
+        let all: Vec<serde_json::Value> =
+            serde_json::from_str(&r.body_mut().read_to_string().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        let mine: Vec<_> = all.iter().filter(|f| f["original_message_id"] == id.as_str()).collect();
+        for f in &mine[seen..] {
+            println!(
+                "feedback: {} {} ({}) at {}",
+                f["original_message_id"].as_str().unwrap_or(""),
+                f["status_code"].as_str().unwrap_or(""),
+                f["description"].as_str().unwrap_or(""),
+                f["enqueued_time_utc"].as_str().unwrap_or("")
+            );
+        }
+        if mine.len() > seen {
+            return Ok(());
+        }
+        seen = mine.len();
+        if Instant::now() > end {
+            return Err(format!("no feedback for {id} within {}", humantime::format_duration(a.timeout)));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

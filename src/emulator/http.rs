@@ -1,0 +1,125 @@
+//! The emulator's back-end HTTP API (what the service SDK does against IoT
+//! Hub, reduced to what the seeds use):
+//!
+//! - `POST /devices/{id}/messages`: send a C2D message; headers
+//!   `iothub-messageid`, `iothub-ack`, `iothub-expiry` (seconds),
+//!   `iothub-correlationid`, `iothub-contenttype`, `iothub-contentencoding`,
+//!   `iothub-app-NAME` → 201 `{"message_id": ...}`
+//! - `GET /devices/{id}/messages`: the device's queue
+//! - `GET /feedback`: delivery feedback records
+//! - `GET /devices/{id}/events`: D2C messages with their properties
+//! - `DELETE /devices/{id}/messages`: purge
+//!
+//! Errors are JSON `{"error": ..., "status": ...}` with a status that says
+//! why: unknown device 404, queue full 403, bad header 400, too large 413.
+
+use super::state::SendError;
+use super::{C2dRequest, Shared};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({"error": msg.into(), "status": status.as_u16()}))).into_response()
+}
+
+fn send_error(e: SendError) -> Response {
+    let status = match e {
+        SendError::UnknownDevice(_) => StatusCode::NOT_FOUND,
+        SendError::QueueFull(_) => StatusCode::FORBIDDEN,
+        SendError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+    };
+    error(status, e.to_string())
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/devices/{id}/messages", post(send).get(queue).delete(purge))
+        .route("/devices/{id}/events", get(events))
+        .route("/feedback", get(feedback))
+        .with_state(shared)
+}
+
+/// Builds the request from the headers; an invalid header is a 400.
+pub fn request_from_headers(headers: &HeaderMap, body: Vec<u8>) -> Result<C2dRequest, String> {
+    let text = |name: &str| -> Result<Option<String>, String> {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map(str::to_string).map_err(|_| format!("header {name} is not valid text")))
+            .transpose()
+    };
+    let ack = text("iothub-ack")?;
+    if let Some(a) = &ack {
+        if !["none", "positive", "negative", "full"].contains(&a.as_str()) {
+            return Err(format!("iothub-ack must be none, positive, negative or full, not {a:?}"));
+        }
+    }
+    let ttl = match text("iothub-expiry")? {
+        None => None,
+        Some(s) => match s.trim().parse::<u64>() {
+            Ok(n) if n > 0 && n <= 2 * 86400 => Some(Duration::from_secs(n)),
+            _ => return Err(format!("iothub-expiry must be a number of seconds between 1 and 172800, not {s:?}")),
+        },
+    };
+    let mut properties = Vec::new();
+    for (name, value) in headers {
+        if let Some(key) = name.as_str().strip_prefix("iothub-app-") {
+            let v = value.to_str().map_err(|_| format!("header {name} is not valid text"))?;
+            properties.push((key.to_string(), v.to_string()));
+        }
+    }
+    Ok(C2dRequest {
+        body,
+        message_id: text("iothub-messageid")?,
+        correlation_id: text("iothub-correlationid")?,
+        ack,
+        ttl,
+        content_type: text("iothub-contenttype")?,
+        content_encoding: text("iothub-contentencoding")?,
+        properties,
+    })
+}
+
+async fn send(State(sh): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let req = match request_from_headers(&headers, body.to_vec()) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match sh.send(&id, req) {
+        Ok(mid) => (StatusCode::CREATED, Json(json!({"message_id": mid}))).into_response(),
+        Err(e) => send_error(e),
+    }
+}
+
+async fn queue(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match sh.state().queue_view(&id) {
+        Ok(q) => Json(q).into_response(),
+        Err(e) => send_error(e),
+    }
+}
+
+async fn purge(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match sh.state().purge(&id) {
+        Ok(n) => Json(json!({"purged": n})).into_response(),
+        Err(e) => send_error(e),
+    }
+}
+
+async fn events(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let st = sh.state();
+    if !st.devices.contains_key(&id) {
+        return send_error(SendError::UnknownDevice(id));
+    }
+    let ev: Vec<_> = st.events.iter().filter(|e| e.device_id == id).cloned().collect();
+    Json(ev).into_response()
+}
+
+async fn feedback(State(sh): State<Arc<Shared>>) -> Response {
+    Json(sh.state().feedback.clone()).into_response()
+}

@@ -150,15 +150,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { keep_running } => {
-            if std::env::var_os("RUST_LOG").is_some() {
-                daemon::init_logging(None);
-            }
-            match runtime() {
-                Ok(rt) => report(rt.block_on(cli::demo::run(keep_running))),
-                Err(code) => code,
-            }
-        }
+        Command::Demo { keep_running } => match runtime() {
+            Ok(rt) => report(rt.block_on(cli::demo::run(keep_running))),
+            Err(code) => code,
+        },
         Command::HubEmulator {
             mqtt,
             tls,

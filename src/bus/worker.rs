@@ -162,6 +162,7 @@ async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job) -> Step {
         }
     }
     job.attempts += 1;
+    tracing::debug!(message_id = %job.id, device = %job.device, attempt = job.attempts, "sending");
     let wire = match (&job.request, &mut *link) {
         (Request::Modbus(writes), Link::Modbus(l)) => {
             let mut last = Wire::Acked(String::new());

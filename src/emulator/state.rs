@@ -104,7 +104,7 @@ pub struct HubState {
 }
 
 fn utc(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    humantime::format_rfc3339_micros(t).to_string()
 }
 
 impl HubState {

@@ -249,9 +249,10 @@ impl<'a> Body<'a> {
         self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
-    /// Refuses the first key not in `allowed`.
+    /// Refuses the first key not in `allowed`. `id` is always allowed: with
+    /// a plain MQTT broker it carries the message id (read by the hub link).
     fn only(&self, allowed: &[&str], hint: &str) -> Result<(), Reject> {
-        match self.entries.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        match self.entries.iter().find(|(k, _)| k != "id" && !allowed.contains(&k.as_str())) {
             Some((k, _)) => reject!("unknown key {} in the body ({hint})", quote(k)),
             None => Ok(()),
         }

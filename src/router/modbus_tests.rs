@@ -722,3 +722,22 @@ proptest! {
         prop_assert_eq!(write_for("temp", &number(value)), Write::SingleRegister { address: 10, value: t });
     }
 }
+
+#[test]
+fn a_message_id_field_is_ignored_in_every_body_form() {
+    let dev: DeviceConfig = toml::from_str(
+        "bus = \"b\"\nunit = 1\nallow_raw = true\npoints.sp = { table = \"holding\", address = 100, type = \"u16\" }",
+    )
+    .unwrap();
+    for body in [
+        r#"{"id": "m1", "point": "sp", "value": 7}"#,
+        r#"{"points": {"sp": 7}, "id": 42}"#,
+        r#"{"fc": 6, "address": 100, "value": 7, "id": "x"}"#,
+    ] {
+        assert_eq!(
+            parse_body(body.as_bytes(), "d", &dev),
+            Ok(vec![Write::SingleRegister { address: 100, value: 7 }]),
+            "{body}"
+        );
+    }
+}

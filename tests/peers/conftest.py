@@ -275,7 +275,7 @@ def gateway_bin() -> Path:
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     binary = target / "release" / "c2d-gateway"
     if not os.access(binary, os.X_OK):
-        pytest.skip(f"no gateway binary: run tests/run, or cargo build --release, or set C2D_GATEWAY_BIN")
+        pytest.skip("no gateway binary: run tests/run, or cargo build --release, or set C2D_GATEWAY_BIN")
     return binary
 
 

@@ -106,6 +106,7 @@ class Gateway:
         env = dict(os.environ)
         env.pop("JOURNAL_STREAM", None)  # stderr, not journald
         env.setdefault("RUST_LOG", "info,c2d_gateway=debug")
+        env.setdefault("NO_COLOR", "1")  # plain log lines to match on
         env["RUST_BACKTRACE"] = "1"
         env["NOTIFY_SOCKET"] = self.notify.path
         env.update({k: str(v) for k, v in self.extra_env.items()})

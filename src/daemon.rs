@@ -127,12 +127,16 @@ pub async fn run(cfg: Config, mut stop: Option<watch::Receiver<bool>>) -> Result
     let (hub_stop_tx, hub_stop_rx) = watch::channel(false);
     let (status_tx, mut status_rx) = watch::channel(Status::default());
 
+    let (readings_tx, readings_rx) = mpsc::unbounded_channel();
+    let senders = buses.iter().map(|(k, b)| (k.clone(), b.jobs.clone())).collect();
+    crate::telemetry::spawn(&cfg, &senders, readings_tx, bus_stop_rx.clone());
+    drop(senders);
     let mut pipeline = Pipeline::new(cfg.clone(), journal.clone(), dialect.clone(), hub_cmd_tx, buses, status_tx);
     pipeline.recover().await.map_err(|e| DaemonError::Runtime(format!("journal recovery failed: {e}")))?;
 
     let link_task = tokio::spawn(link::run(link_dialect, hub_events_tx, hub_cmd_rx, hub_stop_rx));
     let (pipe_stop_tx, pipe_stop_rx) = watch::channel(false);
-    let pipe_task = tokio::spawn(pipeline.run(hub_events_rx, done_rx, pipe_stop_rx, bus_stop_tx));
+    let pipe_task = tokio::spawn(pipeline.run(hub_events_rx, done_rx, readings_rx, pipe_stop_rx, bus_stop_tx));
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(buses = cfg.buses.len(), devices = cfg.devices.len(), "c2d-gateway running");

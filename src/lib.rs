@@ -19,3 +19,4 @@ pub mod pipeline;
 pub mod report;
 pub mod router;
 pub mod sim;
+pub mod telemetry;

@@ -12,6 +12,7 @@ use crate::config::{Complete, Config};
 use crate::hub::{Dialect, HubCommand, HubEvent};
 use crate::journal::{Admitted, Journal};
 use crate::message::{now_ms, Entry, Inbound, Outcome, State};
+use crate::telemetry::{self, Alert, Reading};
 use crate::{report, router};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -111,6 +112,7 @@ impl Pipeline {
         mut self,
         mut hub_events: mpsc::Receiver<HubEvent>,
         mut done: mpsc::UnboundedReceiver<Done>,
+        mut readings: mpsc::UnboundedReceiver<Reading>,
         mut shutdown: watch::Receiver<bool>,
         bus_shutdown: watch::Sender<bool>,
     ) {
@@ -124,6 +126,7 @@ impl Pipeline {
                     Some(ev) => self.on_hub_event(ev, &mut hub_events).await,
                     None => break,
                 },
+                Some(r) = readings.recv() => self.on_reading(r),
                 Some(d) = done.recv() => {
                     let mut batch = vec![d];
                     while let Ok(d) = done.try_recv() { batch.push(d); if batch.len() >= BATCH { break; } }
@@ -296,7 +299,9 @@ impl Pipeline {
         let bus = router::route(&self.cfg, e.device.as_deref()).map(|r| r.bus_name.to_string()).unwrap_or_default();
         match self.buses.get(&bus) {
             Some(h) => {
-                if let Err(mpsc::error::SendError(job)) = h.jobs.send(job) {
+                if let Err(mpsc::error::SendError(crate::bus::Work::Write(job))) =
+                    h.jobs.send(crate::bus::Work::Write(job))
+                {
                     tracing::error!(message_id = %job.id, %bus, "bus worker is gone; the message stays queued in the journal");
                 }
             }
@@ -428,6 +433,29 @@ impl Pipeline {
             self.acks.mark_ready(seq);
         }
         self.send_acks();
+    }
+
+    /// Sends a telemetry reading to the hub (dropped while disconnected:
+    /// readings are not journaled, and a backlog would only grow).
+    fn on_reading(&mut self, r: Reading) {
+        if !self.connected {
+            return;
+        }
+        let alerts: Vec<(String, bool)> = self
+            .cfg
+            .devices
+            .get(&r.device)
+            .and_then(|d| d.telemetry.as_ref())
+            .map(|t| {
+                t.alerts
+                    .iter()
+                    .filter_map(|(name, expr)| Alert::parse(name, expr).ok())
+                    .filter_map(|a| a.eval(&r.values).map(|v| (a.name, v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let topic = self.dialect.telemetry_topic(&r.device, &alerts);
+        let _ = self.hub.send(HubCommand::Publish { topic, payload: telemetry::body(&r, &alerts) });
     }
 
     fn publish_status(&self) {

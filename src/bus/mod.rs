@@ -40,6 +40,24 @@ pub struct Job {
     pub last_error: Option<String>,
 }
 
+/// What the pipeline hands a bus worker.
+#[derive(Debug)]
+pub enum Work {
+    /// A C2D message to deliver.
+    Write(Job),
+    /// Read telemetry points (served only when no write is waiting).
+    Poll(Poll),
+}
+
+/// A telemetry read of one device.
+#[derive(Debug)]
+pub struct Poll {
+    pub device: String,
+    pub unit: u8,
+    pub reads: Vec<(String, crate::config::PointConfig)>,
+    pub reply: tokio::sync::mpsc::UnboundedSender<crate::telemetry::Reading>,
+}
+
 /// A message a bus worker has finished with.
 #[derive(Debug)]
 pub struct Done {

@@ -124,6 +124,55 @@ impl ModbusLink {
         Ok(())
     }
 
+    /// Reads `count` registers or bits of `table` (telemetry). Errors say why.
+    pub async fn read(
+        &mut self,
+        unit: u8,
+        table: crate::config::Table,
+        address: u16,
+        count: u16,
+    ) -> Result<(Vec<u16>, Vec<bool>), String> {
+        use crate::config::Table;
+        self.connect().await?;
+        if let (Target::Rtu { gap, .. }, Some(end)) = (&self.target, self.last_frame_end) {
+            sleep_until(end + *gap).await;
+        }
+        let is_tcp = matches!(self.target, Target::Tcp { .. });
+        let conn = self.conn.as_mut().expect("connected above");
+        conn.ctx.set_slave(Slave(unit));
+        let req = match table {
+            Table::Holding => Request::ReadHoldingRegisters(address, count),
+            Table::Input => Request::ReadInputRegisters(address, count),
+            Table::Coil => Request::ReadCoils(address, count),
+            Table::Discrete => Request::ReadDiscreteInputs(address, count),
+        };
+        let result = timeout(self.timeout, conn.ctx.call(req)).await;
+        self.last_frame_end = Some(Instant::now());
+        let what = format!("unit {unit}: read {table:?} {address} x{count}");
+        match result {
+            Err(_) => {
+                if is_tcp {
+                    self.conn = None;
+                }
+                Err(format!("no reply from {what} within {:?}", self.timeout))
+            }
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(format!("{what}: {e}"))
+            }
+            Ok(Ok(Err(exc))) => Err(format!("{what}: device answered {}", exception_name(exc))),
+            Ok(Ok(Ok(resp))) => match resp {
+                Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w) if w.len() >= count as usize => {
+                    Ok((w, Vec::new()))
+                }
+                Response::ReadCoils(b) | Response::ReadDiscreteInputs(b) if b.len() >= count as usize => {
+                    Ok((Vec::new(), b))
+                }
+                other => Err(format!("{what}: unexpected reply {other:?}")),
+            },
+        }
+    }
+
     /// Performs one write on unit `unit`. Call [`ModbusLink::connect`] first.
     pub async fn write(&mut self, unit: u8, w: &Write) -> Wire {
         if let Err(e) = self.connect().await {

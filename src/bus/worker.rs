@@ -6,9 +6,10 @@
 use super::modbus::ModbusLink;
 use super::schedule::{Scheduler, Verdict};
 use super::serial::SerialLink;
-use super::{Done, Job, Request, Wire};
+use super::{Done, Job, Poll, Request, Wire, Work};
 use crate::journal::Journal;
 use crate::message::{Outcome, State};
+use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -30,7 +31,7 @@ impl Link {
 
 /// Handle the pipeline keeps for each bus.
 pub struct BusHandle {
-    pub jobs: mpsc::UnboundedSender<Job>,
+    pub jobs: mpsc::UnboundedSender<Work>,
     pub task: JoinHandle<()>,
 }
 
@@ -64,17 +65,17 @@ async fn run(
     name: String,
     mut link: Link,
     mut sched: Scheduler<Job>,
-    mut rx: mpsc::UnboundedReceiver<Job>,
+    mut rx: mpsc::UnboundedReceiver<Work>,
     journal: Journal,
     done: mpsc::UnboundedSender<Done>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let sweep_every = Duration::from_millis(500);
     let mut sweep_at = Instant::now() + sweep_every;
+    let mut polls: VecDeque<Poll> = VecDeque::new();
     loop {
-        while let Ok(job) = rx.try_recv() {
-            let dev = job.device.clone();
-            sched.push(&dev, job);
+        while let Ok(work) = rx.try_recv() {
+            accept(&mut sched, &mut polls, work);
         }
         if *shutdown.borrow() {
             break;
@@ -106,10 +107,17 @@ async fn run(
             }
             continue;
         }
+        // No write is ready: one telemetry poll, then look for writes again.
+        if let Some(p) = polls.pop_front() {
+            if !sched.is_isolated(&p.device) {
+                poll(&mut link, p).await;
+            }
+            continue;
+        }
         let wake = sched.next_wake().map_or(sweep_at, |w| w.min(sweep_at));
         tokio::select! {
-            job = rx.recv() => match job {
-                Some(job) => { let dev = job.device.clone(); sched.push(&dev, job); }
+            work = rx.recv() => match work {
+                Some(work) => accept(&mut sched, &mut polls, work),
                 None => break,
             },
             _ = sleep_until(wake) => {}
@@ -117,6 +125,41 @@ async fn run(
         }
     }
     tracing::debug!(bus = %name, left = sched.len(), "bus worker stopped");
+}
+
+/// Queues a write, or a poll (a newer poll of a device replaces a waiting one).
+fn accept(sched: &mut Scheduler<Job>, polls: &mut VecDeque<Poll>, work: Work) {
+    match work {
+        Work::Write(job) => {
+            let dev = job.device.clone();
+            sched.push(&dev, job);
+        }
+        Work::Poll(p) => match polls.iter_mut().find(|q| q.device == p.device) {
+            Some(q) => *q = p,
+            None => polls.push_back(p),
+        },
+    }
+}
+
+/// Reads a device's telemetry points and hands the reading back.
+async fn poll(link: &mut Link, p: Poll) {
+    let Link::Modbus(l) = link else { return };
+    let mut values = Vec::with_capacity(p.reads.len());
+    for (name, point) in &p.reads {
+        match l.read(p.unit, point.table, point.address, point.ty.width()).await {
+            Ok((words, bits)) => {
+                if let Some(v) = crate::telemetry::decode(point, &words, &bits) {
+                    values.push((name.clone(), v));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(device = %p.device, point = %name, error = %e, "telemetry read failed");
+                return;
+            }
+        }
+    }
+    let at_ms = crate::message::now_ms();
+    let _ = p.reply.send(crate::telemetry::Reading { device: p.device, at_ms, values });
 }
 
 fn finish(done: &mpsc::UnboundedSender<Done>, job: Job, outcome: Outcome) {

@@ -188,6 +188,9 @@ pub struct HubConfig {
     /// Topic of result reports; `{device}` is replaced by the device name.
     #[serde(default = "default_report_topic")]
     pub report_topic: String,
+    /// Topic of telemetry readings; `{device}` is replaced by the device name.
+    #[serde(default = "default_telemetry_topic")]
+    pub telemetry_topic: String,
 
     // --- both ---
     /// Trust this CA (PEM) in addition to the system store.
@@ -216,6 +219,9 @@ fn default_subscribe() -> String {
 }
 fn default_report_topic() -> String {
     "gateway/{device}/result".into()
+}
+fn default_telemetry_topic() -> String {
+    "gateway/{device}/telemetry".into()
 }
 fn default_handover_after() -> Dur {
     Dur::secs(40)
@@ -349,6 +355,21 @@ pub struct DeviceConfig {
     pub allow_raw: bool,
     #[serde(default)]
     pub points: BTreeMap<String, PointConfig>,
+    /// Readings sent to the hub on a schedule (the seeds' simulated device).
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// How often the points are read.
+    pub interval: Dur,
+    /// Points to read (any table); each reading carries them all.
+    pub points: Vec<String>,
+    /// Application properties computed from the reading, e.g.
+    /// `temperatureAlert = "temperature > 30"` → `"true"` / `"false"`.
+    #[serde(default)]
+    pub alerts: BTreeMap<String, String>,
 }
 
 fn default_max_attempts() -> u32 {

@@ -387,3 +387,16 @@ fn key_paths_are_quoted_when_needed() {
     let text = format!("{BASE}[devices.\"front door\"]\nbus = \"nowhere\"\n");
     one(&text, "nowhere", "devices.\"front door\".bus: names an unknown bus");
 }
+
+#[test]
+fn telemetry_points_and_alerts_are_checked() {
+    let base = include_str!("../../config/example.toml");
+    let bad = format!(
+        "{base}\n[devices.tele]\nbus = \"plc\"\nunit = 77\npoints.t = {{ table = \"input\", address = 0, type = \"f32\" }}\n\
+         telemetry = {{ interval = \"10ms\", points = [\"t\", \"nope\"], alerts = {{ hot = \"t >\", cold = \"x < 3\" }} }}\n"
+    );
+    let err = Config::parse(&bad, "t.toml").unwrap_err().to_string();
+    for want in ["at least 100ms", "no point \"nope\"", "is not `POINT OP NUMBER`", "point \"x\" is not among"] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}

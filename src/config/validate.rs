@@ -73,7 +73,8 @@ fn gateway(c: &mut Checker, g: &GatewayConfig) {
 }
 
 const AZURE_ONLY: [&str; 5] = ["connection_string", "connection_string_file", "transport", "api_version", "sas_ttl"];
-const MQTT_ONLY: [&str; 7] = ["url", "username", "password", "password_file", "subscribe", "report_topic", "client_id"];
+const MQTT_ONLY: [&str; 8] =
+    ["url", "username", "password", "password_file", "subscribe", "report_topic", "telemetry_topic", "client_id"];
 
 fn hub(c: &mut Checker, h: &HubConfig) {
     let p = |k| ["hub", k];
@@ -110,6 +111,9 @@ fn hub(c: &mut Checker, h: &HubConfig) {
                 c.value(&p("report_topic"), "must not be empty");
             } else if h.report_topic.contains(['+', '#']) {
                 c.value(&p("report_topic"), "must not contain the wildcards `+` or `#`");
+            }
+            if h.telemetry_topic.is_empty() || h.telemetry_topic.contains(['+', '#']) {
+                c.value(&p("telemetry_topic"), "must be a topic without the wildcards `+` or `#`");
             }
             if has(c, "password") && has(c, "password_file") {
                 c.key(&p("password_file"), "set either password or password_file, not both");
@@ -306,6 +310,34 @@ fn devices(c: &mut Checker, parts: &Parts) {
             }
         }
         points(c, name, d);
+        if let Some(t) = &d.telemetry {
+            telemetry(c, name, d, t);
+        }
+    }
+}
+
+fn telemetry(c: &mut Checker, dev: &str, d: &DeviceConfig, t: &crate::config::TelemetryConfig) {
+    let p = |k| ["devices", dev, "telemetry", k];
+    if *t.interval < std::time::Duration::from_millis(100) {
+        c.value(&p("interval"), "must be at least 100ms");
+    }
+    if t.points.is_empty() {
+        c.value(&p("points"), "name at least one point to read");
+    }
+    for name in &t.points {
+        if !d.points.contains_key(name) {
+            c.value(&p("points"), format!("device {dev:?} has no point {name:?}"));
+        }
+    }
+    for (alert, expr) in &t.alerts {
+        match crate::telemetry::Alert::parse(alert, expr) {
+            Err(e) => c.value(&["devices", dev, "telemetry", "alerts", alert], e),
+            Ok(a) if !t.points.contains(&a.point) => c.value(
+                &["devices", dev, "telemetry", "alerts", alert],
+                format!("point {:?} is not among the telemetry points", a.point),
+            ),
+            Ok(_) => {}
+        }
     }
 }
 

@@ -90,6 +90,15 @@ impl Dialect {
         }
     }
 
+    /// Topic of a telemetry reading of `device`, with application properties
+    /// (IoT Hub carries them in the topic; a plain broker cannot).
+    pub fn telemetry_topic(&self, device: &str, alerts: &[(String, bool)]) -> String {
+        match self {
+            Dialect::Azure(d) => d.telemetry_topic(device, alerts),
+            Dialect::Mqtt(d) => d.telemetry_topic(device),
+        }
+    }
+
     /// Reconnect with fresh credentials after this long (SAS renewal).
     pub fn renew_after(&self) -> Option<Duration> {
         match self {

@@ -22,6 +22,7 @@ pub struct MqttDialect {
     subscribe: String,
     device_level: Option<usize>,
     report_topic: String,
+    telemetry_topic: String,
     keep_alive: Duration,
     max_body: usize,
     default_device: Option<String>,
@@ -98,6 +99,7 @@ impl MqttDialect {
             subscribe: hub.subscribe.clone(),
             device_level,
             report_topic: hub.report_topic.clone(),
+            telemetry_topic: hub.telemetry_topic.clone(),
             keep_alive: *hub.keep_alive,
             max_body: hub.max_body,
             default_device: cfg.routing.default_device.clone(),
@@ -168,6 +170,10 @@ impl MqttDialect {
 
     pub fn report_topic(&self, device: Option<&str>) -> String {
         self.report_topic.replace("{device}", device.unwrap_or("unknown"))
+    }
+
+    pub fn telemetry_topic(&self, device: &str) -> String {
+        self.telemetry_topic.replace("{device}", device)
     }
 
     pub fn describe(&self) -> String {

@@ -140,6 +140,16 @@ impl AzureDialect {
         propbag::events_topic(&self.cs.device_id, &props)
     }
 
+    pub fn telemetry_topic(&self, device: &str, alerts: &[(String, bool)]) -> String {
+        let mut props = vec![
+            ("$.ct".to_string(), Some("application/json".to_string())),
+            ("$.ce".to_string(), Some("utf-8".to_string())),
+            ("device".to_string(), Some(device.to_string())),
+        ];
+        props.extend(alerts.iter().map(|(k, v)| (k.clone(), Some(v.to_string()))));
+        propbag::events_topic(&self.cs.device_id, &props)
+    }
+
     pub fn describe(&self) -> String {
         format!("IoT Hub {}:{} as device {}", self.cs.host_name, self.port, self.cs.device_id)
     }

@@ -20,6 +20,8 @@ fn the_demo_runs_on_its_own_and_everything_turns_out_as_expected() {
         "panel shows \"HELLO FROM THE CLOUD\"",
         "6 messages sent, 6 completed at the hub, 6 result reports",
         "left in the hub queue: 0",
+        "temperatureAlert = false",
+        "temperatureAlert = true",
         "demo: all outcomes as expected",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");

@@ -87,6 +87,14 @@ fn spawn_panel(mut port: tokio_serial::SerialStream, shown: Arc<Mutex<Vec<String
     });
 }
 
+/// The boiler's temperature sensor (f32 in input registers 0..1).
+fn set_temperature(dev: &SimDevice, t: f32) {
+    let bits = t.to_bits();
+    let mut m = dev.mem();
+    m.input.insert((1, 0), (bits >> 16) as u16);
+    m.input.insert((1, 1), bits as u16);
+}
+
 struct Msg {
     title: &'static str,
     device: &'static str,
@@ -105,6 +113,19 @@ fn ms_since(t0: SystemTime, t: SystemTime) -> String {
 
 fn parse_utc(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s).ok()
+}
+
+/// Telemetry messages seen by the hub since `t0`: (alert property, body).
+fn telemetry_since(emu: &Emulator, t0: SystemTime) -> Vec<(Option<String>, serde_json::Value)> {
+    emu.events("demo-gateway")
+        .into_iter()
+        .filter(|e| parse_utc(&e.received_time_utc).is_some_and(|t| t >= t0))
+        .filter(|e| e.properties.iter().any(|(k, _)| k == "device"))
+        .map(|e| {
+            let alert = e.properties.iter().find(|(k, _)| k == "temperatureAlert").and_then(|(_, v)| v.clone());
+            (alert, serde_json::from_str(e.body.as_deref().unwrap_or("null")).unwrap_or_default())
+        })
+        .collect()
 }
 
 pub async fn run(keep_running: bool) -> Result<(), String> {
@@ -138,6 +159,7 @@ async fn run_in(tmp: &std::path::Path, steps: Steps, keep_running: bool) -> Resu
     let conn_str = emu.add_device("demo-gateway", None);
 
     let boiler = SimDevice::new(&[1]);
+    set_temperature(&boiler, 27.0);
     let l = tokio::net::TcpListener::bind(local).await.map_err(|e| e.to_string())?;
     let boiler_addr = l.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(serve_tcp(l, boiler.clone()));
@@ -177,6 +199,8 @@ unit = 1
 idempotent = true
 points.setpoint = {{ table = "holding", address = 100, type = "f32", min = 5.0, max = 90.0 }}
 points.pump = {{ table = "coil", address = 7, type = "bool" }}
+points.temperature = {{ table = "input", address = 0, type = "f32" }}
+telemetry = {{ interval = "250ms", points = ["temperature", "setpoint"], alerts = {{ temperatureAlert = "temperature > 30" }} }}
 [devices.panel]
 bus = "display"
 "#,
@@ -302,6 +326,33 @@ bus = "display"
         println!();
     }
 
+    // Telemetry: the boiler heats up past the alert threshold.
+    println!("Telemetry (every 250 ms, read through the same bus worker; commands go first):");
+    let t_start = SystemTime::now();
+    for (i, t) in [28.5f32, 30.5, 31.5].iter().enumerate() {
+        set_temperature(&boiler, *t);
+        let want = i + 1;
+        let t_wait = tokio::time::Instant::now();
+        while telemetry_since(&emu, t_start).iter().filter(|(_, b)| b["values"]["temperature"] == f64::from(*t)).count()
+            == 0
+            && t_wait.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match telemetry_since(&emu, t_start).into_iter().find(|(_, b)| b["values"]["temperature"] == f64::from(*t)) {
+            Some((alert, b)) => println!(
+                "  reading {want}: {}  temperatureAlert = {}",
+                serde_json::to_string(&b["values"]).unwrap_or_default(),
+                alert.as_deref().unwrap_or("?")
+            ),
+            None => {
+                ok = false;
+                println!("  !! no reading with temperature {t}");
+            }
+        }
+    }
+    println!();
+
     let setpoint_writes = boiler.writes().iter().filter(|w| w.address == 100).count();
     let value = f32::from_bits(((boiler.holding(1, 100) as u32) << 16) | boiler.holding(1, 101) as u32);
     println!("Devices now:");
@@ -319,7 +370,7 @@ bus = "display"
         "Summary: {} messages sent, {} completed at the hub, {} result reports; expected outcomes {:?}; left in the hub queue: {queue_left}",
         msgs.len(),
         emu.feedback().len(),
-        emu.events("demo-gateway").len(),
+        emu.events("demo-gateway").iter().filter(|e| e.properties.iter().any(|(k, _)| k == "c2d-status")).count(),
         by_status
     );
     if setpoint_writes != 1 || queue_left != 0 {

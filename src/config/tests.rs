@@ -64,7 +64,7 @@ fn ok(text: &str) -> Config {
 #[test]
 fn example_is_valid() {
     let c = ok(EXAMPLE);
-    assert_eq!(c.summary(), "hub azure, 3 buses, 3 devices, 6 points");
+    assert_eq!(c.summary(), "hub azure, 3 buses, 3 devices, 7 points");
     assert_eq!(c.hub.kind, HubKind::Azure);
     assert!(c.hub.connection_string_file.is_some());
     assert_eq!(c.buses["field"].timeout, Dur::millis(500));

@@ -178,3 +178,24 @@ async fn a_silent_non_idempotent_device_gets_uncertain_not_a_resend() {
     assert!(body["detail"].as_str().unwrap().contains("not idempotent"), "{body}");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sas_token_renewal_reconnects_without_losing_or_repeating_messages() {
+    let rig = Rig::new(Duration::from_secs(60)).await;
+    let cfg = rig.config("").replace("handover_after = \"30s\"", "handover_after = \"30s\"\nsas_ttl = \"3s\"");
+    let gw = Gateway::start(&cfg).await;
+    wait_until("connected", T, || rig.emu.connections() == 1).await;
+    // Messages keep coming across several token lifetimes.
+    for i in 0..40u16 {
+        rig.send("boiler", &format!("sas-{i}"), &format!(r#"{{"point": "mode", "value": {i}}}"#));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_until("all completed", Duration::from_secs(20), || {
+        (0..40).all(|i| rig.feedback_for(&format!("sas-{i}")) == ["Success"])
+    })
+    .await;
+    assert!(rig.emu.connections() >= 3, "renewed by reconnecting: {} connections", rig.emu.connections());
+    let values: Vec<u16> = rig.dev.writes().into_iter().filter(|w| w.address == 10).map(|w| w.registers[0]).collect();
+    assert_eq!(values, (0..40).collect::<Vec<_>>(), "each once, in order");
+    gw.stop().await;
+}

@@ -130,14 +130,7 @@ pub async fn run(
             },
             _ = sleep_until(renew_at.unwrap_or(far)), if renew_at.is_some() && connected_at.is_some() => {
                 tracing::info!("renewing the SAS token: reconnecting with a new one");
-                match dialect.mqtt_options() {
-                    Ok(fresh) => {
-                        if let Some(login) = fresh.credentials() {
-                            eventloop.mqtt_options.set_credentials(login.username, login.password);
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot renew credentials"),
-                }
+                refresh_credentials(&dialect, &mut eventloop);
                 eventloop.clean();
                 eventloop.state.events.clear();
                 connected_at = None;
@@ -191,6 +184,8 @@ pub async fn run(
                     failures += 1;
                     let wait = reconnect_delay(failures, fastrand::f64());
                     log_connection_error(&e, wait);
+                    // The token may have expired during the outage.
+                    refresh_credentials(&dialect, &mut eventloop);
                     tokio::select! {
                         _ = sleep(wait) => {}
                         _ = shutdown.changed() => return,
@@ -198,6 +193,18 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Puts fresh credentials (a new SAS token) into the event loop's options.
+fn refresh_credentials(dialect: &Dialect, eventloop: &mut rumqttc::EventLoop) {
+    match dialect.mqtt_options() {
+        Ok(fresh) => {
+            if let Some(login) = fresh.credentials() {
+                eventloop.mqtt_options.set_credentials(login.username, login.password);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot renew credentials"),
     }
 }
 

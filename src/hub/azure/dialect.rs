@@ -88,7 +88,7 @@ impl AzureDialect {
 
     pub fn mqtt_options(&self) -> Result<MqttOptions, HubError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let expiry = now + self.sas_ttl.as_secs().max(60);
+        let expiry = now + self.sas_ttl.as_secs().max(1);
         let token = sas::token(&self.cs.resource(), self.cs.key.expose(), expiry, None)
             .map_err(|e| HubError::Config(format!("SAS token: {e}")))?;
         let mut o = MqttOptions::new(self.cs.client_id(), self.cs.host_name.clone(), self.port);
@@ -100,9 +100,11 @@ impl AzureDialect {
         Ok(o)
     }
 
-    /// Renew at 80 % of the token's life (the C SDK's choice).
+    /// Renew at 80 % of the token's life (the C SDK's choice), less the
+    /// second lost by rounding the expiry to whole seconds.
     pub fn renew_after(&self) -> Duration {
-        self.sas_ttl.max(Duration::from_secs(60)).mul_f64(0.8)
+        let ttl = self.sas_ttl.max(Duration::from_secs(1));
+        ttl.mul_f64(0.8).saturating_sub(Duration::from_secs(1)).max(ttl / 2)
     }
 
     pub fn subscription(&self) -> String {

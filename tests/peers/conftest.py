@@ -14,10 +14,14 @@ installed everything).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
+import textwrap
+import threading
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from gateway import Gateway
@@ -298,3 +302,152 @@ def gateway(tmp_path, gateway_bin):
     yield start
     for gw in reversed(gateways):
         gw.close()
+
+
+# ------------------------------------------------- the back end, over the broker
+
+class Backend:
+    """The back end's side of a plain MQTT broker (paho-mqtt, v2 callbacks).
+
+    `publish(device, body)` sends a C2D message with QoS 1 to
+    `gateway/{device}/c2d` and waits for the broker's PUBACK; every result
+    report published on `report_topic` (default `gateway/+/result`) is kept
+    in `.reports` as `(topic, dict)` (a body that is not JSON is kept as
+    `{"_raw": text}`). `wait_report(id)` waits for the report about a message id.
+    """
+
+    def __init__(self, broker, client_id: str, report_topic: str = "gateway/+/result"):
+        self.reports: list[tuple[str, dict]] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.connect(broker.host, broker.port, keepalive=30)
+        self.client.loop_start()
+        self.client.subscribe(report_topic, qos=1)
+        if not subscribed.wait(5):
+            raise AssertionError(f"back end: no SUBACK for {report_topic}")
+
+    def _on_message(self, _client, _userdata, message):
+        try:
+            body = json.loads(message.payload)
+        except ValueError:
+            body = {"_raw": message.payload.decode("utf-8", "replace")}
+        with self._lock:
+            self.reports.append((message.topic, body))
+
+    def publish(self, device: str, body, *, topic: str | None = None, timeout: float = 5.0) -> None:
+        """QoS 1 PUBLISH of `body` (dict -> JSON, str -> UTF-8, bytes as is); waits for the PUBACK."""
+        if isinstance(body, (dict, list, int, float)) and not isinstance(body, bool):
+            payload = json.dumps(body).encode()
+        elif isinstance(body, str):
+            payload = body.encode()
+        else:
+            payload = bytes(body)
+        info = self.client.publish(topic or f"gateway/{device}/c2d", payload, qos=1)
+        info.wait_for_publish(timeout)
+        assert info.is_published(), "the broker did not acknowledge the C2D message"
+
+    def all_reports(self) -> list[dict]:
+        with self._lock:
+            return [body for _, body in self.reports]
+
+    def reports_for(self, message_id) -> list[dict]:
+        return [r for r in self.all_reports() if r.get("message_id") == str(message_id)]
+
+    def topics_for(self, message_id) -> list[str]:
+        with self._lock:
+            return [t for t, r in self.reports if r.get("message_id") == str(message_id)]
+
+    def wait_report(self, message_id, timeout: float = 10.0, count: int = 1) -> dict:
+        """The first report about `message_id`, once `count` of them arrived."""
+        got = wait_until(lambda: (r := self.reports_for(message_id)) and len(r) >= count and r,
+                         timeout, what=f"{count} report(s) about message {message_id!r}; "
+                                       f"reports so far: {self.all_reports()[-5:]}")
+        return got[0]
+
+    def wait_reports(self, ids, timeout: float = 10.0) -> dict:
+        """{id: first report} once every id in `ids` has one."""
+        ids = [str(i) for i in ids]
+
+        def all_there():
+            by_id = {}
+            for r in self.all_reports():
+                by_id.setdefault(r.get("message_id"), r)
+            return all(i in by_id for i in ids) and {i: by_id[i] for i in ids}
+        try:
+            return wait_until(all_there, timeout, what=f"reports about {len(ids)} messages")
+        except AssertionError:
+            have = {r.get("message_id") for r in self.all_reports()}
+            raise AssertionError(f"no report within {timeout}s about {[i for i in ids if i not in have]}")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def backend(mosquitto):
+    """A `Backend` on the test's broker, subscribed to `gateway/+/result`."""
+    b = Backend(mosquitto, client_id=f"backend-{os.getpid()}-{next(_backend_ids)}")
+    yield b
+    b.close()
+
+
+_backend_ids = itertools.count()
+
+
+def mqtt_hub_section(broker, client_id: str, extra: str = "") -> str:
+    """`[hub]` for `kind = "mqtt"` against `broker`, with a fixed client id."""
+    return (f'[hub]\nkind = "mqtt"\nurl = "mqtt://{broker.host}:{broker.port}"\n'
+            f'client_id = "{client_id}"\n{textwrap.dedent(extra).strip()}\n\n')
+
+
+def wait_subscribed(broker, client_id: str, count: int, timeout: float = 15.0) -> None:
+    """Until Mosquitto logged its `count`-th SUBACK to `client_id` (one per connection)."""
+    line = f"Sending SUBACK to {client_id}\n"
+    wait_until(lambda: broker.log_text().count(line) >= count, timeout,
+               what=f"SUBACK #{count} to {client_id} in the mosquitto log")
+
+
+@pytest.fixture
+def mqtt_gateway(gateway, mosquitto):
+    """Factory: `mqtt_gateway(rest_of_config, *, hub_extra="", client_id=None, env=None, start=True)`.
+
+    Prepends a `[hub]` section for the test's Mosquitto (`kind = "mqtt"`, a
+    fixed `client_id`, so the broker keeps the persistent session across
+    restarts) and starts the gateway. The returned Gateway has
+    `.client_id`, `.connections` and `.start_subscribed()` /
+    `.restart_subscribed()`, which return once the broker has acknowledged
+    the gateway's C2D subscription on the new connection (READY=1 comes
+    before the hub connection is up).
+    """
+    counter = itertools.count()
+
+    def start(rest: str, *, hub_extra: str = "", client_id: str | None = None, env=None,
+              start: bool = True, args=()) -> Gateway:
+        cid = client_id or f"c2d-gw-{os.getpid()}-{next(counter)}"
+        text = mqtt_hub_section(mosquitto, cid, hub_extra) + textwrap.dedent(rest).lstrip("\n")
+        gw = gateway(text, start=False, env=env, args=args)
+        gw.client_id = cid
+        gw.connections = 0
+
+        def start_subscribed(wait_ready: bool = True):
+            gw.start(wait_ready=wait_ready)
+            gw.connections += 1
+            wait_subscribed(mosquitto, cid, gw.connections)
+            return gw
+
+        def restart_subscribed():
+            if gw.alive:
+                gw.terminate()
+            return start_subscribed()
+
+        gw.start_subscribed = start_subscribed
+        gw.restart_subscribed = restart_subscribed
+        if start:
+            start_subscribed()
+        return gw
+
+    return start

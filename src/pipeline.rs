@@ -41,6 +41,11 @@ pub struct Pipeline {
     generation: u64,
     connected: bool,
     status: watch::Sender<Status>,
+    /// Outcomes recorded but not yet flushed (a flush failed): acked and
+    /// reported after the next successful flush.
+    unflushed: Vec<Entry>,
+    /// After a failed flush, no handover attempt before this.
+    handover_not_before: Option<Instant>,
 }
 
 impl Pipeline {
@@ -62,6 +67,8 @@ impl Pipeline {
             generation: 0,
             connected: false,
             status,
+            unflushed: Vec::new(),
+            handover_not_before: None,
         }
     }
 
@@ -119,7 +126,10 @@ impl Pipeline {
         let mut housekeeping = Instant::now() + Duration::from_secs(1);
         let mut prune_at = Instant::now() + Duration::from_secs(60);
         loop {
-            let handover = self.acks.next_overdue(*self.cfg.hub.handover_after);
+            let handover = self
+                .acks
+                .next_overdue(*self.cfg.hub.handover_after)
+                .map(|h| self.handover_not_before.map_or(h, |nb| h.max(nb)));
             let wake = handover.map_or(housekeeping, |h| h.min(housekeeping));
             tokio::select! {
                 ev = hub_events.recv() => match ev {
@@ -362,7 +372,7 @@ impl Pipeline {
 
     async fn on_done(&mut self, batch: Vec<Done>) {
         let now = now_ms();
-        let mut finished = Vec::with_capacity(batch.len());
+        let mut finished = std::mem::take(&mut self.unflushed);
         for d in batch {
             match self.journal.finish(d.seq, &d.outcome, now) {
                 Ok(e) => finished.push(e),
@@ -371,7 +381,8 @@ impl Pipeline {
         }
         // The outcome is durable before the hub hears the message is complete.
         if let Err(e) = self.journal.flush().await {
-            tracing::error!(error = %e, "cannot flush outcomes to the journal: holding their acks");
+            tracing::error!(error = %e, "cannot flush outcomes to the journal: holding their acks and reports");
+            self.unflushed = finished;
             return;
         }
         for e in &finished {
@@ -427,8 +438,10 @@ impl Pipeline {
         }
         if let Err(e) = self.journal.flush().await {
             tracing::error!(error = %e, "cannot flush handover to the journal: holding acks");
+            self.handover_not_before = Some(Instant::now() + Duration::from_secs(1));
             return;
         }
+        self.handover_not_before = None;
         for seq in overdue {
             self.acks.mark_ready(seq);
         }

@@ -199,3 +199,39 @@ async fn sas_token_renewal_reconnects_without_losing_or_repeating_messages() {
     assert_eq!(values, (0..40).collect::<Vec<_>>(), "each once, in order");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_message_is_handed_over_then_delivered_and_reported_later() {
+    let rig = Rig::new(Duration::from_secs(60)).await;
+    rig.dev.set_dead(1, true);
+    let cfg = rig.config("").replace("handover_after = \"30s\"", "handover_after = \"1s\"");
+    let gw = Gateway::start(&cfg).await;
+    rig.send("boiler", "h-1", r#"{"point": "mode", "value": 5}"#);
+    // Completed at the hub after handover_after, while the device is still silent.
+    wait_until("handed over", T, || rig.feedback_for("h-1") == ["Success"]).await;
+    assert!(rig.report_for("h-1").is_none(), "no outcome yet");
+    assert!(rig.dev.writes().is_empty());
+    rig.dev.set_dead(1, false);
+    wait_until("delivered later", T, || rig.report_for("h-1").is_some()).await;
+    let (status, body) = rig.report_for("h-1").unwrap();
+    assert_eq!(status, "delivered", "{body}");
+    assert_eq!(rig.dev.holding(1, 10), 5);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_message_is_reported_expired_and_never_sent() {
+    let rig = Rig::new(Duration::from_secs(60)).await;
+    rig.dev.set_dead(1, true);
+    let cfg = rig.config("").replace("max_age = \"1m\"", "max_age = \"1500ms\"");
+    let gw = Gateway::start(&cfg).await;
+    rig.send("boiler", "x-1", r#"{"point": "mode", "value": 9}"#);
+    wait_until("report", T, || rig.report_for("x-1").is_some()).await;
+    let (status, body) = rig.report_for("x-1").unwrap();
+    assert_eq!(status, "expired", "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("max_age"), "{body}");
+    rig.dev.set_dead(1, false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rig.dev.writes().is_empty(), "an expired message is not sent afterwards");
+    gw.stop().await;
+}

@@ -235,3 +235,32 @@ async fn an_expired_message_is_reported_expired_and_never_sent() {
     assert!(rig.dev.writes().is_empty(), "an expired message is not sent afterwards");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_journal_completes_at_once_and_still_delivers() {
+    let rig = Rig::new(Duration::from_secs(60)).await;
+    rig.dev.set_dead(1, true);
+    let cfg =
+        rig.config("").replace("handover_after = \"30s\"", "handover_after = \"30s\"\ncomplete = \"after-journal\"");
+    let gw = Gateway::start(&cfg).await;
+    rig.send("boiler", "aj-1", r#"{"point": "mode", "value": 6}"#);
+    wait_until("completed once journaled", Duration::from_secs(2), || rig.feedback_for("aj-1") == ["Success"]).await;
+    assert!(rig.dev.writes().is_empty(), "completed before the device saw it");
+    rig.dev.set_dead(1, false);
+    wait_until("delivered", T, || rig.report_for("aj-1").is_some_and(|(s, _)| s == "delivered")).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_failures_only_skips_delivered_outcomes() {
+    let rig = Rig::new(Duration::from_secs(60)).await;
+    let cfg = rig.config("").replace("handover_after = \"30s\"", "handover_after = \"30s\"\nreports = \"failures\"");
+    let gw = Gateway::start(&cfg).await;
+    rig.send("boiler", "rf-ok", r#"{"point": "mode", "value": 1}"#);
+    rig.send("boiler", "rf-bad", r#"{"point": "mode", "value": "x"}"#);
+    wait_until("both completed", T, || rig.feedback_for("rf-ok").len() == 1 && rig.feedback_for("rf-bad").len() == 1)
+        .await;
+    wait_until("failure reported", T, || rig.report_for("rf-bad").is_some()).await;
+    assert!(rig.report_for("rf-ok").is_none(), "no report for a delivered message");
+    gw.stop().await;
+}

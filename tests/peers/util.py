@@ -155,3 +155,22 @@ def child_env(**extra) -> dict:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+# ------------------------------------------------ gateway suites: small helpers
+
+def without_t(entries) -> list[dict]:
+    """Peer log entries without their timestamp `t`, to compare exactly."""
+    return [{k: v for k, v in e.items() if k != "t"} for e in entries]
+
+
+def modbus_tcp_bus(name: str, address: str, timeout: str = "500ms", extra: str = "") -> str:
+    """A `[buses.NAME]` section for a Modbus TCP device at `address` (host:port)."""
+    return (f'[buses.{name}]\nkind = "modbus-tcp"\naddress = "{address}"\n'
+            f'timeout = "{timeout}"\n{extra}\n')
+
+
+def modbus_rtu_bus(name: str, port: str, timeout: str = "500ms", baud: int = 9600, extra: str = "") -> str:
+    """A `[buses.NAME]` section for Modbus RTU on the serial path `port`."""
+    return (f'[buses.{name}]\nkind = "modbus-rtu"\nport = "{port}"\nbaud = {baud}\n'
+            f'timeout = "{timeout}"\n{extra}\n')

@@ -156,3 +156,69 @@ impl AzureDialect {
         format!("IoT Hub {}:{} as device {}", self.cs.host_name, self.port, self.cs.device_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialect(extra: &str) -> AzureDialect {
+        let cfg: Config = toml::from_str(&format!(
+            "[hub]\nkind = \"azure\"\nconnection_string = \"HostName=localhost;DeviceId=gw;SharedAccessKey=c2VjcmV0\"\ntransport = \"mqtt\"\nmax_body = 100\n{extra}"
+        ))
+        .unwrap();
+        AzureDialect::from_config(&cfg).unwrap()
+    }
+
+    #[test]
+    fn devicebound_messages_are_parsed_and_routed_by_property() {
+        let d = dialect("");
+        let m = d
+            .inbound("devices/gw/messages/devicebound/%24.mid=m1&%24.cid=c1&%24.exp=2030-01-01T00%3A00%3A00.0000000Z&device=boiler", b"{}")
+            .unwrap();
+        assert_eq!(m.id.as_deref(), Some("m1"));
+        assert_eq!(m.correlation_id.as_deref(), Some("c1"));
+        assert_eq!(m.device.as_deref(), Some("boiler"));
+        assert_eq!(m.expires_at, Some(1_893_456_000_000));
+        assert!(m.reject.is_none());
+    }
+
+    #[test]
+    fn malformed_topics_and_oversize_bodies_become_rejections_not_crashes() {
+        let d = dialect("");
+        for topic in [
+            "devices/gw/messages/devicebound/%zz=1",
+            "devices/gw/messages/devicebound/%24.mid=a&%24.mid=b",
+            "devices/gw/messages/devicebound/%24.exp=yesterday",
+            "devices/gw/messages/devicebound/=x",
+        ] {
+            let m = d.inbound(topic, b"{}").unwrap();
+            assert!(m.reject.as_deref().is_some_and(|r| r.contains("malformed")), "{topic}: {m:?}");
+        }
+        let m = d.inbound("devices/gw/messages/devicebound/%24.mid=big", &[b'x'; 101]).unwrap();
+        assert!(m.reject.unwrap().contains("exceeds max_body"));
+        assert!(d.inbound("devices/other/messages/devicebound/x", b"").is_none(), "not our topic");
+        assert!(d.inbound("$iothub/twin/res/200/?$rid=1", b"").is_none());
+    }
+
+    #[test]
+    fn plain_mqtt_is_refused_towards_a_remote_hub() {
+        let cfg: Config = toml::from_str(
+            "[hub]\nkind = \"azure\"\nconnection_string = \"HostName=h.azure-devices.net;DeviceId=gw;SharedAccessKey=c2VjcmV0\"\ntransport = \"mqtt\"",
+        )
+        .unwrap();
+        let e = AzureDialect::from_config(&cfg).err().expect("refused").to_string();
+        assert!(e.contains("only allowed for a hub on this machine"), "{e}");
+        assert!(!e.contains("c2VjcmV0"), "no key in errors");
+    }
+
+    #[test]
+    fn reports_and_telemetry_topics_carry_their_properties() {
+        let d = dialect("");
+        assert_eq!(
+            d.report_topic("m1", "delivered"),
+            "devices/gw/messages/events/%24.cid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&c2d-status=delivered"
+        );
+        let t = d.telemetry_topic("boiler", &[("temperatureAlert".into(), true)]);
+        assert!(t.ends_with("&device=boiler&temperatureAlert=true"), "{t}");
+    }
+}

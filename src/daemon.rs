@@ -1,15 +1,12 @@
 //! The run loop: logging, journal, buses, hub link and pipeline wired
 //! together; signals and systemd notifications at the edge.
 
-use crate::bus::modbus::{ModbusLink, Target};
-use crate::bus::port::{rtu_gap, serial_opener};
-use crate::bus::serial::SerialLink;
-use crate::bus::worker::{self, BusHandle, BusSettings, Link};
-use crate::config::{BusKind, Config};
+use crate::config::Config;
 use crate::hub::{link, Dialect};
 use crate::journal::{Bounds, Journal};
 use crate::pipeline::{Pipeline, Status};
-use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
@@ -53,39 +50,6 @@ pub fn init_logging(level: Option<&str>) {
     };
 }
 
-/// Starts one worker per configured bus.
-pub fn spawn_buses(
-    cfg: &Config,
-    journal: &Journal,
-    done: &mpsc::UnboundedSender<crate::bus::Done>,
-    shutdown: &watch::Receiver<bool>,
-) -> Result<HashMap<String, BusHandle>, DaemonError> {
-    let mut buses = HashMap::new();
-    for (name, bus) in &cfg.buses {
-        let link = match bus.kind {
-            BusKind::ModbusTcp => Link::Modbus(ModbusLink::new(
-                Target::Tcp { address: bus.address.clone().unwrap_or_default() },
-                *bus.timeout,
-            )),
-            BusKind::ModbusRtu => Link::Modbus(ModbusLink::new(
-                Target::Rtu { opener: serial_opener(bus), gap: rtu_gap(bus.baud) },
-                *bus.timeout,
-            )),
-            BusKind::Serial => Link::Serial(
-                SerialLink::new(serial_opener(bus), bus)
-                    .map_err(|e| DaemonError::Config(format!("bus {name}: {e}")))?,
-            ),
-        };
-        let settings =
-            BusSettings { timeout: *bus.timeout, breaker_after: bus.breaker_after, breaker_max: *bus.breaker_max };
-        buses.insert(
-            name.clone(),
-            worker::spawn(name.clone(), link, settings, journal.clone(), done.clone(), shutdown.clone()),
-        );
-    }
-    Ok(buses)
-}
-
 /// Opens the journal in `state_dir/journal`, moving a broken one aside.
 pub fn open_journal(cfg: &Config) -> Result<Journal, DaemonError> {
     let dir = cfg.gateway.state_dir.join("journal");
@@ -110,44 +74,75 @@ pub fn open_journal(cfg: &Config) -> Result<Journal, DaemonError> {
 
 /// The daemon: runs until SIGTERM or SIGINT (or `stop` turns true), then
 /// stops cleanly: no new messages, the request on the wire finished, the
-/// journal flushed, the last acks sent.
-pub async fn run(cfg: Config, mut stop: Option<watch::Receiver<bool>>) -> Result<(), DaemonError> {
+/// journal flushed, the last acks sent. SIGHUP reloads `config_path`: buses,
+/// devices and routing change without dropping or re-running a queued
+/// message; an invalid file is refused and the running config kept.
+pub async fn run(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    mut stop: Option<watch::Receiver<bool>>,
+) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
     let journal = open_journal(&cfg)?;
-    let dialect = Arc::new(Dialect::from_config(&cfg).map_err(|e| DaemonError::Config(e.to_string()))?);
-    let link_dialect = Dialect::from_config(&cfg).map_err(|e| DaemonError::Config(e.to_string()))?;
+    let not_configured = |e: crate::hub::HubError| DaemonError::Config(format!("not configured: {e}"));
+    let dialect = Arc::new(Dialect::from_config(&cfg).map_err(not_configured)?);
+    let link_dialect = Dialect::from_config(&cfg).map_err(not_configured)?;
 
-    let (bus_stop_tx, bus_stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let buses = spawn_buses(&cfg, &journal, &done_tx, &bus_stop_rx)?;
-    drop(done_tx);
-
+    let (readings_tx, readings_rx) = mpsc::unbounded_channel();
     let (hub_events_tx, hub_events_rx) = mpsc::channel(1024);
     let (hub_cmd_tx, hub_cmd_rx) = mpsc::unbounded_channel();
     let (hub_stop_tx, hub_stop_rx) = watch::channel(false);
     let (status_tx, mut status_rx) = watch::channel(Status::default());
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+    let heartbeat = Arc::new(AtomicU64::new(0));
 
-    let (readings_tx, readings_rx) = mpsc::unbounded_channel();
-    let senders = buses.iter().map(|(k, b)| (k.clone(), b.jobs.clone())).collect();
-    crate::telemetry::spawn(&cfg, &senders, readings_tx, bus_stop_rx.clone());
-    drop(senders);
-    let mut pipeline = Pipeline::new(cfg.clone(), journal.clone(), dialect.clone(), hub_cmd_tx, buses, status_tx);
+    let parts = crate::pipeline::Parts {
+        journal: journal.clone(),
+        dialect,
+        hub: hub_cmd_tx,
+        done: done_tx,
+        readings: readings_tx,
+        status: status_tx,
+        heartbeat: heartbeat.clone(),
+    };
+    let mut pipeline = Pipeline::new(cfg.clone(), parts);
+    pipeline.start_buses().map_err(DaemonError::Config)?;
     pipeline.recover().await.map_err(|e| DaemonError::Runtime(format!("journal recovery failed: {e}")))?;
 
     let link_task = tokio::spawn(link::run(link_dialect, hub_events_tx, hub_cmd_rx, hub_stop_rx));
     let (pipe_stop_tx, pipe_stop_rx) = watch::channel(false);
-    let pipe_task = tokio::spawn(pipeline.run(hub_events_rx, done_rx, readings_rx, pipe_stop_rx, bus_stop_tx));
+    let pipe_task = tokio::spawn(pipeline.run(hub_events_rx, done_rx, readings_rx, reload_rx, pipe_stop_rx));
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(buses = cfg.buses.len(), devices = cfg.devices.len(), "c2d-gateway running");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| DaemonError::Runtime(format!("cannot listen for SIGTERM: {e}")))?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let sig = |k| signal(k).map_err(|e| DaemonError::Runtime(format!("cannot listen for signals: {e}")));
+    let (mut term, mut hup) = (sig(SignalKind::terminate())?, sig(SignalKind::hangup())?);
+    // The watchdog is fed only while the pipeline's loop keeps turning.
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut wd_tick = tokio::time::interval(watchdog.map_or(std::time::Duration::from_secs(3600), |d| d / 2));
+    let mut last_beat = u64::MAX;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
             _ = async { match stop.as_mut() { Some(s) => { let _ = s.wait_for(|v| *v).await; } None => std::future::pending().await } } => break,
+            _ = hup.recv() => match &config_path {
+                Some(path) => match Config::load(path) {
+                    Ok(new) => { let _ = reload_tx.send(new); }
+                    Err(d) => tracing::error!(problems = %d.to_string().trim_end(), "SIGHUP: the new configuration is invalid; keeping the running one"),
+                },
+                None => tracing::warn!("SIGHUP: no configuration file to reload"),
+            },
+            _ = wd_tick.tick(), if watchdog.is_some() => {
+                let beat = heartbeat.load(Ordering::Relaxed);
+                if beat != last_beat {
+                    last_beat = beat;
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
             Ok(()) = status_rx.changed() => {
                 let s = status_rx.borrow_and_update().clone();
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status_line(&s))]);

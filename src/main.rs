@@ -141,7 +141,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match rt.block_on(daemon::run(cfg, None)) {
+            match rt.block_on(daemon::run(cfg, Some(config.clone()), None)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "c2d-gateway stopped on an error");

@@ -15,6 +15,7 @@ use crate::message::{now_ms, Entry, Inbound, Outcome, State};
 use crate::telemetry::{self, Alert, Reading};
 use crate::{report, router};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -31,12 +32,30 @@ pub struct Status {
     pub oldest_queued_ms: Option<u64>,
 }
 
+/// What the pipeline is wired to.
+pub struct Parts {
+    pub journal: Journal,
+    pub dialect: Arc<Dialect>,
+    pub hub: mpsc::UnboundedSender<HubCommand>,
+    /// Given to every bus worker (they report outcomes here).
+    pub done: mpsc::UnboundedSender<Done>,
+    /// Given to every telemetry task.
+    pub readings: mpsc::UnboundedSender<Reading>,
+    pub status: watch::Sender<Status>,
+    /// Counts turns of the pipeline's loop (the systemd watchdog watches it).
+    pub heartbeat: Arc<AtomicU64>,
+}
+
 pub struct Pipeline {
     cfg: Arc<Config>,
     journal: Journal,
     dialect: Arc<Dialect>,
     hub: mpsc::UnboundedSender<HubCommand>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    readings_tx: mpsc::UnboundedSender<Reading>,
+    heartbeat: Arc<AtomicU64>,
     buses: HashMap<String, BusHandle>,
+    bus_stop: watch::Sender<bool>,
     acks: AckQueue,
     generation: u64,
     connected: bool,
@@ -49,26 +68,76 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(
-        cfg: Arc<Config>,
-        journal: Journal,
-        dialect: Arc<Dialect>,
-        hub: mpsc::UnboundedSender<HubCommand>,
-        buses: HashMap<String, BusHandle>,
-        status: watch::Sender<Status>,
-    ) -> Self {
+    pub fn new(cfg: Arc<Config>, parts: Parts) -> Self {
         Pipeline {
             cfg,
-            journal,
-            dialect,
-            hub,
-            buses,
+            journal: parts.journal,
+            dialect: parts.dialect,
+            hub: parts.hub,
+            done_tx: parts.done,
+            readings_tx: parts.readings,
+            heartbeat: parts.heartbeat,
+            buses: HashMap::new(),
+            bus_stop: watch::channel(false).0,
             acks: AckQueue::default(),
             generation: 0,
             connected: false,
-            status,
+            status: parts.status,
             unflushed: Vec::new(),
             handover_not_before: None,
+        }
+    }
+
+    /// Starts a worker per configured bus and the telemetry schedules.
+    pub fn start_buses(&mut self) -> Result<(), String> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        self.buses = crate::bus::spawn_all(&self.cfg, &self.journal, &self.done_tx, &stop_rx)?;
+        let senders = self.buses.iter().map(|(k, b)| (k.clone(), b.jobs.clone())).collect();
+        telemetry::spawn(&self.cfg, &senders, self.readings_tx.clone(), stop_rx);
+        self.bus_stop = stop_tx;
+        Ok(())
+    }
+
+    /// Stops the bus workers (each finishes the request on the wire) and
+    /// records the outcomes they still had.
+    async fn stop_buses(&mut self, done: &mut mpsc::UnboundedReceiver<Done>) {
+        let _ = self.bus_stop.send(true);
+        let tasks: Vec<_> = self.buses.drain().map(|(_, b)| b.task).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let mut batch = Vec::new();
+        while let Ok(d) = done.try_recv() {
+            batch.push(d);
+        }
+        if !batch.is_empty() {
+            self.on_done(batch).await;
+        }
+    }
+
+    /// Applies a new configuration: buses, devices and routing. Queued
+    /// messages stay in the journal and are dispatched again under the new
+    /// map; nothing is dropped, nothing on the wire is cut.
+    async fn reload(&mut self, mut new: Config, done: &mut mpsc::UnboundedReceiver<Done>) {
+        if format!("{:?}", new.hub) != format!("{:?}", self.cfg.hub)
+            || format!("{:?}", new.gateway) != format!("{:?}", self.cfg.gateway)
+        {
+            tracing::warn!(
+                "[hub] and [gateway] changes take effect after a restart; applying buses, devices and routing now"
+            );
+            new.hub = self.cfg.hub.clone();
+            new.gateway = self.cfg.gateway.clone();
+        }
+        self.stop_buses(done).await;
+        self.cfg = Arc::new(new);
+        if let Err(e) = self.start_buses() {
+            tracing::error!(error = %e, "cannot start the buses of the new configuration");
+        }
+        match self.recover().await {
+            Ok(()) => {
+                tracing::info!(buses = self.cfg.buses.len(), devices = self.cfg.devices.len(), "configuration reloaded")
+            }
+            Err(e) => tracing::error!(error = %e, "journal error while applying the new configuration"),
         }
     }
 
@@ -120,12 +189,13 @@ impl Pipeline {
         mut hub_events: mpsc::Receiver<HubEvent>,
         mut done: mpsc::UnboundedReceiver<Done>,
         mut readings: mpsc::UnboundedReceiver<Reading>,
+        mut reloads: mpsc::UnboundedReceiver<Config>,
         mut shutdown: watch::Receiver<bool>,
-        bus_shutdown: watch::Sender<bool>,
     ) {
         let mut housekeeping = Instant::now() + Duration::from_secs(1);
         let mut prune_at = Instant::now() + Duration::from_secs(60);
         loop {
+            self.heartbeat.fetch_add(1, Ordering::Relaxed);
             let handover = self
                 .acks
                 .next_overdue(*self.cfg.hub.handover_after)
@@ -137,6 +207,7 @@ impl Pipeline {
                     None => break,
                 },
                 Some(r) = readings.recv() => self.on_reading(r),
+                Some(new) = reloads.recv() => self.reload(new, &mut done).await,
                 Some(d) = done.recv() => {
                     let mut batch = vec![d];
                     while let Ok(d) = done.try_recv() { batch.push(d); if batch.len() >= BATCH { break; } }
@@ -162,18 +233,7 @@ impl Pipeline {
             }
         }
         // Stop: the buses finish what is on the wire, then we record it.
-        let _ = bus_shutdown.send(true);
-        let tasks: Vec<_> = self.buses.drain().map(|(_, b)| b.task).collect();
-        for t in tasks {
-            let _ = t.await;
-        }
-        let mut batch = Vec::new();
-        while let Ok(d) = done.try_recv() {
-            batch.push(d);
-        }
-        if !batch.is_empty() {
-            self.on_done(batch).await;
-        }
+        self.stop_buses(&mut done).await;
         if let Err(e) = self.journal.flush().await {
             tracing::error!(error = %e, "final journal flush failed");
         }

@@ -8,9 +8,17 @@ pub mod schedule;
 pub mod serial;
 pub mod worker;
 
+use crate::config::{BusKind, Config};
+use crate::journal::Journal;
 use crate::message::Outcome;
 use crate::router::modbus::Write;
+use modbus::{ModbusLink, Target};
+use port::{rtu_gap, serial_opener};
+use serial::SerialLink;
+use std::collections::HashMap;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use worker::{BusHandle, BusSettings, Link};
 
 /// What to do on the wire for one message.
 #[derive(Debug, Clone)]
@@ -78,4 +86,36 @@ pub enum Wire {
     NotSent(String),
     /// Written, but no valid confirmation came back (`timeout` tells the breaker).
     Unconfirmed { reason: String, timeout: bool },
+}
+
+/// Starts one worker per configured bus.
+pub fn spawn_all(
+    cfg: &Config,
+    journal: &Journal,
+    done: &mpsc::UnboundedSender<Done>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<HashMap<String, BusHandle>, String> {
+    let mut buses = HashMap::new();
+    for (name, bus) in &cfg.buses {
+        let link = match bus.kind {
+            BusKind::ModbusTcp => Link::Modbus(ModbusLink::new(
+                Target::Tcp { address: bus.address.clone().unwrap_or_default() },
+                *bus.timeout,
+            )),
+            BusKind::ModbusRtu => Link::Modbus(ModbusLink::new(
+                Target::Rtu { opener: serial_opener(bus), gap: rtu_gap(bus.baud) },
+                *bus.timeout,
+            )),
+            BusKind::Serial => {
+                Link::Serial(SerialLink::new(serial_opener(bus), bus).map_err(|e| format!("bus {name}: {e}"))?)
+            }
+        };
+        let settings =
+            BusSettings { timeout: *bus.timeout, breaker_after: bus.breaker_after, breaker_max: *bus.breaker_max };
+        buses.insert(
+            name.clone(),
+            worker::spawn(name.clone(), link, settings, journal.clone(), done.clone(), shutdown.clone()),
+        );
+    }
+    Ok(buses)
 }

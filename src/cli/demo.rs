@@ -210,7 +210,7 @@ bus = "display"
     );
     let cfg = Config::parse(&cfg_text, "demo.toml").map_err(|d| d.to_string())?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let gateway = tokio::spawn(crate::daemon::run(cfg, Some(stop_rx)));
+    let gateway = tokio::spawn(crate::daemon::run(cfg, None, Some(stop_rx)));
 
     println!("c2d-gateway demo: everything below runs in this process, on loopback.");
     println!(

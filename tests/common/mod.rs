@@ -23,7 +23,17 @@ impl Gateway {
         let cfg = Config::parse(cfg_text, "test.toml").unwrap_or_else(|d| panic!("{d}\n{cfg_text}"));
         daemon::init_logging(None);
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(daemon::run(cfg, Some(rx)));
+        let task = tokio::spawn(daemon::run(cfg, None, Some(rx)));
+        Gateway { stop, task }
+    }
+
+    /// Like `start`, with the config written to `path` so SIGHUP reloads it.
+    pub async fn start_from_file(path: &std::path::Path, cfg_text: &str) -> Gateway {
+        std::fs::write(path, cfg_text).unwrap();
+        daemon::init_logging(None);
+        let cfg = Config::load(path).unwrap_or_else(|d| panic!("{d}"));
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(daemon::run(cfg, Some(path.to_path_buf()), Some(rx)));
         Gateway { stop, task }
     }
 

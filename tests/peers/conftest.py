@@ -16,7 +16,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pwd
 import shutil
+import subprocess
 import textwrap
 import threading
 from pathlib import Path
@@ -316,11 +318,14 @@ class Backend:
     `{"_raw": text}`). `wait_report(id)` waits for the report about a message id.
     """
 
-    def __init__(self, broker, client_id: str, report_topic: str = "gateway/+/result"):
+    def __init__(self, broker, client_id: str, report_topic: str = "gateway/+/result",
+                 username: str | None = None, password: str | None = None):
         self.reports: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
         subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect(broker.host, broker.port, keepalive=30)
@@ -385,6 +390,36 @@ class Backend:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+@pytest.fixture
+def password_mosquitto(tmp_path):
+    """Factory: `password_mosquitto({"user": "password", ...})` -> a started
+    Broker of its own that refuses anonymous clients and checks these logins."""
+    program = require_program("mosquitto")
+    passwd_tool = require_program("mosquitto_passwd")
+    brokers = []
+
+    def start(logins: dict) -> Broker:
+        workdir = tmp_path / f"mosquitto-auth{len(brokers)}"
+        workdir.mkdir()
+        passwords = workdir / "passwords"
+        passwords.write_text("", encoding="utf-8")
+        for user, password in logins.items():
+            subprocess.run([passwd_tool, "-b", passwords, user, password], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        broker = Broker(program, workdir)
+        broker.conf_path.write_text(
+            f"listener {broker.port} {HOST}\nallow_anonymous false\npassword_file {passwords}\n"
+            # run as root, mosquitto drops to user `mosquitto`, who could not read the file
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+            "persistence false\nlog_dest stderr\nlog_type all\n", encoding="utf-8")
+        brokers.append(broker)
+        return broker.start()
+
+    yield start
+    for broker in reversed(brokers):
+        broker.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,200 @@
+"""The gateway as an MQTT client of a real Mosquitto (`[hub] kind = "mqtt"`):
+when it completes (PUBACKs) a message, what the broker redelivers, how
+message ids deduplicate, a clean stop on SIGTERM, and secrets kept out of
+its log. The device is pymodbus over Modbus TCP.
+
+What the broker did is read from Mosquitto's own log (`log_type all`):
+"Sending PUBLISH to <client> (d1, ...)" is a redelivery (DUP flag set),
+"Received PUBACK from <client>" is the gateway completing a message.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from conftest import Backend, wait_subscribed
+from util import free_port, modbus_tcp_bus, wait_until, without_t
+
+C2D = "gateway/boiler/c2d"
+
+BOILER = """
+[devices.boiler]
+bus = "plc"
+unit = 1
+idempotent = true
+points.sp = { table = "holding", address = 10, type = "u16" }
+"""
+
+
+def sp_write(value):
+    return {"unit": 1, "fc": 6, "address": 10, "values": [value]}
+
+
+def redeliveries(broker, client_id, topic=C2D):
+    """PUBLISHes Mosquitto re-sent to `client_id` with the DUP flag."""
+    return re.findall(rf"Sending PUBLISH to {re.escape(client_id)} \(d1, q1, r\d, m\d+, '{re.escape(topic)}'",
+                      broker.log_text())
+
+
+def pubacks_from(broker, client_id):
+    return broker.log_text().count(f"Received PUBACK from {client_id} ")
+
+
+def one_outcome(backend, message_id) -> dict:
+    """The outcome reported about `message_id`: a report may legitimately come
+    again (a redelivery of a finished id is answered with its stored outcome,
+    a kill -9 may cost the mark that the report went out), but every report
+    must be the same outcome, completed at the same moment."""
+    reports = backend.reports_for(message_id)
+    assert reports, f"no report about {message_id}"
+    assert all(r == reports[0] for r in reports), reports
+    return reports[0]
+
+
+def log_lines(gw, pattern):
+    return [line for line in gw.log_text().splitlines() if re.search(pattern, line)]
+
+
+def test_puback_only_after_the_device_acknowledged(mosquitto, mqtt_gateway, modbus_device, backend):
+    port = free_port()  # the device is down: nothing listens here yet
+    gw = mqtt_gateway(modbus_tcp_bus("plc", f"127.0.0.1:{port}") + BOILER)
+    backend.publish("boiler", {"id": "ack-1", "point": "sp", "value": 41})
+    gw.wait_log(r"received message_id=ack-1\b")
+    gw.wait_log(r"cannot reach the device")  # it tried, and is retrying
+    # journaled, but the device has not answered: not completed at the broker
+    assert pubacks_from(mosquitto, gw.client_id) == 0
+    assert backend.reports_for("ack-1") == []
+    assert gw.kill9() == -9
+
+    device = modbus_device(tcp=f"127.0.0.1:{port}")
+    gw.restart_subscribed()
+    report = backend.wait_report("ack-1", timeout=15)
+    assert (report["status"], report["attempts"]) == ("delivered", 1), report
+    # the broker redelivered the message it never got a PUBACK for, and the
+    # gateway recognised its id (resumed from the journal, not run twice)
+    assert len(redeliveries(mosquitto, gw.client_id)) == 1, mosquitto.log_text()
+    assert len(log_lines(gw, r"redelivered message: not executed again message_id=ack-1\b")) == 1
+    wait_until(lambda: pubacks_from(mosquitto, gw.client_id) == 1, 5, what="the gateway's PUBACK of ack-1")
+    # a later message to the same device comes after anything still due for ack-1
+    backend.publish("boiler", {"id": "ack-2", "point": "sp", "value": 42})
+    assert backend.wait_report("ack-2")["status"] == "delivered"
+    assert without_t(device.wait_writes(2)) == [sp_write(41), sp_write(42)]
+    assert one_outcome(backend, "ack-1")["status"] == "delivered"
+
+
+def test_a_completed_message_is_not_redelivered_after_a_restart(mosquitto, mqtt_gateway, modbus_device,
+                                                                backend):
+    device = modbus_device()
+    gw = mqtt_gateway(modbus_tcp_bus("plc", device.address) + BOILER)
+    backend.publish("boiler", {"id": "done-1", "point": "sp", "value": 51})
+    assert backend.wait_report("done-1")["status"] == "delivered"
+    wait_until(lambda: pubacks_from(mosquitto, gw.client_id) == 1, 5, what="the PUBACK of done-1")
+    assert gw.kill9() == -9
+    gw.restart_subscribed()
+    backend.publish("boiler", {"id": "done-2", "point": "sp", "value": 52})
+    assert backend.wait_report("done-2")["status"] == "delivered"
+    assert without_t(device.wait_writes(2)) == [sp_write(51), sp_write(52)]
+    assert redeliveries(mosquitto, gw.client_id) == []
+    assert log_lines(gw, r"redelivered message") == []
+    assert one_outcome(backend, "done-1")["status"] == "delivered"
+
+
+def test_message_ids_deduplicate_and_nothing_else_does(mqtt_gateway, modbus_device, backend):
+    device = modbus_device()
+    gw = mqtt_gateway(modbus_tcp_bus("plc", device.address) + BOILER)
+
+    # the same id twice, the second after the first finished: one write, two reports
+    backend.publish("boiler", {"id": "dup-1", "point": "sp", "value": 7})
+    backend.wait_report("dup-1")
+    backend.publish("boiler", {"id": "dup-1", "point": "sp", "value": 7})
+    backend.wait_report("dup-1", count=2)
+    both = backend.reports_for("dup-1")
+    assert [r["status"] for r in both] == ["delivered", "delivered"]
+    assert both[1] == both[0], "the redelivery reports the stored outcome"
+    assert len(log_lines(gw, r"redelivered message: not executed again message_id=dup-1\b")) == 1
+
+    # identical bodies, different ids: both run
+    backend.publish("boiler", {"id": "dup-2", "point": "sp", "value": 8})
+    backend.publish("boiler", {"id": "dup-3", "point": "sp", "value": 8})
+    reports = backend.wait_reports(["dup-2", "dup-3"])
+    assert [reports[i]["status"] for i in ("dup-2", "dup-3")] == ["delivered", "delivered"]
+
+    # identical bodies without an id: both run, each under an id of its own
+    before = len(backend.all_reports())
+    backend.publish("boiler", {"point": "sp", "value": 9})
+    backend.publish("boiler", {"point": "sp", "value": 9})
+    wait_until(lambda: len(backend.all_reports()) >= before + 2, 10, what="2 reports of id-less messages")
+    generated = backend.all_reports()[before:]
+    assert len(generated) == 2
+    assert [(r["status"], r.get("id_generated")) for r in generated] == [("delivered", True)] * 2
+    assert generated[0]["message_id"] != generated[1]["message_id"]
+    assert all(r["message_id"] not in ("", None) for r in generated)
+
+    assert without_t(device.wait_writes(5)) == [sp_write(7), sp_write(8), sp_write(8), sp_write(9), sp_write(9)]
+    assert len(backend.all_reports()) == 6
+    # id-carrying reports never say id_generated
+    assert all("id_generated" not in r for i in ("dup-1", "dup-2", "dup-3") for r in backend.reports_for(i))
+
+
+def test_sigterm_finishes_the_request_on_the_wire_and_exits_0(mosquitto, mqtt_gateway, modbus_device, backend):
+    device = modbus_device(delay_ms=800)
+    gw = mqtt_gateway(modbus_tcp_bus("plc", device.address, timeout="3s") + BOILER)
+    backend.publish("boiler", {"id": "term-1", "point": "sp", "value": 61})
+    backend.publish("boiler", {"id": "term-2", "point": "sp", "value": 62})  # queued behind it
+    gw.wait_log(r"sending message_id=term-1\b")
+    assert device.writes() == []  # the device is still thinking: term-1 is on the wire
+    started = time.monotonic()
+    assert gw.terminate(timeout=10) == 0
+    took = time.monotonic() - started
+    assert took < 3.0, f"SIGTERM took {took:.1f}s"
+    # the request on the wire was finished, its outcome reported and completed
+    assert without_t(device.writes()) == [sp_write(61)]
+    assert backend.wait_report("term-1", timeout=5)["status"] == "delivered"
+    assert "sending message_id=term-2" not in gw.log_text()
+
+    gw.restart_subscribed()
+    assert backend.wait_report("term-2", timeout=10)["status"] == "delivered"
+    backend.publish("boiler", {"id": "term-3", "point": "sp", "value": 63})
+    assert backend.wait_report("term-3", timeout=10)["status"] == "delivered"
+    assert without_t(device.wait_writes(3)) == [sp_write(61), sp_write(62), sp_write(63)]
+    # term-1 was acknowledged before the exit: no redelivery, no second report
+    assert log_lines(gw, r"redelivered message: .* message_id=term-1\b") == []
+    assert len(backend.reports_for("term-1")) == 1, backend.reports_for("term-1")
+    assert len(backend.reports_for("term-2")) == 1, backend.reports_for("term-2")
+    assert [r["status"] for r in backend.all_reports()] == ["delivered"] * 3
+
+
+SECRET = "Zq7-c2d-s3cr3t-pa55w0rd-91f4"
+
+
+def test_no_secret_in_the_log_even_at_trace(gateway, password_mosquitto, modbus_device):
+    """A broker that checks passwords; the gateway logs at trace level, first
+    with a wrong password (refused), then with the right one (delivers)."""
+    wrong_secret = SECRET[::-1]
+    broker = password_mosquitto({"gateway": SECRET, "backend": "backend-pw"})
+    backend = Backend(broker, client_id="backend-secret", username="backend", password="backend-pw")
+    try:
+        device = modbus_device()
+        rest = modbus_tcp_bus("plc", device.address) + BOILER
+        hub = (f'[hub]\nkind = "mqtt"\nurl = "mqtt://{broker.host}:{broker.port}"\n'
+               'client_id = "gw-secret"\nusername = "gateway"\n')
+        env = {"RUST_LOG": "trace"}
+
+        wrong = gateway(hub + f'password = "{wrong_secret}"\n\n' + rest, env=env)
+        wrong.wait_log(r"refused the connection", timeout=10)
+        assert "not authorised" in broker.log_text() or "not authorized" in broker.log_text().lower()
+        assert wrong.terminate() == 0
+
+        right = gateway(hub + f'password = "{SECRET}"\n\n' + rest, env=env)
+        wait_subscribed(broker, "gw-secret", 1)
+        backend.publish("boiler", {"id": "sec-1", "point": "sp", "value": 5})
+        assert backend.wait_report("sec-1")["status"] == "delivered"
+        assert right.terminate() == 0
+        for gw in (wrong, right):
+            text = gw.log_text()
+            assert " TRACE " in text, "RUST_LOG=trace took effect"
+            for secret in (SECRET, wrong_secret):
+                assert secret not in text, f"a password is in {gw.log_path}"
+    finally:
+        backend.close()

@@ -51,8 +51,11 @@ pub fn run(a: Args) -> Result<(), String> {
     if let Some(d) = a.expiry {
         req = req.header("iothub-expiry", &d.as_secs().max(1).to_string());
     }
-    for (k, v) in &a.properties {
-        req = req.header(&format!("iothub-app-{k}"), v);
+    if !a.properties.is_empty() {
+        // A bag rather than iothub-app-NAME headers: HTTP would lower-case NAME.
+        let bag: Vec<(String, Option<String>)> =
+            a.properties.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+        req = req.header("iothub-properties", &crate::hub::azure::propbag::encode(&bag));
     }
     let mut resp = req.send(&body[..]).map_err(|e| format!("cannot reach the hub at {base}: {e}"))?;
     let status = resp.status();

@@ -4,7 +4,9 @@
 //! - `POST /devices/{id}/messages`: send a C2D message; headers
 //!   `iothub-messageid`, `iothub-ack`, `iothub-expiry` (seconds),
 //!   `iothub-correlationid`, `iothub-contenttype`, `iothub-contentencoding`,
-//!   `iothub-app-NAME` → 201 `{"message_id": ...}`
+//!   `iothub-app-NAME` (HTTP lower-cases NAME), `iothub-properties`
+//!   (a percent-encoded bag `k=v&k=v` that keeps the case) → 201
+//!   `{"message_id": ...}`
 //! - `GET /devices/{id}/messages`: the device's queue
 //! - `GET /feedback`: delivery feedback records
 //! - `GET /devices/{id}/events`: D2C messages with their properties
@@ -68,6 +70,13 @@ pub fn request_from_headers(headers: &HeaderMap, body: Vec<u8>) -> Result<C2dReq
         },
     };
     let mut properties = Vec::new();
+    // HTTP lower-cases header names, so `iothub-app-NAME` loses NAME's case;
+    // `iothub-properties` carries a property bag (`k=v&k=v`, percent-encoded)
+    // that keeps it.
+    if let Some(bag) = text("iothub-properties")? {
+        let parsed = crate::hub::azure::propbag::parse(&bag).map_err(|e| format!("iothub-properties: {e}"))?;
+        properties.extend(parsed.into_iter().map(|(k, v)| (k, v.unwrap_or_default())));
+    }
     for (name, value) in headers {
         if let Some(key) = name.as_str().strip_prefix("iothub-app-") {
             let v = value.to_str().map_err(|_| format!("header {name} is not valid text"))?;

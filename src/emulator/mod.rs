@@ -83,15 +83,20 @@ impl Shared {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new connection for `device`; an older one is closed (IoT Hub keeps one).
-    pub fn register(&self, device: &str, tx: mpsc::UnboundedSender<ConnMsg>) -> u64 {
+    /// A new connection for `device`; an older one is closed (IoT Hub keeps
+    /// one). Returns the connection id and whether a session was present.
+    pub fn register(&self, device: &str, tx: mpsc::UnboundedSender<ConnMsg>, clean_session: bool) -> (u64, bool) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
-        let old = {
+        let (old, present) = {
             let mut st = self.state();
             let d = st.devices.get_mut(device).expect("registered device");
             let old = d.conn.replace(id);
-            d.subscribed = false;
-            old
+            let present = !clean_session && d.has_session;
+            if !present {
+                d.subscribed = false;
+            }
+            d.has_session = !clean_session;
+            (old, present)
         };
         if let Some(old) = old {
             if let Some(tx) = self.conns().remove(&old) {
@@ -102,7 +107,7 @@ impl Shared {
             self.state().devices.get_mut(device).expect("device").conn = Some(id);
         }
         self.conns().insert(id, tx);
-        id
+        (id, present)
     }
 
     pub fn unregister(&self, device: &str, conn: u64) {

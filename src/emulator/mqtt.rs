@@ -91,12 +91,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let conn = shared.register(&device, tx);
-    if w.write(Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, !connect.clean_session))).await.is_err() {
+    let (conn, session_present) = shared.register(&device, tx, connect.clean_session);
+    if w.write(Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present))).await.is_err() {
         shared.unregister(&device, conn);
         return;
     }
-    tracing::info!(%device, conn, "emulator: device connected");
+    tracing::info!(%device, conn, session_present, "emulator: device connected");
+    // A resumed session may hold deliverable messages at once.
+    shared.pump();
     let token_left = Duration::from_secs(expiry.saturating_sub(now_unix()));
     let expire = sleep(token_left);
     tokio::pin!(expire);

@@ -72,7 +72,10 @@ pub struct Device {
     pub queue: VecDeque<C2d>,
     /// Live connection id, if connected.
     pub conn: Option<u64>,
+    /// Subscribed to its devicebound topic (part of the session).
     pub subscribed: bool,
+    /// A session is stored (the last connection used CleanSession = 0).
+    pub has_session: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -238,7 +241,11 @@ impl HubState {
         if let Some(d) = self.devices.get_mut(device) {
             if d.conn == Some(conn) {
                 d.conn = None;
-                d.subscribed = false;
+                // A clean session ends with its connection; a persistent
+                // one keeps its subscription (IoT Hub, MQTT 3.1.1 §3.1.2.4).
+                if !d.has_session {
+                    d.subscribed = false;
+                }
             }
             for m in d.queue.iter_mut().filter(|m| m.lock.is_some_and(|(c, _, _)| c == conn)) {
                 m.lock = None;

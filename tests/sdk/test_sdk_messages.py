@@ -77,15 +77,15 @@ def test_sdk_receives_c2d_with_system_and_custom_properties_and_completes_it(hub
         received.get(timeout=1.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "emulator bug: the HTTP API takes application properties from iothub-app-NAME headers and the "
-    "HTTP server lower-cases header names, so 'temperatureAlert' reaches the device as "
-    "'temperaturealert' (IoT Hub property names are case-sensitive)"))
 def test_custom_property_names_keep_their_case(hub, sdk_client):
+    """HTTP lower-cases header names, so iothub-app-NAME cannot keep NAME's case; the
+    iothub-properties header (a percent-encoded property bag) does."""
     h, client, received = connected_receiver(hub, sdk_client)
-    assert h.post_c2d("dev1", C2D_BODY, C2D_HEADERS).status == 201
+    headers = [("iothub-messageid", "case-1"),
+               ("iothub-properties", "temperatureAlert=true&Device%20Name=Boiler%2F1")]
+    assert h.post_c2d("dev1", C2D_BODY, headers).status == 201
     m = received.get(timeout=10)
-    assert m.custom_properties == {"color": "blue", "temperatureAlert": "true"}
+    assert m.custom_properties == {"temperatureAlert": "true", "Device Name": "Boiler/1"}
 
 
 def test_sdk_decodes_escaped_property_names_and_values(hub, sdk_client):

@@ -61,6 +61,15 @@ impl AckQueue {
         v
     }
 
+    /// Not-ready slots among the oldest ones that must be released so that
+    /// at most `limit` slots stay un-acknowledged.
+    pub fn over_limit(&self, limit: usize) -> Vec<u64> {
+        let excess = self.slots.len().saturating_sub(limit.max(1));
+        let mut v: Vec<u64> = self.slots.iter().take(excess).filter(|s| !s.ready).map(|s| s.seq).collect();
+        v.dedup();
+        v
+    }
+
     /// When the next slot becomes overdue.
     pub fn next_overdue(&self, after: Duration) -> Option<Instant> {
         self.slots.iter().filter(|s| !s.ready).map(|s| s.arrived + after).min()
@@ -114,6 +123,18 @@ mod tests {
         assert_eq!(q.pop_ready(), vec![(2, 1)]);
         q.mark_ready(1);
         assert!(q.pop_ready().is_empty(), "the old slot is gone: no ack to a reused packet id");
+    }
+
+    #[test]
+    fn the_window_of_unacked_messages_is_bounded() {
+        let t = Instant::now();
+        let mut q = AckQueue::default();
+        for seq in 0..5 {
+            q.push(1, seq as u16 + 1, seq, seq == 1, t);
+        }
+        assert!(q.over_limit(5).is_empty());
+        assert_eq!(q.over_limit(3), vec![0], "slots 0 and 1 must go; 1 is ready already");
+        assert_eq!(q.over_limit(1), vec![0, 2, 3]);
     }
 
     #[test]

@@ -323,7 +323,7 @@ impl Pipeline {
                 Admitted::Full { detail } => {
                     tracing::error!(%detail, "journal full: rejecting a new message");
                     let e = Entry {
-                        seq: 0,
+                        seq: u64::MAX,
                         id: format!("unjournaled-{now}"),
                         id_generated: true,
                         device: None,
@@ -347,8 +347,33 @@ impl Pipeline {
                 }
             }
         }
+        self.release_window().await;
         self.send_acks();
         self.publish_status();
+    }
+
+    /// Keeps at most `hub.max_unacked` messages un-acknowledged: PUBACKs go
+    /// in arrival order, and a broker sends only so many un-acked messages
+    /// (Mosquitto: 20), so a slow or dead device at the head would otherwise
+    /// stall every other device. The oldest unfinished messages are handed
+    /// over: acknowledged, kept in the journal, delivered and reported later.
+    async fn release_window(&mut self) {
+        let seqs = self.acks.over_limit(self.cfg.hub.max_unacked);
+        if seqs.is_empty() {
+            return;
+        }
+        for seq in &seqs {
+            if let Ok(e) = self.journal.update(*seq, |e| e.handed_over = true) {
+                tracing::info!(message_id = %e.id, "too many messages waiting for their devices: acknowledged to the hub early, delivery goes on from the journal");
+            }
+        }
+        if let Err(e) = self.journal.flush().await {
+            tracing::error!(error = %e, "cannot flush handover to the journal: holding acks");
+            return;
+        }
+        for seq in seqs {
+            self.acks.mark_ready(seq);
+        }
     }
 
     fn slot(&mut self, generation: u64, pkid: u16, seq: u64, ready: bool, arrived: Instant) {
@@ -468,7 +493,7 @@ impl Pipeline {
         if report::wanted(self.cfg.hub.reports, e.state) {
             self.send_report(e);
         }
-        if !e.reported && e.seq != 0 {
+        if !e.reported {
             let _ = self.journal.update(e.seq, |e| e.reported = true);
         }
     }

@@ -84,7 +84,7 @@ async fn run(
         if now >= sweep_at {
             for job in sched.sweep(|j| j.deadline.as_ref().is_some_and(|(at, _)| *at <= now)) {
                 let outcome = Outcome::expired(expiry_detail(&job));
-                finish(&done, job, outcome);
+                finish(&journal, &done, job, outcome);
             }
             sweep_at = now + sweep_every;
         }
@@ -97,7 +97,7 @@ async fn run(
             };
             let popped = sched.record(&dev, verdict, Instant::now(), fastrand::f64());
             match (step, popped) {
-                (Step::Final(outcome), Some(job)) => finish(&done, job, outcome),
+                (Step::Final(outcome), Some(job)) => finish(&journal, &done, job, outcome),
                 (Step::Retry { timeout }, None) => {
                     if timeout && sched.is_isolated(&dev) {
                         tracing::warn!(bus = %name, device = %dev, "device keeps timing out: isolated by the circuit breaker, other devices on the bus go on");
@@ -162,7 +162,12 @@ async fn poll(link: &mut Link, p: Poll) {
     let _ = p.reply.send(crate::telemetry::Reading { device: p.device, at_ms, values });
 }
 
-fn finish(done: &mpsc::UnboundedSender<Done>, job: Job, outcome: Outcome) {
+/// Records the outcome in the journal (flushed with the next `sending` or by
+/// the pipeline) and hands it to the pipeline.
+fn finish(journal: &Journal, done: &mpsc::UnboundedSender<Done>, job: Job, outcome: Outcome) {
+    if let Err(e) = journal.finish(job.seq, &outcome, crate::message::now_ms()) {
+        tracing::error!(message_id = %job.id, error = %e, "cannot record an outcome");
+    }
     let _ = done.send(Done { seq: job.seq, device: job.device, outcome, attempts: job.attempts });
 }
 
@@ -194,9 +199,12 @@ async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job) -> Step {
         job.last_error = Some(e.to_string());
         return Step::Retry { timeout: false };
     }
-    if !job.idempotent {
-        // A crash after this point must find `sending` and report
-        // `uncertain` rather than send the command a second time.
+    // Durable before the wire: a crash after this point finds `sending`
+    // and reports `uncertain` (or, for an idempotent device, sends again and
+    // says so in the report) rather than silently repeating the command. The
+    // same flush makes the previous message's outcome durable, so a crash can
+    // never replay an older command after a newer one.
+    {
         if let Err(e) = journal.flush().await {
             tracing::error!(message_id = %job.id, error = %e, "cannot flush `sending` to the journal: not sending");
             job.last_error = Some(e.to_string());

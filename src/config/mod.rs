@@ -199,6 +199,11 @@ pub struct HubConfig {
     pub complete: Complete,
     #[serde(default = "default_handover_after")]
     pub handover_after: Dur,
+    /// At most this many received messages stay un-acknowledged; beyond it
+    /// the oldest unfinished ones are handed over early (brokers stop sending
+    /// when their in-flight window is full: Mosquitto's is 20).
+    #[serde(default = "default_max_unacked")]
+    pub max_unacked: usize,
     #[serde(default)]
     pub reports: Reports,
     #[serde(default = "default_keep_alive")]
@@ -225,6 +230,9 @@ fn default_telemetry_topic() -> String {
 }
 fn default_handover_after() -> Dur {
     Dur::secs(40)
+}
+fn default_max_unacked() -> usize {
+    16
 }
 fn default_keep_alive() -> Dur {
     Dur::secs(60)

@@ -126,6 +126,9 @@ fn hub(c: &mut Checker, h: &HubConfig) {
     if h.keep_alive.as_secs() > u64::from(u16::MAX) {
         c.value(&p("keep_alive"), "must be at most 65535s (MQTT limit)");
     }
+    if h.max_unacked == 0 {
+        c.value(&p("max_unacked"), "must be at least 1");
+    }
     if !(1..=262_144).contains(&h.max_body) {
         c.value(&p("max_body"), "must be between 1 and 262144 (bytes)");
     }

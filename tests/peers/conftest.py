@@ -5,6 +5,11 @@
 - `modbus_device(...)`: tests/peers/modbus_device.py (pymodbus) on TCP or RTU.
 - `serial_device(port, ...)`: tests/peers/serial_device.py on a pty.
 - `gateway(config_text, ...)`: `$C2D_GATEWAY_BIN run --config <tmp>/config.toml`.
+- `backend`: the back end on `mosquitto` (paho-mqtt): publishes C2D messages
+  with QoS 1, collects the result reports from `gateway/+/result`.
+- `mqtt_gateway(config_text, ...)`: `gateway` with `[hub] kind = "mqtt"` on
+  `mosquitto` and a fixed client id, started once its subscription is acked.
+- `password_mosquitto(logins)`: a broker of its own that checks passwords.
 
 Each fixture stops what it started at teardown. A peer program missing from
 the machine skips the test (fails it under CI=true, where tests/run has
@@ -388,8 +393,8 @@ class Backend:
             raise AssertionError(f"no report within {timeout}s about {[i for i in ids if i not in have]}")
 
     def close(self) -> None:
+        self.client.disconnect()  # first: the network loop then ends at once
         self.client.loop_stop()
-        self.client.disconnect()
 
 
 @pytest.fixture

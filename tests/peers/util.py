@@ -174,3 +174,14 @@ def modbus_rtu_bus(name: str, port: str, timeout: str = "500ms", baud: int = 960
     """A `[buses.NAME]` section for Modbus RTU on the serial path `port`."""
     return (f'[buses.{name}]\nkind = "modbus-rtu"\nport = "{port}"\nbaud = {baud}\n'
             f'timeout = "{timeout}"\n{extra}\n')
+
+
+def one_outcome(backend, message_id) -> dict:
+    """The outcome reported about `message_id`: a report may legitimately come
+    again (a redelivery of a finished id is answered with its stored outcome,
+    a kill -9 may cost the mark that the report went out), but every report
+    must be the same outcome, completed at the same moment."""
+    reports = backend.reports_for(message_id)
+    assert reports, f"no report about {message_id}"
+    assert all(r == reports[0] for r in reports), reports
+    return reports[0]

@@ -28,13 +28,21 @@ pub struct AzureDialect {
 /// Where the connection string comes from, in order: inline, file, the
 /// environment, then systemd's `$CREDENTIALS_DIRECTORY/connection-string`.
 pub fn load_connection_string(cfg: &Config) -> Result<ConnectionString, HubError> {
+    load_connection_string_with(cfg, |k| std::env::var_os(k))
+}
+
+/// [`load_connection_string`] with the environment passed in (for tests).
+pub fn load_connection_string_with(
+    cfg: &Config,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<ConnectionString, HubError> {
     let text = if let Some(s) = &cfg.hub.connection_string {
         s.expose().to_string()
     } else if let Some(path) = &cfg.hub.connection_string_file {
         read_secret_file(path)?
-    } else if let Ok(s) = std::env::var(ENV_CONNECTION_STRING) {
+    } else if let Some(s) = env(ENV_CONNECTION_STRING).and_then(|s| s.into_string().ok()) {
         s
-    } else if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+    } else if let Some(dir) = env("CREDENTIALS_DIRECTORY") {
         read_secret_file(&Path::new(&dir).join("connection-string"))?
     } else {
         return Err(HubError::Config(format!(
@@ -198,6 +206,38 @@ mod tests {
         assert!(m.reject.unwrap().contains("exceeds max_body"));
         assert!(d.inbound("devices/other/messages/devicebound/x", b"").is_none(), "not our topic");
         assert!(d.inbound("$iothub/twin/res/200/?$rid=1", b"").is_none());
+    }
+
+    #[test]
+    fn the_connection_string_comes_from_config_file_environment_or_systemd_credential() {
+        use std::ffi::OsString;
+        let tmp = tempfile::tempdir().unwrap();
+        let cs = |dev: &str| format!("HostName=localhost;DeviceId={dev};SharedAccessKey=c2VjcmV0");
+        let file = tmp.path().join("cs");
+        std::fs::write(&file, format!("# comment\n\n{}\n", cs("from-file"))).unwrap();
+        std::fs::write(tmp.path().join("connection-string"), cs("from-cred")).unwrap();
+        let cfg = |extra: &str| -> Config { toml::from_str(&format!("[hub]\nkind = \"azure\"\n{extra}")).unwrap() };
+        let none = |_: &str| None::<OsString>;
+        let dir = tmp.path().as_os_str().to_owned();
+        let env = |k: &str| match k {
+            ENV_CONNECTION_STRING => Some(OsString::from(cs("from-env"))),
+            "CREDENTIALS_DIRECTORY" => Some(dir.clone()),
+            _ => None,
+        };
+        let cred_only = |k: &str| (k == "CREDENTIALS_DIRECTORY").then(|| dir.clone());
+        let id = |r: Result<ConnectionString, HubError>| r.map(|c| c.device_id).map_err(|e| e.to_string());
+        let inline = format!("connection_string = \"{}\"", cs("inline"));
+        assert_eq!(id(load_connection_string_with(&cfg(&inline), env)), Ok("inline".into()));
+        let from_file = format!("connection_string_file = \"{}\"", file.display());
+        assert_eq!(id(load_connection_string_with(&cfg(&from_file), env)), Ok("from-file".into()));
+        assert_eq!(id(load_connection_string_with(&cfg(""), env)), Ok("from-env".into()));
+        assert_eq!(id(load_connection_string_with(&cfg(""), cred_only)), Ok("from-cred".into()));
+        let e = id(load_connection_string_with(&cfg(""), none)).unwrap_err();
+        assert!(e.contains("no connection string"), "{e}");
+        let missing = "connection_string_file = \"/nonexistent/cs\"";
+        assert!(id(load_connection_string_with(&cfg(missing), env))
+            .unwrap_err()
+            .contains("cannot read /nonexistent/cs"));
     }
 
     #[test]

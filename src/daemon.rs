@@ -45,7 +45,10 @@ pub fn init_logging(level: Option<&str>) {
     let _ = match journald {
         Some(j) => registry.with(j).try_init(),
         None => {
-            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false)).try_init()
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
+            registry.with(fmt).try_init()
         }
     };
 }

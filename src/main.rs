@@ -104,6 +104,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     })
 }
 
+/// Runs a subcommand's future on a fresh runtime; its error is printed.
+fn block_on(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    match runtime() {
+        Ok(rt) => report(rt.block_on(fut)),
+        Err(code) => code,
+    }
+}
+
 fn report(r: Result<(), String>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,10 +158,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { keep_running } => match runtime() {
-            Ok(rt) => report(rt.block_on(cli::demo::run(keep_running))),
-            Err(code) => code,
-        },
+        Command::Demo { keep_running } => block_on(cli::demo::run(keep_running)),
         Command::HubEmulator {
             mqtt,
             tls,
@@ -177,10 +182,7 @@ fn main() -> ExitCode {
                 default_ttl,
                 strict_ack_order,
             };
-            match runtime() {
-                Ok(rt) => report(rt.block_on(cli::emulator::run(args))),
-                Err(code) => code,
-            }
+            block_on(cli::emulator::run(args))
         }
         Command::Send { device, ack, properties, message_id, correlation_id, expiry, wait, timeout, hub, body } => {
             report(cli::send::run(cli::send::Args {

@@ -359,18 +359,28 @@ impl Pipeline {
     /// over: acknowledged, kept in the journal, delivered and reported later.
     async fn release_window(&mut self) {
         let seqs = self.acks.over_limit(self.cfg.hub.max_unacked);
+        self.hand_over(seqs, "too many messages are waiting for their devices").await;
+    }
+
+    /// Acknowledges unfinished messages to the hub: the journal keeps
+    /// custody (flushed first), delivery goes on, the outcome is reported
+    /// later. After a failed flush nothing is acknowledged and the next
+    /// attempt waits a second.
+    async fn hand_over(&mut self, seqs: Vec<u64>, why: &str) {
         if seqs.is_empty() {
             return;
         }
         for seq in &seqs {
             if let Ok(e) = self.journal.update(*seq, |e| e.handed_over = true) {
-                tracing::info!(message_id = %e.id, "too many messages waiting for their devices: acknowledged to the hub early, delivery goes on from the journal");
+                tracing::info!(message_id = %e.id, reason = why, "acknowledged to the hub before delivery; delivery goes on from the journal");
             }
         }
         if let Err(e) = self.journal.flush().await {
             tracing::error!(error = %e, "cannot flush handover to the journal: holding acks");
+            self.handover_not_before = Some(Instant::now() + Duration::from_secs(1));
             return;
         }
+        self.handover_not_before = None;
         for seq in seqs {
             self.acks.mark_ready(seq);
         }
@@ -513,23 +523,7 @@ impl Pipeline {
     /// keeps custody and delivery goes on; the outcome is reported later.
     async fn handover(&mut self) {
         let overdue = self.acks.overdue(Instant::now(), *self.cfg.hub.handover_after);
-        if overdue.is_empty() {
-            return;
-        }
-        for seq in &overdue {
-            if let Ok(e) = self.journal.update(*seq, |e| e.handed_over = true) {
-                tracing::info!(message_id = %e.id, "not finished within handover_after: acknowledged to the hub, delivery goes on from the journal");
-            }
-        }
-        if let Err(e) = self.journal.flush().await {
-            tracing::error!(error = %e, "cannot flush handover to the journal: holding acks");
-            self.handover_not_before = Some(Instant::now() + Duration::from_secs(1));
-            return;
-        }
-        self.handover_not_before = None;
-        for seq in overdue {
-            self.acks.mark_ready(seq);
-        }
+        self.hand_over(overdue, "not finished within handover_after").await;
         self.send_acks();
     }
 

@@ -87,7 +87,11 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
     let journal = open_journal(&cfg)?;
-    let not_configured = |e: crate::hub::HubError| DaemonError::Config(format!("not configured: {e}"));
+    let not_configured = |e: crate::hub::HubError| {
+        let msg = format!("not configured: {e}");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&msg)]);
+        DaemonError::Config(msg)
+    };
     let dialect = Arc::new(Dialect::from_config(&cfg).map_err(not_configured)?);
     let link_dialect = Dialect::from_config(&cfg).map_err(not_configured)?;
 

@@ -153,7 +153,7 @@ impl Pipeline {
                 let idempotent =
                     router::route(&self.cfg, e.device.as_deref()).map(|r| r.config.idempotent).unwrap_or(false);
                 if idempotent {
-                    tracing::warn!(message_id = %e.id, device = ?e.device, "the gateway stopped while this message was on the wire; sending it again (device is idempotent)");
+                    tracing::warn!(message_id = %e.id, device = e.device.as_deref().unwrap_or(""), "the gateway stopped while this message was on the wire; sending it again (device is idempotent)");
                     e = self.journal.update(e.seq, |e| {
                         e.state = State::Queued;
                         e.resent_after_crash = true;
@@ -299,7 +299,7 @@ impl Pipeline {
         for (generation, pkid, a) in admitted {
             match a {
                 Admitted::New(e) => {
-                    tracing::info!(message_id = %e.id, device = ?e.device, seq = e.seq, "received");
+                    tracing::info!(message_id = %e.id, device = e.device.as_deref().unwrap_or(""), seq = e.seq, "received");
                     if e.state.is_final() {
                         tracing::warn!(message_id = %e.id, detail = %e.detail, "rejected");
                         self.slot(generation, pkid, e.seq, true, arrived);
@@ -490,9 +490,9 @@ impl Pipeline {
     fn after_final(&mut self, e: &Entry) {
         let level_ok = e.state == State::Delivered;
         if level_ok {
-            tracing::info!(message_id = %e.id, device = ?e.device, attempts = e.attempts, detail = %e.detail, "delivered");
+            tracing::info!(message_id = %e.id, device = e.device.as_deref().unwrap_or(""), attempts = e.attempts, detail = %e.detail, "delivered");
         } else {
-            tracing::warn!(message_id = %e.id, device = ?e.device, state = %e.state, attempts = e.attempts, detail = %e.detail, "not delivered");
+            tracing::warn!(message_id = %e.id, device = e.device.as_deref().unwrap_or(""), state = %e.state, attempts = e.attempts, detail = %e.detail, "not delivered");
         }
         self.acks.mark_ready(e.seq);
         self.report(e);

@@ -43,7 +43,13 @@ pub fn load_connection_string_with(
     } else if let Some(s) = env(ENV_CONNECTION_STRING).and_then(|s| s.into_string().ok()) {
         s
     } else if let Some(dir) = env("CREDENTIALS_DIRECTORY") {
-        read_secret_file(&Path::new(&dir).join("connection-string"))?
+        read_secret_file(&Path::new(&dir).join("connection-string")).map_err(|_| {
+            HubError::Config(
+                "the systemd credential connection-string holds no connection string: put the device's \
+                 connection string in /etc/c2d-gateway/connection-string (mode 0600) and restart"
+                    .into(),
+            )
+        })?
     } else {
         return Err(HubError::Config(format!(
             "no connection string: set hub.connection_string_file (or hub.connection_string), \

@@ -3,10 +3,8 @@
 use c2d_gateway::config::{Config, DEFAULT_PATH};
 use c2d_gateway::{cli, daemon};
 use clap::{Parser, Subcommand};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -38,63 +36,9 @@ enum Command {
         keep_running: bool,
     },
     /// A local stand-in for Azure IoT Hub (MQTT, MQTT over TLS, HTTP back-end API).
-    HubEmulator {
-        /// Plain MQTT listener, e.g. 127.0.0.1:1883.
-        #[arg(long)]
-        mqtt: Option<SocketAddr>,
-        /// MQTT over TLS listener (certificate generated at start).
-        #[arg(long, default_value = "127.0.0.1:8883")]
-        tls: Option<SocketAddr>,
-        /// HTTP back-end API listener.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        http: Option<SocketAddr>,
-        /// Write the emulator's CA certificate (PEM) here.
-        #[arg(long)]
-        ca_out: Option<PathBuf>,
-        /// Register a device: ID or ID:BASE64KEY (a key is generated and printed when omitted).
-        #[arg(long = "device", value_name = "ID[:KEY]")]
-        devices: Vec<String>,
-        #[arg(long, default_value = "localhost")]
-        host_name: String,
-        /// How long a delivered message stays locked before it is delivered again.
-        #[arg(long, default_value = "60s", value_parser = cli::duration)]
-        lock_timeout: Duration,
-        /// Time to live of messages sent without iothub-expiry.
-        #[arg(long, default_value = "1h", value_parser = cli::duration)]
-        default_ttl: Duration,
-        /// Drop a connection that acknowledges out of order.
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-        strict_ack_order: bool,
-    },
+    HubEmulator(cli::emulator::Args),
     /// Send a cloud-to-device message through the emulator's HTTP API; prints its id.
-    Send {
-        #[arg(long)]
-        device: String,
-        /// none | positive | negative | full
-        #[arg(long)]
-        ack: Option<String>,
-        /// Application property, repeatable.
-        #[arg(long = "property", value_name = "K=V", value_parser = cli::key_value)]
-        properties: Vec<(String, String)>,
-        #[arg(long)]
-        message_id: Option<String>,
-        #[arg(long)]
-        correlation_id: Option<String>,
-        /// Time to live, e.g. 10m.
-        #[arg(long, value_parser = cli::duration)]
-        expiry: Option<Duration>,
-        /// Wait for the feedback record and print it.
-        #[arg(long)]
-        wait: bool,
-        /// How long --wait waits.
-        #[arg(long, default_value = "60s", value_parser = cli::duration)]
-        timeout: Duration,
-        /// The emulator's HTTP API.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        hub: String,
-        /// The body, or - for standard input.
-        body: String,
-    },
+    Send(cli::send::Args),
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -159,44 +103,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { keep_running } => block_on(cli::demo::run(keep_running)),
-        Command::HubEmulator {
-            mqtt,
-            tls,
-            http,
-            ca_out,
-            devices,
-            host_name,
-            lock_timeout,
-            default_ttl,
-            strict_ack_order,
-        } => {
+        Command::HubEmulator(args) => {
             daemon::init_logging(None);
-            let args = cli::emulator::Args {
-                mqtt,
-                tls,
-                http,
-                ca_out,
-                devices,
-                host_name,
-                lock_timeout,
-                default_ttl,
-                strict_ack_order,
-            };
             block_on(cli::emulator::run(args))
         }
-        Command::Send { device, ack, properties, message_id, correlation_id, expiry, wait, timeout, hub, body } => {
-            report(cli::send::run(cli::send::Args {
-                hub,
-                device,
-                ack,
-                properties,
-                message_id,
-                correlation_id,
-                expiry,
-                wait,
-                timeout,
-                body,
-            }))
-        }
+        Command::Send(args) => report(cli::send::run(args)),
     }
 }

@@ -6,15 +6,33 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[derive(clap::Args)]
 pub struct Args {
+    /// Plain MQTT listener, e.g. 127.0.0.1:1883.
+    #[arg(long)]
     pub mqtt: Option<SocketAddr>,
+    /// MQTT over TLS listener (certificate generated at start).
+    #[arg(long, default_value = "127.0.0.1:8883")]
     pub tls: Option<SocketAddr>,
+    /// HTTP back-end API listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: Option<SocketAddr>,
+    /// Write the emulator's CA certificate (PEM) here.
+    #[arg(long)]
     pub ca_out: Option<PathBuf>,
+    /// Register a device: ID or ID:BASE64KEY (a key is generated and printed when omitted).
+    #[arg(long = "device", value_name = "ID[:KEY]")]
     pub devices: Vec<String>,
+    #[arg(long, default_value = "localhost")]
     pub host_name: String,
+    /// How long a delivered message stays locked before it is delivered again.
+    #[arg(long, default_value = "60s", value_parser = super::duration)]
     pub lock_timeout: Duration,
+    /// Time to live of messages sent without iothub-expiry.
+    #[arg(long, default_value = "1h", value_parser = super::duration)]
     pub default_ttl: Duration,
+    /// Drop a connection that acknowledges out of order.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub strict_ack_order: bool,
 }
 

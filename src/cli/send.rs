@@ -6,16 +6,33 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+#[derive(clap::Args)]
 pub struct Args {
+    /// The emulator's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub hub: String,
+    #[arg(long)]
     pub device: String,
+    /// none | positive | negative | full
+    #[arg(long)]
     pub ack: Option<String>,
+    /// Application property, repeatable.
+    #[arg(long = "property", value_name = "K=V", value_parser = super::key_value)]
     pub properties: Vec<(String, String)>,
+    #[arg(long)]
     pub message_id: Option<String>,
+    #[arg(long)]
     pub correlation_id: Option<String>,
+    /// Time to live, e.g. 10m.
+    #[arg(long, value_parser = super::duration)]
     pub expiry: Option<Duration>,
+    /// Wait for the feedback record and print it.
+    #[arg(long)]
     pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "60s", value_parser = super::duration)]
     pub timeout: Duration,
+    /// The body, or - for standard input.
     pub body: String,
 }
 

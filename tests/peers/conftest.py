@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from gateway import Gateway
-from util import HOST, Proc, csv, free_port, peer_argv, port_accepts, read_jsonl, wait_until
+from util import HOST, Proc, csv, find_gateway_bin, free_port, peer_argv, port_accepts, read_jsonl, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -278,15 +278,9 @@ def serial_device(tmp_path):
 @pytest.fixture(scope="session")
 def gateway_bin() -> Path:
     """`$C2D_GATEWAY_BIN`, else the release build under the cargo target dir."""
-    explicit = os.environ.get("C2D_GATEWAY_BIN")
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            pytest.fail(f"C2D_GATEWAY_BIN={explicit} is not an executable")
-        return Path(explicit)
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    binary = target / "release" / "c2d-gateway"
-    if not os.access(binary, os.X_OK):
-        pytest.skip("no gateway binary: run tests/run, or cargo build --release, or set C2D_GATEWAY_BIN")
+    binary, why = find_gateway_bin()
+    if binary is None:
+        (pytest.fail if os.environ.get("C2D_GATEWAY_BIN") else pytest.skip)(why)
     return binary
 
 

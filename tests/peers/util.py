@@ -185,3 +185,24 @@ def one_outcome(backend, message_id) -> dict:
     assert reports, f"no report about {message_id}"
     assert all(r == reports[0] for r in reports), reports
     return reports[0]
+
+
+def find_gateway_bin():
+    """`$C2D_GATEWAY_BIN`, else the release build under the cargo target dir.
+
+    Returns (path, None), or (None, reason) when there is no binary to test.
+    """
+    import os
+    from pathlib import Path
+    explicit = os.environ.get("C2D_GATEWAY_BIN")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            return None, f"C2D_GATEWAY_BIN={explicit} is not an executable"
+        return Path(explicit), None
+    repo = Path(__file__).resolve().parents[2]
+    target = Path(os.environ.get("CARGO_TARGET_DIR", repo / "target"))
+    binary = target / "release" / "c2d-gateway"
+    if not os.access(binary, os.X_OK):
+        return None, "no gateway binary: run tests/run, or cargo build --release, or set C2D_GATEWAY_BIN"
+    return binary, None
+

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from hub import Hub, HubStartError, free_port, port_accepts
+from util import find_gateway_bin
 
 REPO = Path(__file__).resolve().parents[2]
 SDK_PORT = 8883  # fixed in azure-iot-device's MQTT transport
@@ -35,15 +36,9 @@ def _unavailable(message: str):
 @pytest.fixture(scope="session")
 def gateway_bin() -> Path:
     """`$C2D_GATEWAY_BIN`, else the release build under the cargo target dir."""
-    explicit = os.environ.get("C2D_GATEWAY_BIN")
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            pytest.fail(f"C2D_GATEWAY_BIN={explicit} is not an executable")
-        return Path(explicit)
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    binary = target / "release" / "c2d-gateway"
-    if not os.access(binary, os.X_OK):
-        pytest.skip("no gateway binary: run tests/run, or cargo build --release, or set C2D_GATEWAY_BIN")
+    binary, why = find_gateway_bin()
+    if binary is None:
+        (pytest.fail if os.environ.get("C2D_GATEWAY_BIN") else pytest.skip)(why)
     return binary
 
 

@@ -271,7 +271,16 @@ impl Journal {
     }
 
     /// Records the final outcome (idempotent: a final entry stays as it is).
+    /// An entry already final is returned as stored, without a write (the
+    /// bus worker records outcomes; the pipeline's call only reads them back).
     pub fn finish(&self, seq: u64, outcome: &Outcome, now_ms: u64) -> Result<Entry, JournalError> {
+        {
+            let _idx = self.lock();
+            let e = self.get_locked(seq)?;
+            if e.state.is_final() {
+                return Ok(e);
+            }
+        }
         self.update(seq, |e| {
             if !e.state.is_final() {
                 e.state = outcome.state;

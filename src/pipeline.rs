@@ -394,14 +394,13 @@ impl Pipeline {
 
     /// Routes an unfinished entry and hands it to its bus, or rejects it.
     fn dispatch(&mut self, e: Entry) {
-        let job = match self.make_job(&e) {
-            Ok(job) => job,
+        let (bus, job) = match self.make_job(&e) {
+            Ok(bj) => bj,
             Err(why) => {
                 self.finish_one(e.seq, Outcome::rejected(why));
                 return;
             }
         };
-        let bus = router::route(&self.cfg, e.device.as_deref()).map(|r| r.bus_name.to_string()).unwrap_or_default();
         match self.buses.get(&bus) {
             Some(h) => {
                 if let Err(mpsc::error::SendError(crate::bus::Work::Write(job))) =
@@ -414,7 +413,8 @@ impl Pipeline {
         }
     }
 
-    fn make_job(&self, e: &Entry) -> Result<Job, String> {
+    /// The job for an entry and the name of the bus it goes to.
+    fn make_job(&self, e: &Entry) -> Result<(String, Job), String> {
         let route = router::route(&self.cfg, e.device.as_deref())?;
         let body = self
             .journal
@@ -440,7 +440,7 @@ impl Pipeline {
             e.received_at + max_age.as_millis() as u64,
             format!("max_age ({}) reached", humantime::format_duration(max_age)),
         );
-        Ok(Job {
+        let job = Job {
             seq: e.seq,
             id: e.id.clone(),
             device: route.device.to_string(),
@@ -453,7 +453,8 @@ impl Pipeline {
             progress: 0,
             acked: Vec::new(),
             last_error: None,
-        })
+        };
+        Ok((route.bus_name.to_string(), job))
     }
 
     /// Records a final outcome decided here (not on a bus); flushed with the

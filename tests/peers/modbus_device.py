@@ -19,9 +19,20 @@ What it does:
 - appends one JSON line to `--log` per write it applied, e.g.
   `{"t": 1700000000.5, "unit": 3, "fc": 16, "address": 100, "values": [16812, 0]}`
   (FC5/FC15 values are booleans; FC22 and FC23 log the registers stored);
-- `--delay-ms N` answers every request N ms late (a slow device);
+- `--delay-ms N` answers every request N ms late (a slow device); with
+  `--delay-units` only the requests to those units;
 - `--pace-baud` makes an RTU device take each frame's time on the wire at
   `--baud` (a pty passes bytes instantly, see shared/crates.md);
+- `--request-log PATH` appends one JSON line per request that reached the
+  device, answered or not: `{"t": ..., "unit": 2, "fc": 6, "served": false}`
+  (to count how often a dead unit was tried on the wire);
+- `--garbage MODE` makes the units in `--garbage-units` (default: all
+  served) apply the request as usual and then answer with a broken frame:
+  `wrong-unit`, `wrong-fc` (6<->16, 5<->15), `bad-crc` (RTU), `truncated`
+  (the first half of the frame, then silence), `random` (seeded bytes),
+  `echo-value` (FC5/FC6 value, FC15/FC16 quantity off), `echo-address`,
+  `wrong-tid` (TCP transaction id); `--garbage-count N` garbles only the
+  first N answers, then answers properly;
 - writes its listening address to `--ready-file` once it serves.
 
 pymodbus is pinned in tests/requirements.txt (3.16.1). This file subclasses
@@ -37,6 +48,7 @@ import argparse
 import asyncio
 import json
 import logging
+import random
 import signal
 import sys
 import time
@@ -112,18 +124,93 @@ class Store:
             self.log_file.flush()
 
 
+def crc16(data: bytes) -> bytes:
+    """Modbus RTU CRC, little endian on the wire."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc.to_bytes(2, "little")
+
+
+GARBAGE_MODES = ("wrong-unit", "wrong-fc", "bad-crc", "truncated", "random", "echo-value", "echo-address",
+                 "wrong-tid")
+SWAPPED_FC = {5: 15, 15: 5, 6: 16, 16: 6}
+
+
+def garble(mode, frame: bytes, rtu: bool, rng) -> bytes:
+    """A broken version of the well-formed reply `frame` (RTU or MBAP)."""
+    head = 1 if rtu else 7  # RTU: unit | MBAP: tid(2) pid(2) len(2) unit(1)
+    body = bytearray(frame[:-2] if rtu else frame)  # RTU: without the CRC
+    if mode == "truncated":
+        return frame[: len(frame) // 2]
+    if mode == "random":
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(3, 24)))
+    if mode == "bad-crc":
+        if not rtu:
+            raise ValueError("bad-crc needs --rtu")
+        return frame[:-1] + bytes([frame[-1] ^ 0xFF])
+    if mode == "wrong-unit":
+        body[head - 1] = (body[head - 1] + 1) % 256
+    elif mode == "wrong-tid":
+        if rtu:
+            raise ValueError("wrong-tid needs --tcp")
+        body[0:2] = ((int.from_bytes(body[0:2], "big") + 1) % 65536).to_bytes(2, "big")
+    elif mode == "wrong-fc":
+        body[head] = SWAPPED_FC.get(body[head], body[head] ^ 0x01)
+    elif mode == "echo-address":
+        body[head + 1 : head + 3] = ((int.from_bytes(body[head + 1 : head + 3], "big") + 1) % 65536).to_bytes(2, "big")
+    elif mode == "echo-value":
+        # FC5: 0xFF00 <-> 0x0000; FC6: value + 1; FC15/FC16: quantity + 1
+        old = int.from_bytes(body[head + 3 : head + 5], "big")
+        new = (0xFF00 if old == 0 else 0) if body[head] == 5 else (old + 1) % 65536
+        body[head + 3 : head + 5] = new.to_bytes(2, "big")
+    else:
+        raise ValueError(f"unknown garbage mode {mode!r}")
+    return bytes(body) + (crc16(body) if rtu else b"")
+
+
 class Device:
     """Answers requests: unit filter, delay, wire pacing, one at a time."""
 
-    def __init__(self, store, delay_s, pace_char_s):
+    def __init__(self, store, delay_s, pace_char_s, request_log=None, garbage=None, garbage_units=(),
+                 garbage_count=0, rtu=False, seed=1, delay_units=None):
         self.store = store
+        self.delay_units = None if delay_units is None else set(delay_units)
         self.delay_s = delay_s
         self.pace_char_s = pace_char_s  # seconds per character on the wire, 0 = off
         self.lock = asyncio.Lock()  # one request at a time, like a real device
         self.tasks = set()
+        self.request_log = open(request_log, "a", encoding="utf-8") if request_log else None
+        self.garbage = garbage
+        self.garbage_units = set(garbage_units)
+        self.garbage_left = garbage_count or None  # None = every answer
+        self.rtu = rtu
+        self.rng = random.Random(seed)
+
+    def log_request(self, pdu, served):
+        if self.request_log:
+            entry = {"t": time.time(), "unit": pdu.dev_id, "fc": pdu.function_code, "served": served}
+            self.request_log.write(json.dumps(entry) + "\n")
+            self.request_log.flush()
+
+    def garbled(self, handler, response):
+        """The broken reply to send instead of `response`, or None to answer properly."""
+        if not self.garbage or response.dev_id not in self.garbage_units:
+            return None
+        if self.garbage_left is not None:
+            if self.garbage_left <= 0:
+                return None
+            self.garbage_left -= 1
+        bad = garble(self.garbage, handler.framer.buildFrame(response), self.rtu, self.rng)
+        log.info("garbage (%s) instead of the answer to unit %s: %s", self.garbage, response.dev_id, bad.hex())
+        return bad
 
     async def answer(self, handler, pdu, addr):
-        if pdu.dev_id not in self.store.units:
+        served = pdu.dev_id in self.store.units
+        self.log_request(pdu, served)
+        if not served:
             log.info("silent: unit %s not served (fc %s)", pdu.dev_id, pdu.function_code)
             return
         async with self.lock:
@@ -131,7 +218,7 @@ class Device:
                 # the request's own time on the wire, then the 3.5-char gap
                 frame = handler.framer.buildFrame(pdu)
                 await asyncio.sleep((len(frame) + 3.5) * self.pace_char_s)
-            if self.delay_s:
+            if self.delay_s and (self.delay_units is None or pdu.dev_id in self.delay_units):
                 await asyncio.sleep(self.delay_s)
             try:
                 response = await pdu.datastore_update(self.store, pdu.dev_id)
@@ -143,6 +230,11 @@ class Device:
             if self.pace_char_s:
                 frame = handler.framer.buildFrame(response)
                 await asyncio.sleep(len(frame) * self.pace_char_s)
+            bad = self.garbled(handler, response)
+            if bad is not None:
+                if handler.transport:
+                    handler.send(bad, addr)
+                return
             if handler.transport:
                 handler.server_send(response, addr)
 
@@ -224,7 +316,13 @@ def parse_args(argv):
     p.add_argument("--preset", type=parse_preset, action="append", default=[],
                    metavar="TABLE:ADDR=V,...", help="initial values (coil|discrete|holding|input)")
     p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument("--delay-units", type=int_list, default=None, help="units --delay-ms applies to (default: all)")
     p.add_argument("--pace-baud", action="store_true", help="take wire time at --baud (RTU)")
+    p.add_argument("--request-log", help="JSON lines, one per request received (answered or not)")
+    p.add_argument("--garbage", choices=GARBAGE_MODES, help="answer with a broken frame (after applying)")
+    p.add_argument("--garbage-units", type=int_list, default=None, help="units that garble (default: all)")
+    p.add_argument("--garbage-count", type=int, default=0, help="garble only the first N answers (0 = all)")
+    p.add_argument("--seed", type=int, default=1, help="for --garbage random")
     p.add_argument("--log", help="JSON lines, one per applied write")
     p.add_argument("--ready-file", help="written with the listening address once serving")
     p.add_argument("--verbose", action="store_true", help="pymodbus debug log on stderr")
@@ -238,7 +336,10 @@ async def serve(args):
         store.preset(table, address, values)
     char_bits = 1 + 8 + (0 if args.parity == "N" else 1) + 1
     pace = char_bits / args.baud if args.pace_baud and args.rtu else 0.0
-    device = Device(store, args.delay_ms / 1000.0, pace)
+    garbage_units = units if args.garbage_units is None else args.garbage_units
+    device = Device(store, args.delay_ms / 1000.0, pace, request_log=args.request_log, garbage=args.garbage,
+                    garbage_units=garbage_units, garbage_count=args.garbage_count, rtu=bool(args.rtu),
+                    seed=args.seed, delay_units=args.delay_units)
     if args.tcp:
         host, port = args.tcp.rsplit(":", 1)
         server = TcpDeviceServer(device, address=(host, int(port)), framer=FramerType.SOCKET)

@@ -18,7 +18,11 @@ What it does, per received frame:
   frame contains a `--nack-on` text, or nothing when it contains a
   `--silent-on` text (both may repeat; silent wins), after `--delay-ms`.
   The reply is framed like the request: "OK\\n", STX OK ETX, or bare.
-- writes the port path to `--ready-file` once the port is open.
+- writes the port path to `--ready-file` once the port is open;
+- `--reopen`: a port that fails (the pty pair went away: an unplugged
+  device) is closed, and opened again once the path opens again, instead of
+  ending the program; each reopening is logged as
+  `{"t": ..., "event": "reopened"}`.
 """
 
 from __future__ import annotations
@@ -99,9 +103,31 @@ def parse_args(argv):
     p.add_argument("--silent-on", action="append", default=[], metavar="TEXT")
     p.add_argument("--delay-ms", type=float, default=0.0)
     p.add_argument("--idle-ms", type=float, default=50.0, help="end of a raw frame")
+    p.add_argument("--reopen", action="store_true", help="survive the port going away (unplugged)")
     p.add_argument("--log", help="JSON lines, one per received frame")
     p.add_argument("--ready-file", help="written with the port path once open")
     return p.parse_args(argv)
+
+
+def reopen(args, port, log_file, error):
+    """Waits until the path opens again (the device was plugged back in)."""
+    print(f"serial_device: port failed ({error}); waiting for {args.port} to come back", file=sys.stderr, flush=True)
+    try:
+        port.close()
+    except (serial.SerialException, OSError):
+        pass
+    while True:
+        time.sleep(0.05)
+        try:
+            port = serial.Serial(args.port, baudrate=args.baud, timeout=0.01)
+            break
+        except (serial.SerialException, OSError):
+            continue
+    print(f"serial_device: reopened {args.port}", file=sys.stderr, flush=True)
+    if log_file:
+        log_file.write(json.dumps({"t": time.time(), "event": "reopened"}) + "\n")
+        log_file.flush()
+    return port
 
 
 def serve(args):
@@ -112,7 +138,14 @@ def serve(args):
         Path(args.ready_file).write_text(args.port + "\n", encoding="utf-8")
     print(f"serial_device: {args.framing} framing on {args.port}", file=sys.stderr, flush=True)
     while True:
-        data = port.read(4096)
+        try:
+            data = port.read(4096)
+        except (serial.SerialException, OSError) as e:
+            if not args.reopen:
+                raise
+            port = reopen(args, port, log_file, e)
+            framer = Framer(args.framing, args.idle_ms / 1000.0)
+            continue
         for frame in framer.feed(data, time.monotonic()):
             text = frame.decode("utf-8", errors="backslashreplace")
             reply = choose_reply(text, args)
@@ -124,8 +157,15 @@ def serve(args):
             if reply is not None:
                 if args.delay_ms:
                     time.sleep(args.delay_ms / 1000.0)
-                port.write(framer.wrap(reply.encode("utf-8")))
-                port.flush()
+                try:
+                    port.write(framer.wrap(reply.encode("utf-8")))
+                    port.flush()
+                except (serial.SerialException, OSError) as e:
+                    if not args.reopen:
+                        raise
+                    port = reopen(args, port, log_file, e)
+                    framer = Framer(args.framing, args.idle_ms / 1000.0)
+                    break
 
 
 def main(argv=None):

@@ -156,3 +156,31 @@ async fn a_corrupt_store_is_moved_aside_and_an_empty_one_started() {
     assert!(j.unfinished().unwrap().is_empty());
     new_entry(j.admit(inbound(Some("new"), b"1"), 0).unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_are_shared_and_skipped_when_nothing_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path());
+    j.flush().await.unwrap();
+    let base = j.flushes();
+    j.flush().await.unwrap();
+    assert_eq!(j.flushes(), base, "nothing written: no flush");
+
+    new_entry(j.admit(inbound(Some("a"), b"x"), 1).unwrap());
+    let waiters: Vec<_> = (0..8)
+        .map(|_| {
+            let j = j.clone();
+            tokio::spawn(async move { j.flush().await })
+        })
+        .collect();
+    for w in waiters {
+        w.await.unwrap().unwrap();
+    }
+    let used = j.flushes() - base;
+    assert!((1..=2).contains(&used), "eight callers after one write: {used} flushes");
+
+    // Durable for real: reopened, the entry is there.
+    drop(j);
+    let j = open(dir.path());
+    assert!(j.lookup("a").unwrap().is_some());
+}

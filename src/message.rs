@@ -79,40 +79,55 @@ pub struct Inbound {
     pub reject: Option<String>,
 }
 
-/// One message in the journal.
+/// One message in the journal. Stored as JSON; fields at their default are
+/// left out (the entry is rewritten at each state change, and every byte
+/// counts on an SD card), and read back as defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// Arrival order, unique and monotonic across restarts.
     pub seq: u64,
     pub id: String,
     /// True when the id was made up here (no dedupe across hub redeliveries).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub id_generated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
     pub received_at: u64,
     pub state: State,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<u64>,
     /// PUBACK sent while the message was not final: the journal has custody.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub handed_over: bool,
     /// The result report was handed to the hub link.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub reported: bool,
     /// Sent again after a crash mid-send (idempotent device): the device may
     /// have seen it twice.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub resent_after_crash: bool,
     /// Why the message cannot be delivered, found before it was queued.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reject: Option<String>,
     /// Body length in bytes (the body itself is stored apart).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub body_len: u64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 /// Milliseconds since the epoch.
@@ -127,4 +142,65 @@ pub fn now_ms() -> u64 {
 /// RFC 3339 UTC with milliseconds, for reports and logs.
 pub fn rfc3339_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod entry_encoding {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            seq: 7,
+            id: "m-1".into(),
+            id_generated: false,
+            device: Some("boiler".into()),
+            correlation_id: None,
+            expires_at: None,
+            received_at: 1_700_000_000_000,
+            state: State::Queued,
+            attempts: 0,
+            detail: String::new(),
+            completed_at: None,
+            handed_over: false,
+            reported: false,
+            resent_after_crash: false,
+            reject: None,
+            body_len: 25,
+        }
+    }
+
+    #[test]
+    fn defaults_are_left_out_and_read_back() {
+        let e = entry();
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(text, r#"{"seq":7,"id":"m-1","device":"boiler","received_at":1700000000000,"state":"queued","body_len":25}"#);
+        assert_eq!(serde_json::from_str::<Entry>(&text).unwrap(), e);
+    }
+
+    #[test]
+    fn every_field_round_trips() {
+        let e = Entry {
+            id_generated: true,
+            correlation_id: Some("c".into()),
+            expires_at: Some(5),
+            state: State::Uncertain,
+            attempts: 3,
+            detail: "no answer".into(),
+            completed_at: Some(9),
+            handed_over: true,
+            reported: true,
+            resent_after_crash: true,
+            reject: Some("bad".into()),
+            ..entry()
+        };
+        assert_eq!(serde_json::from_slice::<Entry>(&serde_json::to_vec(&e).unwrap()).unwrap(), e);
+    }
+
+    #[test]
+    fn entries_written_with_every_field_still_read() {
+        let old = r#"{"seq":7,"id":"m-1","id_generated":false,"device":"boiler","correlation_id":null,"expires_at":null,
+            "received_at":1700000000000,"state":"queued","attempts":0,"detail":"","completed_at":null,"handed_over":false,
+            "reported":false,"resent_after_crash":false,"reject":null,"body_len":25}"#;
+        assert_eq!(serde_json::from_str::<Entry>(old).unwrap(), entry());
+    }
 }

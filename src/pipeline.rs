@@ -469,14 +469,21 @@ impl Pipeline {
     async fn on_done(&mut self, batch: Vec<Done>) {
         let now = now_ms();
         let mut finished = std::mem::take(&mut self.unflushed);
+        // Bus workers flush their outcomes before handing them on (with the
+        // `sending` of their next request); only the rest needs a flush here.
+        let mut needs_flush = !finished.is_empty();
         for d in batch {
+            // A worker that could not record the outcome left the entry
+            // unfinished: recorded here, it needs the flush after all.
+            let recorded = d.durable && self.journal.get(d.seq).is_ok_and(|e| e.state.is_final());
+            needs_flush |= !recorded;
             match self.journal.finish(d.seq, &d.outcome, now) {
                 Ok(e) => finished.push(e),
                 Err(err) => tracing::error!(seq = d.seq, error = %err, "cannot record an outcome"),
             }
         }
         // The outcome is durable before the hub hears the message is complete.
-        if let Err(e) = self.journal.flush().await {
+        if let Err(e) = if needs_flush { self.journal.flush().await } else { Ok(()) } {
             tracing::error!(error = %e, "cannot flush outcomes to the journal: holding their acks and reports");
             self.unflushed = finished;
             return;

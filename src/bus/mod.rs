@@ -73,6 +73,9 @@ pub struct Done {
     pub device: String,
     pub outcome: Outcome,
     pub attempts: u32,
+    /// The outcome is already flushed to the journal (the worker's flush
+    /// before its next request covered it): no flush needed before the ack.
+    pub durable: bool,
 }
 
 /// How one attempt on the wire ended.

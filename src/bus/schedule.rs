@@ -103,6 +103,12 @@ impl<J> Scheduler<J> {
         None
     }
 
+    /// Whether [`Scheduler::next_ready`] would return a job (without moving
+    /// the round-robin turn).
+    pub fn has_ready(&self, now: Instant) -> bool {
+        self.devices.iter().any(|d| !d.jobs.is_empty() && d.not_before.is_none_or(|t| t <= now))
+    }
+
     /// When the earliest waiting device becomes ready (None: nothing waits).
     pub fn next_wake(&self) -> Option<Instant> {
         self.devices.iter().filter(|d| !d.jobs.is_empty()).filter_map(|d| d.not_before).min()

@@ -73,6 +73,10 @@ async fn run(
     let sweep_every = Duration::from_millis(500);
     let mut sweep_at = Instant::now() + sweep_every;
     let mut polls: VecDeque<Poll> = VecDeque::new();
+    // Outcomes recorded but not yet flushed: handed to the pipeline after the
+    // next flush (the one before the next request, when there is one, so a
+    // busy bus pays one flush per message, not two).
+    let mut pending: Vec<Done> = Vec::new();
     loop {
         while let Ok(work) = rx.try_recv() {
             accept(&mut sched, &mut polls, work);
@@ -84,20 +88,20 @@ async fn run(
         if now >= sweep_at {
             for job in sched.sweep(|j| j.deadline.as_ref().is_some_and(|(at, _)| *at <= now)) {
                 let outcome = Outcome::expired(expiry_detail(&job));
-                finish(&journal, &done, job, outcome);
+                finish(&journal, &mut pending, job, outcome);
             }
             sweep_at = now + sweep_every;
         }
         if let Some((dev, job)) = sched.next_ready(now) {
             let dev = dev.to_string();
-            let step = attempt(&mut link, &journal, job).await;
+            let step = attempt(&mut link, &journal, job, &mut pending, &done).await;
             let verdict = match &step {
                 Step::Final(_) => Verdict::Done,
                 Step::Retry { timeout } => Verdict::Retry { timeout: *timeout },
             };
             let popped = sched.record(&dev, verdict, Instant::now(), fastrand::f64());
             match (step, popped) {
-                (Step::Final(outcome), Some(job)) => finish(&journal, &done, job, outcome),
+                (Step::Final(outcome), Some(job)) => finish(&journal, &mut pending, job, outcome),
                 (Step::Retry { timeout }, None) => {
                     if timeout && sched.is_isolated(&dev) {
                         tracing::warn!(bus = %name, device = %dev, "device keeps timing out: isolated by the circuit breaker, other devices on the bus go on");
@@ -105,8 +109,13 @@ async fn run(
                 }
                 _ => unreachable!("the scheduler pops exactly on Done"),
             }
+            // Another request right away flushes this outcome with it.
+            if !sched.has_ready(Instant::now()) && rx.is_empty() {
+                release(&journal, &mut pending, &done).await;
+            }
             continue;
         }
+        release(&journal, &mut pending, &done).await;
         // No write is ready: one telemetry poll, then look for writes again.
         if let Some(p) = polls.pop_front() {
             if !sched.is_isolated(&p.device) {
@@ -124,6 +133,7 @@ async fn run(
             _ = shutdown.changed() => {}
         }
     }
+    release(&journal, &mut pending, &done).await;
     tracing::debug!(bus = %name, left = sched.len(), "bus worker stopped");
 }
 
@@ -162,13 +172,37 @@ async fn poll(link: &mut Link, p: Poll) {
     let _ = p.reply.send(crate::telemetry::Reading { device: p.device, at_ms, values });
 }
 
-/// Records the outcome in the journal (flushed with the next `sending` or by
-/// the pipeline) and hands it to the pipeline.
-fn finish(journal: &Journal, done: &mpsc::UnboundedSender<Done>, job: Job, outcome: Outcome) {
+/// Records the outcome in the journal; it reaches the pipeline with the next
+/// flush (see [`release`]).
+fn finish(journal: &Journal, pending: &mut Vec<Done>, job: Job, outcome: Outcome) {
     if let Err(e) = journal.finish(job.seq, &outcome, crate::message::now_ms()) {
         tracing::error!(message_id = %job.id, error = %e, "cannot record an outcome");
     }
-    let _ = done.send(Done { seq: job.seq, device: job.device, outcome, attempts: job.attempts });
+    pending.push(Done { seq: job.seq, device: job.device, outcome, attempts: job.attempts, durable: false });
+}
+
+/// Flushes recorded outcomes and hands them to the pipeline. After a failed
+/// flush they go anyway, marked not durable: the pipeline flushes itself and
+/// holds the acks until that works.
+async fn release(journal: &Journal, pending: &mut Vec<Done>, done: &mpsc::UnboundedSender<Done>) {
+    if pending.is_empty() {
+        return;
+    }
+    let durable = match journal.flush().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot flush outcomes to the journal");
+            false
+        }
+    };
+    hand_on(pending, done, durable);
+}
+
+fn hand_on(pending: &mut Vec<Done>, done: &mpsc::UnboundedSender<Done>, durable: bool) {
+    for mut d in pending.drain(..) {
+        d.durable = durable;
+        let _ = done.send(d);
+    }
 }
 
 fn expiry_detail(job: &Job) -> String {
@@ -179,8 +213,15 @@ fn expiry_detail(job: &Job) -> String {
     }
 }
 
-/// One try of the job at the head of its device's queue.
-async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job) -> Step {
+/// One try of the job at the head of its device's queue. Its flush before
+/// the wire also makes the `pending` outcomes durable; they are handed on.
+async fn attempt(
+    link: &mut Link,
+    journal: &Journal,
+    job: &mut Job,
+    pending: &mut Vec<Done>,
+    done: &mpsc::UnboundedSender<Done>,
+) -> Step {
     if job.deadline.as_ref().is_some_and(|(at, _)| Instant::now() >= *at) {
         return Step::Final(Outcome::expired(expiry_detail(job)));
     }
@@ -212,6 +253,7 @@ async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job) -> Step {
             return Step::Retry { timeout: false };
         }
     }
+    hand_on(pending, done, true);
     job.attempts += 1;
     tracing::debug!(message_id = %job.id, device = %job.device, attempt = job.attempts, "sending");
     let wire = match (&job.request, &mut *link) {

@@ -1,0 +1,81 @@
+//! Generators shared by the fuzz targets.
+
+use proptest::prelude::*;
+
+/// Characters that matter to the parsers here, plus arbitrary Unicode.
+pub fn tricky_char() -> impl Strategy<Value = char> {
+    prop_oneof![
+        4 => proptest::sample::select(
+            &[
+                '%', '&', '=', '+', '$', '.', '~', '_', '-', '/', '#', '?', ' ', ';', '"', '\\', '\n', '\r', '\t',
+                '\0', ':', '@', '*', '!', '(', ')', ',', '\'', '{', '}', '[', ']',
+            ][..]
+        ),
+        4 => proptest::char::range('0', '9'),
+        2 => proptest::char::range('a', 'f'),
+        2 => proptest::char::range('A', 'Z'),
+        2 => proptest::char::range('g', 'z'),
+        1 => proptest::sample::select(&['é', 'ü', '€', 'ß', '日', '本', '😀', '\u{FEFF}', '\u{FFFD}', '\u{7F}', '\u{80}'][..]),
+        1 => any::<char>(),
+    ]
+}
+
+/// A string of [`tricky_char`]s.
+pub fn tricky_string(max: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(tricky_char(), 0..=max).prop_map(String::from_iter)
+}
+
+/// Arbitrary bytes, made into a string the lossy way (invalid UTF-8 becomes
+/// U+FFFD).
+pub fn lossy_string(max: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(any::<u8>(), 0..=max).prop_map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// A string over a small alphabet, to reach the deep paths of a grammar.
+pub fn alphabet_string(alphabet: &'static [&'static str], max: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(proptest::sample::select(alphabet), 0..=max).prop_map(|v| v.concat())
+}
+
+/// Applies byte-level damage to a string: each edit inserts, deletes or
+/// replaces at a position (taken modulo the length), then the bytes are
+/// made valid UTF-8 again the lossy way.
+pub fn mutate(s: &str, edits: &[(usize, u8, u8)]) -> String {
+    let mut b = s.as_bytes().to_vec();
+    for &(pos, op, byte) in edits {
+        let at = if b.is_empty() { 0 } else { pos % (b.len() + 1) };
+        match op % 3 {
+            0 => b.insert(at, byte),
+            1 if at < b.len() => {
+                b.remove(at);
+            }
+            _ if at < b.len() => b[at] = byte,
+            _ => b.push(byte),
+        }
+    }
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// Edits for [`mutate`]: `min` to `max` of them; the bytes are often ones
+/// that mean something to the parsers here.
+pub fn edits_between(min: usize, max: usize) -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
+    let byte = prop_oneof![
+        1 => any::<u8>(),
+        1 => proptest::sample::select(&b"&=%;/+.:-_0123456789abcdefABCDEFZ{}[]\",\n\r \x02\x03"[..]),
+    ];
+    proptest::collection::vec((any::<usize>(), any::<u8>(), byte), min..=max)
+}
+
+/// 0 to `max` edits for [`mutate`].
+pub fn edits(max: usize) -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
+    edits_between(0, max)
+}
+
+/// Every window of `n` characters of `secret` (the whole of it when shorter):
+/// none may appear in a message.
+pub fn pieces(secret: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() <= n {
+        return vec![secret.to_owned()];
+    }
+    chars.windows(n).map(String::from_iter).collect()
+}

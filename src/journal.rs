@@ -170,6 +170,7 @@ impl Journal {
             handed_over: false,
             reported: false,
             resent_after_crash: false,
+            resent: false,
             reject: inbound.reject,
             body_len,
         };
@@ -294,12 +295,13 @@ impl Journal {
         Ok(e)
     }
 
-    /// `sending`, one more attempt. Flush before the request goes on the wire
-    /// when a repeat would matter (non-idempotent devices).
-    pub fn mark_sending(&self, seq: u64) -> Result<Entry, JournalError> {
+    /// `sending`, one more attempt (`resend`: an earlier attempt may have
+    /// reached the device). Flushed before the request goes on the wire.
+    pub fn mark_sending(&self, seq: u64, resend: bool) -> Result<Entry, JournalError> {
         self.update(seq, |e| {
             e.state = State::Sending;
             e.attempts += 1;
+            e.resent |= resend;
         })
     }
 

@@ -45,7 +45,7 @@ async fn a_known_id_is_a_duplicate_with_its_stored_outcome() {
     let tmp = tempfile::tempdir().unwrap();
     let j = open(&tmp.path().join("j"));
     let e = new_entry(j.admit(inbound(Some("abc"), b"x"), 1).unwrap());
-    j.mark_sending(e.seq).unwrap();
+    j.mark_sending(e.seq, false).unwrap();
     j.finish(e.seq, &Outcome::delivered("wrote holding 1"), 2).unwrap();
     match j.admit(inbound(Some("abc"), b"x"), 3).unwrap() {
         Admitted::Duplicate(d) => {

@@ -114,6 +114,10 @@ pub struct Entry {
     /// have seen it twice.
     #[serde(default, skip_serializing_if = "is_false")]
     pub resent_after_crash: bool,
+    /// Sent again (idempotent device) after an attempt that may have reached
+    /// the device: no reply, a garbled one, or a lost connection.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub resent: bool,
     /// Why the message cannot be delivered, found before it was queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reject: Option<String>,
@@ -164,6 +168,7 @@ mod entry_encoding {
             handed_over: false,
             reported: false,
             resent_after_crash: false,
+            resent: false,
             reject: None,
             body_len: 25,
         }
@@ -190,6 +195,7 @@ mod entry_encoding {
             handed_over: true,
             reported: true,
             resent_after_crash: true,
+            resent: true,
             reject: Some("bad".into()),
             ..entry()
         };

@@ -337,6 +337,7 @@ impl Pipeline {
                         handed_over: false,
                         reported: true,
                         resent_after_crash: false,
+                        resent: false,
                         reject: None,
                         body_len: 0,
                     };
@@ -453,6 +454,7 @@ impl Pipeline {
             progress: 0,
             acked: Vec::new(),
             last_error: None,
+            unconfirmed: false,
         };
         Ok((route.bus_name.to_string(), job))
     }

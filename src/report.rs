@@ -22,6 +22,10 @@ struct Body<'a> {
     /// sent again after the gateway stopped mid-send).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     resent_after_crash: bool,
+    /// The device may have received the command twice (idempotent device,
+    /// sent again after an attempt without a clear answer).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    resent: bool,
     /// The id was made up by the gateway (the message carried none).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     id_generated: bool,
@@ -48,6 +52,7 @@ pub fn body(e: &Entry) -> Vec<u8> {
         completed_at: e.completed_at.map(rfc3339_ms),
         correlation_id: e.correlation_id.as_deref(),
         resent_after_crash: e.resent_after_crash,
+        resent: e.resent,
         id_generated: e.id_generated,
     };
     serde_json::to_vec(&b).expect("report serialises")
@@ -74,6 +79,7 @@ mod tests {
             handed_over: false,
             reported: false,
             resent_after_crash: false,
+            resent: false,
             reject: None,
             body_len: 3,
         };

@@ -46,6 +46,9 @@ pub struct Job {
     /// What the acknowledged writes did (for the report).
     pub acked: Vec<String>,
     pub last_error: Option<String>,
+    /// An attempt may have reached the device without a clear answer: the
+    /// next one is a resend (recorded in the journal, said in the report).
+    pub unconfirmed: bool,
 }
 
 /// What the pipeline hands a bus worker.
@@ -83,7 +86,7 @@ pub struct Done {
 pub enum Wire {
     /// The device acknowledged; the detail says what was done.
     Acked(String),
-    /// The device refused (exception, nack, wrong echo): final.
+    /// The device refused (Modbus exception, serial nack): final.
     Refused(String),
     /// Nothing was written: safe to try again, whatever the device.
     NotSent(String),

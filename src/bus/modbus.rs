@@ -8,7 +8,7 @@ use super::Wire;
 use crate::router::modbus::Write;
 use std::borrow::Cow;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -25,6 +25,10 @@ pub enum Target {
 struct Conn {
     ctx: Context,
     written: Arc<AtomicU64>,
+    /// RTU: bytes dropped before a request (late replies to earlier ones).
+    stale: Option<Arc<AtomicU64>>,
+    /// The device closed the connection (a read found the end of the stream).
+    eof: Arc<AtomicBool>,
     /// A duplicate of the TCP socket, only peeked at to see whether the
     /// server closed the connection while it was idle.
     peek: Option<std::net::TcpStream>,
@@ -112,12 +116,17 @@ impl ModbusLink {
                 let peek = std.try_clone().ok();
                 let s = TcpStream::from_std(std).map_err(|e| e.to_string())?;
                 let (counted, written) = Counted::new(s);
-                Conn { ctx: tokio_modbus::client::tcp::attach(counted), written, peek }
+                let eof = counted.eof_flag();
+                Conn { ctx: tokio_modbus::client::tcp::attach(counted), written, stale: None, eof, peek }
             }
             Target::Rtu { opener, .. } => {
                 let port = opener().map_err(|e| e.to_string())?;
-                let (counted, written) = Counted::new(port);
-                Conn { ctx: tokio_modbus::client::rtu::attach(counted), written, peek: None }
+                // A reply that comes after its request timed out stays in the
+                // port; read as the answer to the next request it would
+                // confirm the wrong command. Dropped before each request.
+                let (counted, written, stale) = Counted::dropping_stale_input(port);
+                let eof = counted.eof_flag();
+                Conn { ctx: tokio_modbus::client::rtu::attach(counted), written, stale: Some(stale), eof, peek: None }
             }
         };
         self.conn = Some(conn);
@@ -184,10 +193,15 @@ impl ModbusLink {
         let is_tcp = matches!(self.target, Target::Tcp { .. });
         let conn = self.conn.as_mut().expect("connected above");
         let before = conn.written.load(Ordering::Relaxed);
+        let stale_before = conn.stale.as_ref().map_or(0, |s| s.load(Ordering::Relaxed));
         conn.ctx.set_slave(Slave(unit));
         let what = format!("unit {unit}: {}", w.describe());
         let result = timeout(self.timeout, conn.ctx.call(to_request(w))).await;
         let wrote = conn.written.load(Ordering::Relaxed) > before;
+        let stale = conn.stale.as_ref().map_or(0, |s| s.load(Ordering::Relaxed)) - stale_before;
+        if stale > 0 {
+            tracing::debug!(unit, bytes = stale, "dropped bytes received since the last exchange (a late reply?)");
+        }
         self.last_frame_end = Some(Instant::now());
         let t = self.timeout;
         match result {
@@ -205,7 +219,13 @@ impl ModbusLink {
                 }
             }
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
+                let closed = conn.eof.load(Ordering::Relaxed);
                 self.conn = None;
+                let e = if closed {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "the device closed the connection")
+                } else {
+                    e
+                };
                 if wrote {
                     let timeout = e.kind() != io::ErrorKind::InvalidData;
                     let reason = if timeout {
@@ -218,16 +238,25 @@ impl ModbusLink {
                     Wire::NotSent(format!("could not send to {what}: {e}"))
                 }
             }
+            // A reply that does not answer this request (another unit, another
+            // function, a wrong echo) is no refusal: the device may well have
+            // run the write. Unconfirmed, like a garbled reply.
             Ok(Err(tokio_modbus::Error::Protocol(e))) => {
                 self.conn = None;
-                Wire::Refused(format!("{what}: the reply does not match the request ({e})"))
+                Wire::Unconfirmed {
+                    reason: format!("{what}: the reply does not match the request ({e})"),
+                    timeout: false,
+                }
             }
             Ok(Ok(Err(exc))) => Wire::Refused(format!("{what}: device answered {}", exception_name(exc))),
             Ok(Ok(Ok(resp))) => {
                 if echo_matches(w, &resp) {
                     Wire::Acked(w.describe())
                 } else {
-                    Wire::Refused(format!("{what}: the device's echo {resp:?} does not match the write"))
+                    Wire::Unconfirmed {
+                        reason: format!("{what}: the device's echo {resp:?} does not match the write"),
+                        timeout: false,
+                    }
                 }
             }
         }

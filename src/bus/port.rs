@@ -8,7 +8,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -54,12 +54,59 @@ pub fn serial_opener(cfg: &crate::config::BusConfig) -> Opener {
 pub struct Counted<S> {
     inner: S,
     written: Arc<AtomicU64>,
+    /// Counts bytes dropped before a write; `None`: nothing is dropped.
+    stale: Option<Arc<AtomicU64>>,
+    /// Set once a read found the end of the stream (the peer closed it).
+    eof: Arc<AtomicBool>,
 }
+
+/// At most this many stale bytes are dropped before one write (a device
+/// that never stops talking must not hold the request back forever).
+const MAX_STALE: usize = 64 * 1024;
 
 impl<S> Counted<S> {
     pub fn new(inner: S) -> (Self, Arc<AtomicU64>) {
         let written = Arc::new(AtomicU64::new(0));
-        (Counted { inner, written: written.clone() }, written)
+        (Counted { inner, written: written.clone(), stale: None, eof: Arc::new(AtomicBool::new(false)) }, written)
+    }
+
+    /// Becomes true once a read finds the end of the stream: tells "the
+    /// peer closed the connection" apart from other errors (tokio-modbus
+    /// reports a closed TCP connection with a stale `errno`).
+    pub fn eof_flag(&self) -> Arc<AtomicBool> {
+        self.eof.clone()
+    }
+
+    /// Like [`Counted::new`], and before each write it reads and drops what
+    /// the peer sent since the last exchange (returned: the count of those
+    /// bytes). For request/response lines such as Modbus RTU: a reply that
+    /// came after its request timed out must not be read as the answer to
+    /// the next request.
+    pub fn dropping_stale_input(inner: S) -> (Self, Arc<AtomicU64>, Arc<AtomicU64>) {
+        let (mut c, written) = Counted::new(inner);
+        let stale = Arc::new(AtomicU64::new(0));
+        c.stale = Some(stale.clone());
+        (c, written, stale)
+    }
+}
+
+impl<S: AsyncRead + Unpin> Counted<S> {
+    /// Reads whatever is already waiting and drops it (never waits).
+    fn drop_stale(&mut self, cx: &mut Context<'_>) {
+        let Some(stale) = self.stale.clone() else { return };
+        let mut junk = [0u8; 512];
+        let mut dropped = 0;
+        while dropped < MAX_STALE {
+            let mut buf = ReadBuf::new(&mut junk);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => dropped += buf.filled().len(),
+                // nothing waiting, end of stream or an error: the write will tell
+                _ => break,
+            }
+        }
+        if dropped > 0 {
+            stale.fetch_add(dropped as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -71,12 +118,18 @@ impl<S> std::fmt::Debug for Counted<S> {
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let (before, room) = (buf.filled().len(), buf.remaining());
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && room > 0 && buf.filled().len() == before {
+            self.eof.store(true, Ordering::Relaxed);
+        }
+        r
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.drop_stale(cx);
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
             self.written.fetch_add(*n as u64, Ordering::Relaxed);
@@ -114,6 +167,25 @@ mod tests {
         assert_eq!(rtu_gap(19_200), Duration::from_secs_f64(3.5 * 11.0 / 19_200.0));
         assert_eq!(rtu_gap(115_200), Duration::from_micros(1750));
         assert!(rtu_gap(1200) > Duration::from_millis(32));
+    }
+
+    #[tokio::test]
+    async fn stale_input_is_dropped_before_a_write() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, mut b) = tokio::io::duplex(64);
+        let (mut c, written, stale) = Counted::dropping_stale_input(a);
+        b.write_all(b"late reply").await.unwrap();
+        c.write_all(b"request").await.unwrap();
+        assert_eq!((written.load(Ordering::Relaxed), stale.load(Ordering::Relaxed)), (7, 10));
+        b.write_all(b"answer").await.unwrap();
+        let mut got = [0u8; 6];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"answer", "what comes after the write is kept");
+        let eof = c.eof_flag();
+        assert!(!eof.load(Ordering::Relaxed));
+        drop(b);
+        assert_eq!(c.read(&mut got).await.unwrap(), 0);
+        assert!(eof.load(Ordering::Relaxed), "end of stream seen");
     }
 
     #[tokio::test]

@@ -235,7 +235,7 @@ async fn attempt(
         job.last_error = Some(e);
         return Step::Retry { timeout: false };
     }
-    if let Err(e) = journal.mark_sending(job.seq) {
+    if let Err(e) = journal.mark_sending(job.seq, job.unconfirmed) {
         tracing::error!(message_id = %job.id, error = %e, "cannot record `sending` in the journal: not sending");
         job.last_error = Some(e.to_string());
         return Step::Retry { timeout: false };
@@ -288,6 +288,7 @@ async fn attempt(
         Wire::Unconfirmed { reason, timeout } => {
             if job.idempotent {
                 job.last_error = Some(reason);
+                job.unconfirmed = true;
                 requeue(journal, job);
                 Step::Retry { timeout }
             } else {

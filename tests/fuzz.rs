@@ -13,7 +13,7 @@
 //!
 //! Environment: `C2D_FUZZ_CASES` (total budget, default 20 000),
 //! `C2D_FUZZ_SEED` (u64; default: random, printed so a failing run can be
-//! repeated), `C2D_FUZZ_THREADS` (default: the machine's parallelism),
+//! repeated), `C2D_FUZZ_THREADS` (default: the machine's parallelism + 1),
 //! `C2D_FUZZ_JSON` (write the figures there as JSON), `C2D_FUZZ_ONLY`
 //! (comma-separated target names: run only those). Failures are shrunk by
 //! proptest and printed with the minimal input; a panic in a parser is a
@@ -143,9 +143,11 @@ fn fuzz() {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
     });
+    // One more thread than cores: the serial exchange property spends most
+    // of its time waiting on timers, another property can use that core.
     let threads = env_u64("C2D_FUZZ_THREADS")
         .map(|n| n.max(1) as usize)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) + 1);
     let only: Option<Vec<String>> =
         std::env::var("C2D_FUZZ_ONLY").ok().map(|s| s.split(',').map(|t| t.trim().to_owned()).collect());
 

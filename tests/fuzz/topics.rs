@@ -2,7 +2,7 @@
 //! property bag (src/hub/azure/dialect.rs) and a plain broker's subscription
 //! with a `+` device level (src/hub/mqtt.rs), plus the broker URL parser.
 
-use crate::gens::{alphabet_string, edits, lossy_string, mutate, tricky_char, tricky_string};
+use crate::gens::{alphabet_string, edits, lossy_string, mutate, tricky_string};
 use crate::propbag::device_id;
 use crate::{check, Ctx, Property};
 use c2d_gateway::config::Config;
@@ -150,8 +150,7 @@ fn json_str(s: &str) -> String {
 }
 
 fn mqtt_generated(ctx: &Ctx) -> Result<(), String> {
-    let level = proptest::collection::vec(tricky_char(), 0..10)
-        .prop_map(|c| String::from_iter(c.into_iter().filter(|c| *c != '/')));
+    let level = tricky_string(10).prop_map(|s| s.replace('/', ""));
     let id = prop_oneof![
         Just(Id::None),
         tricky_string(8).prop_map(Id::Str),

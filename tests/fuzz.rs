@@ -342,11 +342,8 @@ fn serial_body_never_carries_the_line_ending() {
 }
 
 /// Found by `topics/mqtt: broker url`: an IPv6 broker address without a port
-/// is refused, its last group taken for a port ("bad port \"2]\""). In
-/// src/hub/mqtt.rs (`parse_url`), outside what this suite may change: left
-/// for the owner of that file; remove the `ignore` once fixed.
+/// was refused, its last group taken for a port ("bad port \"2]\"").
 #[test]
-#[ignore = "known bug in src/hub/mqtt.rs parse_url: mqtt://[fe80::1:2] (IPv6, no port) is refused"]
 fn mqtt_url_ipv6_without_port() {
     use c2d_gateway::hub::mqtt::parse_url;
     assert_eq!(parse_url("mqtt://[fe80::1:2]"), Ok((false, "[fe80::1:2]".to_owned(), 1883)));

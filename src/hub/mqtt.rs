@@ -47,11 +47,25 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
         return Err(format!("url {url:?} must start with mqtt:// or mqtts://"));
     };
     let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') => {
-            (h.to_string(), p.parse::<u16>().map_err(|_| format!("url {url:?}: bad port {p:?}"))?)
+    let default_port = if tls { 8883 } else { 1883 };
+    let bad_port = |p: &str| format!("url {url:?}: bad port {p:?}");
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        // [IPv6] or [IPv6]:PORT
+        let (h, after) = v6.split_once(']').ok_or_else(|| format!("url {url:?}: no ']' after an IPv6 address"))?;
+        let host = format!("[{h}]");
+        match after {
+            "" => (host, default_port),
+            _ => {
+                let p = after.strip_prefix(':').ok_or_else(|| bad_port(after))?;
+                (host, p.parse::<u16>().map_err(|_| bad_port(p))?)
+            }
         }
-        _ => (rest.to_string(), if tls { 8883 } else { 1883 }),
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse::<u16>().map_err(|_| bad_port(p))?),
+            Some(_) => return Err(format!("url {url:?}: write an IPv6 address in brackets, e.g. mqtt://[::1]:1883")),
+            None => (rest.to_string(), default_port),
+        }
     };
     if host.is_empty() {
         return Err(format!("url {url:?} has no host"));
@@ -155,7 +169,13 @@ impl MqttDialect {
         if let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(payload) {
             m.id = match obj.get("id") {
                 Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
-                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                // Integers only: a float (or an integer past 64 bits, read as
+                // one) is rounded, and two different ids could meet.
+                Some(serde_json::Value::Number(n)) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+                Some(serde_json::Value::Number(n)) => {
+                    m.reject = Some(format!("\"id\" {n} is not a string or an integer (ids must compare exactly)"));
+                    None
+                }
                 _ => None,
             };
             // Envelope for serial devices: {"id": ..., "text": "..."} sends the text.
@@ -198,6 +218,9 @@ mod tests {
         assert_eq!(parse_url("mqtt://127.0.0.1:1884").unwrap(), (false, "127.0.0.1".into(), 1884));
         assert_eq!(parse_url("mqtts://broker.example").unwrap(), (true, "broker.example".into(), 8883));
         assert_eq!(parse_url("mqtt://[::1]:1883").unwrap(), (false, "[::1]".into(), 1883));
+        assert_eq!(parse_url("mqtt://[fe80::1:2]").unwrap(), (false, "[fe80::1:2]".into(), 1883));
+        assert!(parse_url("mqtt://fe80::1:2").is_err());
+        assert!(parse_url("mqtt://[::1]x").is_err());
         assert!(parse_url("http://x").is_err());
         assert!(parse_url("mqtt://:1883").is_err());
         assert!(parse_url("mqtt://h:99999").is_err());
@@ -211,6 +234,13 @@ mod tests {
         assert_eq!(m.id.as_deref(), Some("a1"));
         let m = d.inbound("gateway/boiler/c2d", br#"{"id": 42}"#).unwrap();
         assert_eq!(m.id.as_deref(), Some("42"));
+        assert_eq!(m.reject, None);
+        // Rounded numbers could make two ids one: refused, with the reason.
+        for id in ["1.5", "18446744073709551616", "1e3"] {
+            let m = d.inbound("gateway/boiler/c2d", format!(r#"{{"id": {id}}}"#).as_bytes()).unwrap();
+            assert_eq!(m.id, None, "{id}");
+            assert!(m.reject.as_deref().is_some_and(|r| r.contains("not a string or an integer")), "{id}: {m:?}");
+        }
         let m = d.inbound("gateway/boiler/c2d", b"not json").unwrap();
         assert_eq!(m.id, None);
         assert!(d.inbound("gateway/boiler/other", b"{}").is_none());

@@ -49,7 +49,8 @@ pub fn command(route: &Route<'_>, body: &[u8]) -> Result<Request, String> {
                 return Err("empty body: nothing to send to the serial device".into());
             }
             let bad = match route.bus.framing {
-                Framing::Line => body.iter().any(|b| *b == b'\n' || *b == b'\r').then_some("a line break"),
+                Framing::Line if body.iter().any(|b| *b == b'\n' || *b == b'\r') => Some("a line break"),
+                Framing::Line => ends_early(body, route.bus.line_ending.as_bytes()).then_some("the bus's line_ending"),
                 Framing::StxEtx => body.iter().any(|b| *b == 0x02 || *b == 0x03).then_some("an STX or ETX byte"),
                 Framing::Raw => None,
             };
@@ -59,4 +60,12 @@ pub fn command(route: &Route<'_>, body: &[u8]) -> Result<Request, String> {
             Ok(Request::Serial(body.to_vec()))
         }
     }
+}
+
+/// Whether the device would see `line_ending` before the end of `body` once
+/// it is appended (inside the body, or straddling the joint): the frame
+/// would end early and the rest run as another command.
+fn ends_early(body: &[u8], line_ending: &[u8]) -> bool {
+    !line_ending.is_empty()
+        && [body, line_ending].concat().windows(line_ending.len()).position(|w| w == line_ending) != Some(body.len())
 }

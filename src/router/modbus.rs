@@ -376,6 +376,30 @@ fn encode_point(name: &str, point: &PointConfig, value: &Json) -> Result<Write, 
             reject!("point {qname} has type {ty}, which is not a register type")
         }
     };
+    // With a scale the raw value is rounded, so the value the device ends up
+    // with (raw * scale) can lie past a limit that is not a multiple of the
+    // scale: the limits bound what is written, not only what was asked for.
+    if let (Some(s), Some(_)) = (point.scale, encode::integer_range(point.ty)) {
+        let raw = (v / s).round();
+        // The limit in raw units, allowing a millionth of a step of noise;
+        // dividing by a negative scale turns "above" into "below".
+        let past = |bound: f64, upper: bool| {
+            let b = bound / s;
+            let tol = 1e-6 + b.abs() * 1e-12;
+            if (s > 0.0) == upper {
+                raw > b + tol
+            } else {
+                raw < b - tol
+            }
+        };
+        if point.max.is_some_and(|hi| past(hi, true)) || point.min.is_some_and(|lo| past(lo, false)) {
+            reject!(
+                "value {number} for point {qname} would be written as raw {raw} (= {} with scale {s}), outside its limits ({})",
+                raw * s,
+                limits()
+            );
+        }
+    }
     Ok(match values.as_slice() {
         [one] => Write::SingleRegister { address: point.address, value: *one },
         _ => Write::MultipleRegisters { address: point.address, values },

@@ -186,7 +186,13 @@ fn mqtt_generated(ctx: &Ctx) -> Result<(), String> {
         let m = m.unwrap();
         let want_device = FILTERS[f].contains('+').then(|| level.clone());
         prop_assert_eq!(&m.device, &want_device);
-        prop_assert_eq!(&m.reject, &None);
+        // A non-integer number as id is refused (rounding could make two ids one).
+        let float_id = !raw && matches!(id, Id::Float(_));
+        if float_id {
+            prop_assert!(m.reject.as_deref().is_some_and(|r| r.contains("not a string or an integer")), "{:?}", m);
+        } else {
+            prop_assert_eq!(&m.reject, &None);
+        }
         if raw {
             // Not a JSON object (or one by accident): no id unless it is one.
             let is_obj =
@@ -200,14 +206,6 @@ fn mqtt_generated(ctx: &Ctx) -> Result<(), String> {
         let want_id = match &id {
             Id::Str(s) if !s.is_empty() => Some(s.clone()),
             Id::Int(n) => Some(n.to_string()),
-            // As serde_json reads the number back (the last digit of a long
-            // fraction may differ from the text: it parses to the nearest
-            // f64 only within one unit in the last place).
-            Id::Float(x) => Some(
-                serde_json::from_str::<serde_json::Value>(&serde_json::Value::from(*x).to_string())
-                    .unwrap()
-                    .to_string(),
-            ),
             _ => None,
         };
         prop_assert_eq!(&m.id, &want_id);
@@ -262,8 +260,8 @@ fn host() -> impl Strategy<Value = String> {
     ]
 }
 
-/// IPv6 hosts whose last group is not empty: `parse_url` takes that group
-/// for a port when the URL has none (see `mqtt_url_ipv6_without_port`).
+/// IPv6 hosts whose last group is not empty (once mistaken for a port when
+/// the URL had none: see `mqtt_url_ipv6_without_port`).
 fn ipv6_host() -> impl Strategy<Value = String> {
     proptest::sample::select(&["[fe80::1:2]", "[2001:db8::5]", "[::ffff:10.0.0.1]"][..]).prop_map(str::to_owned)
 }

@@ -460,7 +460,18 @@ fn open_inner(
     // Starts one write ahead of durable: the first flush always runs (it
     // covers whatever opening the store cleaned up).
     let (written, durable) = (AtomicU64::new(1), tokio::sync::Mutex::new(0));
-    Ok(Journal { inner: Arc::new(Inner { db, messages, bodies, bounds, index: Mutex::new(idx), written, durable, flushes: AtomicU64::new(0) }) })
+    Ok(Journal {
+        inner: Arc::new(Inner {
+            db,
+            messages,
+            bodies,
+            bounds,
+            index: Mutex::new(idx),
+            written,
+            durable,
+            flushes: AtomicU64::new(0),
+        }),
+    })
 }
 
 #[cfg(test)]

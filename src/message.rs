@@ -178,7 +178,10 @@ mod entry_encoding {
     fn defaults_are_left_out_and_read_back() {
         let e = entry();
         let text = serde_json::to_string(&e).unwrap();
-        assert_eq!(text, r#"{"seq":7,"id":"m-1","device":"boiler","received_at":1700000000000,"state":"queued","body_len":25}"#);
+        assert_eq!(
+            text,
+            r#"{"seq":7,"id":"m-1","device":"boiler","received_at":1700000000000,"state":"queued","body_len":25}"#
+        );
         assert_eq!(serde_json::from_str::<Entry>(&text).unwrap(), e);
     }
 

@@ -131,8 +131,14 @@ pub async fn run(
     let watchdog = sd_notify::watchdog_enabled();
     let mut wd_tick = tokio::time::interval(watchdog.map_or(std::time::Duration::from_secs(3600), |d| d / 2));
     let mut last_beat = u64::MAX;
+    let mut journal_failed: Option<String> = None;
     loop {
         tokio::select! {
+            why = journal.failed() => {
+                tracing::error!(error = %why, "the journal cannot be written (disk full?): stopping; nothing that is not in the journal was acknowledged, and the service manager starts the gateway again");
+                journal_failed = Some(why);
+                break;
+            }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
             _ = async { match stop.as_mut() { Some(s) => { let _ = s.wait_for(|v| *v).await; } None => std::future::pending().await } } => break,
@@ -161,6 +167,9 @@ pub async fn run(
     let _ = pipe_task.await;
     let _ = hub_stop_tx.send(true);
     let _ = link_task.await;
+    if let Some(why) = journal_failed {
+        return Err(DaemonError::Runtime(format!("stopped: the journal cannot be written: {why}")));
+    }
     journal.flush().await.map_err(|e| DaemonError::Runtime(format!("final flush failed: {e}")))?;
     tracing::info!("stopped");
     Ok(())

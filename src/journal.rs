@@ -25,6 +25,8 @@ pub enum JournalError {
     Missing(u64),
     #[error("journal store is unusable: {0}")]
     Unusable(String),
+    #[error("the journal in {0} is in use by another process (a second c2d-gateway with the same state_dir?)")]
+    InUse(PathBuf),
     #[error("could not move the broken journal aside: {0}")]
     MoveAside(std::io::Error),
 }
@@ -75,6 +77,8 @@ struct Inner {
     durable: tokio::sync::Mutex<u64>,
     /// Flushes that reached sled (for tests and figures).
     flushes: AtomicU64,
+    /// The first write or flush error (see [`Journal::failed`]).
+    failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
 #[derive(Default)]
@@ -112,7 +116,12 @@ impl Journal {
         let mut report = OpenReport::default();
         match open_guarded(dir, cache_capacity, bounds, &mut report.dropped_entries) {
             Ok(j) => Ok((j, report)),
-            Err(why) => {
+            // An I/O error (disk full, permissions, a read-only file system)
+            // says nothing about the store's contents: moving it aside would
+            // throw away acknowledged messages and the dedupe history. Fail;
+            // the service manager starts us again once the cause is gone.
+            Err(OpenFailure::Io(e)) => Err(e),
+            Err(OpenFailure::Broken(why)) => {
                 let stamp = crate::message::now_ms();
                 let aside = dir.with_file_name(format!(
                     "{}.corrupt-{stamp}",
@@ -121,8 +130,11 @@ impl Journal {
                 std::fs::rename(dir, &aside).map_err(JournalError::MoveAside)?;
                 report.moved_aside = Some((aside, why));
                 report.dropped_entries.clear();
-                let j = open_guarded(dir, cache_capacity, bounds, &mut report.dropped_entries)
-                    .map_err(JournalError::Unusable)?;
+                let j =
+                    open_guarded(dir, cache_capacity, bounds, &mut report.dropped_entries).map_err(|f| match f {
+                        OpenFailure::Io(e) => e,
+                        OpenFailure::Broken(why) => JournalError::Unusable(why),
+                    })?;
                 Ok((j, report))
             }
         }
@@ -179,7 +191,8 @@ impl Journal {
             entry.detail = why.clone();
             entry.completed_at = Some(now_ms);
         } else {
-            self.inner.bodies.insert(key(seq), inbound.body)?;
+            let r = self.inner.bodies.insert(key(seq), inbound.body);
+            self.check(r)?;
             idx.body_bytes += body_len;
             idx.unfinished += 1;
         }
@@ -233,7 +246,8 @@ impl Journal {
             return Ok(());
         }
         let upto = self.inner.written.load(Ordering::Acquire);
-        self.inner.db.flush_async().await?;
+        let r = self.inner.db.flush_async().await;
+        self.check(r)?;
         self.inner.flushes.fetch_add(1, Ordering::Relaxed);
         *durable = upto;
         Ok(())
@@ -242,6 +256,31 @@ impl Journal {
     /// How many flushes reached the disk since the journal was opened.
     pub fn flushes(&self) -> u64 {
         self.inner.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once a write or flush has failed. sled does not recover from
+    /// an I/O error (a full disk): every later write fails too, so the
+    /// daemon stops and lets the service manager start it afresh.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.inner.failure.subscribe();
+        let r = rx.wait_for(|f| f.is_some()).await;
+        r.ok().and_then(|f| f.clone()).unwrap_or_else(|| "journal closed".into())
+    }
+
+    /// Passes a sled result on, noting a failure for [`Journal::failed`].
+    fn check<T>(&self, r: sled::Result<T>) -> Result<T, JournalError> {
+        r.map_err(|e| {
+            let e = JournalError::Storage(e);
+            self.inner.failure.send_if_modified(|f| {
+                if f.is_none() {
+                    *f = Some(e.to_string());
+                    true
+                } else {
+                    false
+                }
+            });
+            e
+        })
     }
 
     /// Notes a write (call after it reached sled).
@@ -275,7 +314,7 @@ impl Journal {
         let v = serde_json::to_vec(e).expect("entry serialises");
         let r = self.inner.messages.insert(key(e.seq), v);
         self.wrote();
-        r?;
+        self.check(r)?;
         Ok(())
     }
 
@@ -338,7 +377,7 @@ impl Journal {
         }
         let r = self.inner.messages.remove(key(seq)).and_then(|_| self.inner.bodies.remove(key(seq)));
         self.wrote();
-        r?;
+        self.check(r)?;
         Ok(())
     }
 
@@ -406,15 +445,56 @@ impl Journal {
 
 /// Opens sled and rebuilds the index; any failure, panics inside sled
 /// included, comes back as the reason the store is unusable.
-fn open_guarded(dir: &Path, cache_capacity: u64, bounds: Bounds, dropped: &mut Vec<String>) -> Result<Journal, String> {
+/// An I/O error caused by the machine rather than the store's bytes: a
+/// full disk or quota, permissions, a read-only file system, no memory or
+/// file handles. (A truncated or garbled file shows up as other errors.)
+fn environmental(e: &std::io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    const EROFS: i32 = 30;
+    const EACCES: i32 = 13;
+    const EPERM: i32 = 1;
+    const ENOMEM: i32 = 12;
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT | EROFS | EACCES | EPERM | ENOMEM | EMFILE | ENFILE))
+        || e.kind() == std::io::ErrorKind::PermissionDenied
+        || in_use(e)
+}
+
+/// sled's own words when another process holds the store's lock.
+fn in_use(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Other && e.to_string().contains("could not acquire lock")
+}
+
+/// Why `open_guarded` failed: the store's contents, or the machine.
+enum OpenFailure {
+    /// An I/O error of the file system (ENOSPC, EACCES, EROFS ...): the store may be fine.
+    Io(JournalError),
+    /// The store itself is unreadable (corrupt, a panic inside sled).
+    Broken(String),
+}
+
+fn open_guarded(
+    dir: &Path,
+    cache_capacity: u64,
+    bounds: Bounds,
+    dropped: &mut Vec<String>,
+) -> Result<Journal, OpenFailure> {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_inner(dir, cache_capacity, bounds, dropped)));
     match r {
         Ok(Ok(j)) => Ok(j),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(p) => Err(format!(
+        Ok(Err(JournalError::Storage(sled::Error::Io(e)))) if in_use(&e) => {
+            Err(OpenFailure::Io(JournalError::InUse(dir.to_path_buf())))
+        }
+        Ok(Err(JournalError::Storage(sled::Error::Io(e)))) if environmental(&e) => {
+            Err(OpenFailure::Io(JournalError::Storage(sled::Error::Io(e))))
+        }
+        Ok(Err(e)) => Err(OpenFailure::Broken(e.to_string())),
+        Err(p) => Err(OpenFailure::Broken(format!(
             "sled panicked: {}",
             p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("?")
-        )),
+        ))),
     }
 }
 
@@ -425,6 +505,7 @@ fn open_inner(
     dropped: &mut Vec<String>,
 ) -> Result<Journal, JournalError> {
     let db = sled::Config::new().path(dir).cache_capacity(cache_capacity).mode(sled::Mode::LowSpace).open()?;
+    check_watermark(dir, &db)?;
     let messages = db.open_tree("messages")?;
     let bodies = db.open_tree("bodies")?;
     let mut idx = Index::default();
@@ -470,8 +551,47 @@ fn open_inner(
             written,
             durable,
             flushes: AtomicU64::new(0),
+            failure: tokio::sync::watch::Sender::new(None),
         }),
     })
+}
+
+/// A file beside sled's own: the id sled handed out at the last open. sled's
+/// ids only grow, across restarts and crashes alike, so a store that now
+/// hands out a smaller one was reset or cut short behind sled's back: sled
+/// opens a truncated, zeroed or deleted `db` file without an error, as an
+/// empty or shorter store, and the messages it held would be lost in silence.
+const WATERMARK: &str = "c2d-watermark";
+
+/// Fails when sled's id counter went back since the last open (the store
+/// lost entries); records the current one otherwise. Not being able to read
+/// or write the file (absent before the first open, disk full) is no reason
+/// to give up a store: only a counter that went back is.
+fn check_watermark(dir: &Path, db: &sled::Db) -> Result<(), JournalError> {
+    let path = dir.join(WATERMARK);
+    let next = match db.generate_id() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the journal's watermark");
+            return Ok(());
+        }
+    };
+    if let Some(mark) = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+        if next < mark {
+            return Err(JournalError::Unusable(format!(
+                "sled opened it, but its id counter went back from {mark} to {next}: the store was truncated, \
+                 zeroed or replaced, and has lost entries"
+            )));
+        }
+    }
+    let tmp = dir.join(format!("{WATERMARK}.tmp"));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{next}\n").as_bytes()).and_then(|_| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot write the journal's watermark");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

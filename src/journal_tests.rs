@@ -184,3 +184,19 @@ async fn flushes_are_shared_and_skipped_when_nothing_changed() {
     let j = open(dir.path());
     assert!(j.lookup("a").unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_journal_in_use_by_another_process_is_refused_not_moved_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("journal");
+    let first = open(&dir);
+    new_entry(first.admit(inbound(Some("kept"), b"{}"), 1).unwrap());
+    first.flush().await.unwrap();
+    let err = Journal::open(&dir, 1 << 20, bounds()).err().expect("a second open must fail");
+    assert!(matches!(err, JournalError::InUse(_)), "{err}");
+    assert!(err.to_string().contains("in use by another process"), "{err}");
+    let siblings: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(siblings, [std::ffi::OsString::from("journal")], "nothing moved aside");
+    drop(first);
+    assert!(open(&dir).lookup("kept").unwrap().is_some());
+}

@@ -171,6 +171,7 @@ impl Pipeline {
             self.dispatch(e);
         }
         self.journal.flush().await?;
+        self.settle().await;
         for e in self.journal.unreported()? {
             self.report(&e);
         }
@@ -348,6 +349,7 @@ impl Pipeline {
                 }
             }
         }
+        self.settle().await;
         self.release_window().await;
         self.send_acks();
         self.publish_status();
@@ -459,12 +461,31 @@ impl Pipeline {
         Ok((route.bus_name.to_string(), job))
     }
 
-    /// Records a final outcome decided here (not on a bus); flushed with the
-    /// next batch.
+    /// Records a final outcome decided here (not on a bus). Its ack and
+    /// report wait for the flush ([`Pipeline::settle`]): a crash before it
+    /// must not leave the hub told about an outcome the journal forgot.
     fn finish_one(&mut self, seq: u64, outcome: Outcome) {
         match self.journal.finish(seq, &outcome, now_ms()) {
-            Ok(e) => self.after_final(&e),
+            Ok(e) => self.unflushed.push(e),
             Err(err) => tracing::error!(seq, error = %err, "cannot record an outcome"),
+        }
+    }
+
+    /// Flushes outcomes recorded here, then releases their acks and reports.
+    /// After a failed flush they wait for the next one.
+    async fn settle(&mut self) {
+        if self.unflushed.is_empty() {
+            return;
+        }
+        match self.journal.flush().await {
+            Ok(()) => {
+                for e in std::mem::take(&mut self.unflushed) {
+                    self.after_final(&e);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot flush outcomes to the journal: holding their acks and reports")
+            }
         }
     }
 

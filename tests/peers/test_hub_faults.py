@@ -942,3 +942,81 @@ def test_token_expires_while_the_gateway_is_frozen(emulator, make_proxy, modbus_
     assert_reports_consistent(reports, batch.ids)
     assert "SAS token rejected" not in emu.log_text(), "the gateway came back with the expired token"
     assert_no_panic(gw)
+
+
+# ================================= 4. a second gateway with the same identity
+
+KICK_LINE = "is another gateway or device connected with the same identity?"
+
+
+def test_two_gateways_with_one_identity_back_off_and_lose_nothing(emulator, make_proxy, modbus_device, gateway):
+    """A second gateway with the same device id (a cloned SD card) runs for
+    40 s: the hub keeps one connection per device id, so each kicks the
+    other off. Both must notice and say so in one clear line, back off
+    (connection attempts per minute bounded, counted at the hub), and once
+    the second one stops, every message is delivered and reported."""
+    emu = emulator()
+    proxy_a = make_proxy(emu.mqtt_port)
+    proxy_b = make_proxy(emu.mqtt_port)
+    dev_a = modbus_device(delay_ms=30)
+    dev_b = modbus_device(delay_ms=30)
+    gw_a = gateway(azure_hub(emu, proxy_a.port) + modbus_tcp_bus("plc", dev_a.address, "2s") + BOILER)
+    wait_until(lambda: proxy_a.subacks() >= 1, 15, what="gateway A subscribed")
+    before = Batch("kb", 5, base=100)
+    for mid in before.ids:
+        emu.send(mid, "boiler", before.body(mid))
+    wait_reports_accepted(proxy_a, before.ids, 20, gw_a)
+
+    gw_b = gateway(azure_hub(emu, proxy_b.port) + modbus_tcp_bus("plc", dev_b.address, "2s") + BOILER)
+    t0 = time.time()
+    during = Batch("kd", 20, base=1000)
+    window = 40.0
+    for i, mid in enumerate(during.ids):
+        emu.send(mid, "boiler", during.body(mid))
+        time.sleep(window / len(during.ids))
+    t1 = time.time()
+    # connections the hub accepted (its CONNACKs), as the proxies saw them
+    conns = [r["t"] for p in (proxy_a, proxy_b) for r in p.packets(DOWN, "CONNACK") if t0 <= r["t"] <= t1]
+    per_gw = {"A": len(proxy_a.packets(DOWN, "CONNACK")) - 1, "B": len(proxy_b.packets(DOWN, "CONNACK"))}
+    assert emu.connections() == proxy_a.connacks() + proxy_b.connacks()
+    kick_a, kick_b = gw_a.log_text().count(KICK_LINE), gw_b.log_text().count(KICK_LINE)
+    gw_b.terminate()
+    t_stop = time.time()
+    print(f"{len(conns)} connections at the hub in {t1 - t0:.0f}s with two gateways "
+          f"({per_gw['A']} by A, {per_gw['B']} by B: {60 * len(conns) / (t1 - t0):.1f} per minute); "
+          f"kick-loop warnings: A {kick_a}, B {kick_b}")
+    assert kick_a + kick_b >= 1, "neither gateway noticed the kick loop"
+    for gw, n, name in ((gw_a, kick_a, "A"), (gw_b, kick_b, "B")):
+        lines = [line for line in gw.log_text().splitlines() if KICK_LINE in line]
+        assert all(" ERROR " in line or " WARN " in line for line in lines), lines
+        assert n <= per_gw[name], f"{name}: more warnings than connections"
+    # back-off: 1 s doubling (jitter 50-100 %); without it each would come back within a second
+    assert len(conns) <= 2 * (8 + window / 10), f"{len(conns)} connection attempts in {window:.0f}s"
+
+    # B has stopped: A settles (after its back-off) and loses nothing
+    reports = {}
+    wait_until(lambda: proxy_a.subacks() >= 1 and "kd-19" in (reports := {**proxy_a.accepted_reports(),
+                                                                           **proxy_b.accepted_reports()}),
+               90, interval=0.5, what="the report about the last message")
+    after = Batch("ka", 10, base=5000)
+    for mid in after.ids:
+        emu.send(mid, "boiler", after.body(mid))
+    reports_a = wait_reports_accepted(proxy_a, after.ids, 90, gw_a)
+    settled = time.time() - t_stop
+    all_reports = {**proxy_b.accepted_reports(), **proxy_a.accepted_reports()}
+    missing = [m for m in during.ids if m not in all_reports]
+    assert not missing, f"no report about {missing}"
+    wait_emulator_done(emu, before.ids + during.ids + after.ids, 30)
+    counts_a, counts_b = write_counts(dev_a), write_counts(dev_b)
+    never = [m for m, v in during.value.items() if counts_a[v] + counts_b[v] == 0]
+    both = [m for m, v in during.value.items() if counts_a[v] and counts_b[v]]
+    assert not never, f"never written: {never}"
+    assert all(counts_a[v] <= 1 and counts_b[v] <= 1 for v in during.value.values()), (counts_a, counts_b)
+    print(f"during the kick loop: {sum(1 for v in during.value.values() if counts_b[v])} of 20 run by B, "
+          f"{len(both)} run by both (separate journals cannot know: {both}); A settled {settled:.0f}s after "
+          f"B stopped")
+    # after B stopped: exactly once, on A
+    assert all(counts_a[v] == 1 and counts_b[v] == 0 for v in after.value.values()), (counts_a, counts_b)
+    assert all(counts_a[v] == 1 for v in before.value.values())
+    assert_reports_consistent(reports_a, after.ids)
+    assert_no_panic(gw_a, gw_b)

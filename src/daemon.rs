@@ -53,15 +53,70 @@ pub fn init_logging(level: Option<&str>) {
     };
 }
 
+/// Opens the journal, waiting while the cause of failure is outside the
+/// store (a full disk, a read-only mount, another process holding it):
+/// logged once, then retried every 2 s, with the start-up timeout extended
+/// and the watchdog fed, so the service neither fails nor crash-loops.
+async fn open_journal_waiting(cfg: &Config, stop: &mut Option<watch::Receiver<bool>>) -> Result<Journal, DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    let mut logged = false;
+    loop {
+        match open_journal(cfg) {
+            Ok(j) => {
+                if logged {
+                    tracing::info!("the journal opened: starting");
+                }
+                return Ok(j);
+            }
+            Err(OpenError::Waitable(why)) => {
+                if !logged {
+                    tracing::error!(error = %why, "cannot open the journal; waiting for the cause to go away (retrying every 2 s)");
+                    logged = true;
+                }
+                let status = format!("waiting for the journal: {why}");
+                let _ = sd_notify::notify(&[
+                    sd_notify::NotifyState::Status(&status),
+                    sd_notify::NotifyState::ExtendTimeoutUsec(10_000_000),
+                    sd_notify::NotifyState::Watchdog,
+                ]);
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                    _ = term.recv() => return Err(DaemonError::Runtime(format!("stopped while waiting for the journal: {why}"))),
+                    _ = tokio::signal::ctrl_c() => return Err(DaemonError::Runtime(format!("stopped while waiting for the journal: {why}"))),
+                    _ = async { match stop.as_mut() { Some(s) => { let _ = s.wait_for(|v| *v).await; } None => std::future::pending().await } } => {
+                        return Err(DaemonError::Runtime(format!("stopped while waiting for the journal: {why}")));
+                    }
+                }
+            }
+            Err(OpenError::Fatal(e)) => return Err(e),
+        }
+    }
+}
+
+enum OpenError {
+    Waitable(String),
+    Fatal(DaemonError),
+}
+
 /// Opens the journal in `state_dir/journal`, moving a broken one aside.
-pub fn open_journal(cfg: &Config) -> Result<Journal, DaemonError> {
+fn open_journal(cfg: &Config) -> Result<Journal, OpenError> {
     let dir = cfg.gateway.state_dir.join("journal");
     std::fs::create_dir_all(&cfg.gateway.state_dir).map_err(|e| {
-        DaemonError::Runtime(format!("cannot create state_dir {}: {e}", cfg.gateway.state_dir.display()))
+        OpenError::Fatal(DaemonError::Runtime(format!(
+            "cannot create state_dir {}: {e}",
+            cfg.gateway.state_dir.display()
+        )))
     })?;
     let bounds = Bounds { max_messages: cfg.gateway.max_messages, max_bytes: cfg.gateway.max_bytes };
-    let (journal, report) = Journal::open(&dir, cfg.gateway.cache_capacity, bounds)
-        .map_err(|e| DaemonError::Runtime(format!("cannot open the journal in {}: {e}", dir.display())))?;
+    let (journal, report) = Journal::open(&dir, cfg.gateway.cache_capacity, bounds).map_err(|e| {
+        let msg = format!("cannot open the journal in {}: {e}", dir.display());
+        if e.is_environmental() {
+            OpenError::Waitable(msg)
+        } else {
+            OpenError::Fatal(DaemonError::Runtime(msg))
+        }
+    })?;
     if let Some((aside, why)) = &report.moved_aside {
         tracing::error!(
             moved_to = %aside.display(),
@@ -86,7 +141,7 @@ pub async fn run(
     mut stop: Option<watch::Receiver<bool>>,
 ) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
-    let journal = open_journal(&cfg)?;
+    let journal = open_journal_waiting(&cfg, &mut stop).await?;
     let not_configured = |e: crate::hub::HubError| {
         let msg = format!("not configured: {e}");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&msg)]);

@@ -121,6 +121,9 @@ impl Journal {
             // throw away acknowledged messages and the dedupe history. Fail;
             // the service manager starts us again once the cause is gone.
             Err(OpenFailure::Io(e)) => Err(e),
+            // sled may fail in other ways when it cannot write (it rewrites
+            // its files at open): only a store on a writable disk is judged.
+            Err(OpenFailure::Broken(_)) if let Err(e) = space_probe(dir) => Err(JournalError::Storage(e.into())),
             Err(OpenFailure::Broken(why)) => {
                 let stamp = crate::message::now_ms();
                 let aside = dir.with_file_name(format!(
@@ -128,6 +131,7 @@ impl Journal {
                     dir.file_name().and_then(|n| n.to_str()).unwrap_or("journal")
                 ));
                 std::fs::rename(dir, &aside).map_err(JournalError::MoveAside)?;
+                tracing::error!(moved_to = %aside.display(), reason = %why, "the journal is unreadable: moving it aside");
                 report.moved_aside = Some((aside, why));
                 report.dropped_entries.clear();
                 let j =
@@ -457,9 +461,35 @@ fn environmental(e: &std::io::Error) -> bool {
     const ENOMEM: i32 = 12;
     const EMFILE: i32 = 24;
     const ENFILE: i32 = 23;
+    use std::io::ErrorKind as K;
     matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT | EROFS | EACCES | EPERM | ENOMEM | EMFILE | ENFILE))
-        || e.kind() == std::io::ErrorKind::PermissionDenied
+        || matches!(
+            e.kind(),
+            K::PermissionDenied | K::StorageFull | K::QuotaExceeded | K::ReadOnlyFilesystem | K::OutOfMemory
+        )
         || in_use(e)
+}
+
+/// Whether the disk under `dir` takes a write (64 KiB, removed again).
+fn space_probe(dir: &Path) -> std::io::Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let probe = parent.join(".c2d-space-probe");
+    let r = std::fs::File::create(&probe)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &[0u8; 64 * 1024]).and_then(|_| f.sync_all()));
+    let _ = std::fs::remove_file(&probe);
+    r
+}
+
+impl JournalError {
+    /// A cause outside the store (a full disk, permissions, another process
+    /// holding it): worth waiting for, never a reason to move it aside.
+    pub fn is_environmental(&self) -> bool {
+        match self {
+            JournalError::InUse(_) => true,
+            JournalError::Storage(sled::Error::Io(e)) => environmental(e),
+            _ => false,
+        }
+    }
 }
 
 /// sled's own words when another process holds the store's lock.
@@ -556,11 +586,13 @@ fn open_inner(
     })
 }
 
-/// A file beside sled's own: the id sled handed out at the last open. sled's
-/// ids only grow, across restarts and crashes alike, so a store that now
-/// hands out a smaller one was reset or cut short behind sled's back: sled
-/// opens a truncated, zeroed or deleted `db` file without an error, as an
-/// empty or shorter store, and the messages it held would be lost in silence.
+/// A file beside sled's own: one more than the id sled handed out at the
+/// last open. sled's ids only grow, across restarts and crashes alike, so a
+/// store that now hands out a smaller one was reset or cut short behind
+/// sled's back: sled opens a truncated, zeroed or deleted `db` file without
+/// an error, as an empty or shorter store, and the messages it held would be
+/// lost in silence. (A store cut short within one run, its id counter
+/// intact, is not caught: that needs the newest durable sequence recorded.)
 const WATERMARK: &str = "c2d-watermark";
 
 /// Fails when sled's id counter went back since the last open (the store
@@ -579,14 +611,16 @@ fn check_watermark(dir: &Path, db: &sled::Db) -> Result<(), JournalError> {
     if let Some(mark) = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
         if next < mark {
             return Err(JournalError::Unusable(format!(
-                "sled opened it, but its id counter went back from {mark} to {next}: the store was truncated, \
-                 zeroed or replaced, and has lost entries"
+                "sled opened it, but its id counter went back (next id {next}, at least {mark} expected): the \
+                 store was truncated, zeroed or replaced, and has lost entries"
             )));
         }
     }
     let tmp = dir.join(format!("{WATERMARK}.tmp"));
     let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{next}\n").as_bytes()).and_then(|_| f.sync_all()))
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, format!("{}\n", next + 1).as_bytes()).and_then(|_| f.sync_all())
+        })
         .and_then(|_| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
         tracing::warn!(error = %e, "cannot write the journal's watermark");

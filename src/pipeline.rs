@@ -252,6 +252,7 @@ impl Pipeline {
                 self.connected = false;
                 self.publish_status();
             }
+            HubEvent::Reported { seq } => self.mark_reported(seq),
             HubEvent::Message { generation, pkid, inbound } => {
                 let mut batch = vec![(generation, pkid, inbound)];
                 let mut after = None;
@@ -530,18 +531,27 @@ impl Pipeline {
     }
 
     /// Publishes the report if the policy wants it; marks it done either way.
+    /// The entry counts as reported once the hub acknowledged the report
+    /// ([`HubEvent::Reported`]): a crash before that sends it again after
+    /// the restart. An outcome the policy does not report is done at once.
     fn report(&mut self, e: &Entry) {
         if report::wanted(self.cfg.hub.reports, e.state) {
             self.send_report(e);
+        } else if !e.reported {
+            self.mark_reported(e.seq);
         }
-        if !e.reported {
-            let _ = self.journal.update(e.seq, |e| e.reported = true);
+    }
+
+    fn mark_reported(&self, seq: u64) {
+        if let Err(err) = self.journal.update(seq, |e| e.reported = true) {
+            tracing::debug!(seq, error = %err, "cannot mark a report as done (pruned meanwhile?)");
         }
     }
 
     fn send_report(&self, e: &Entry) {
         let topic = self.dialect.report_topic(&e.id, e.device.as_deref(), e.state.as_str());
-        let _ = self.hub.send(HubCommand::Publish { topic, payload: report::body(e) });
+        let report = (e.seq != u64::MAX).then_some(e.seq);
+        let _ = self.hub.send(HubCommand::Publish { topic, payload: report::body(e), report });
     }
 
     fn send_acks(&mut self) {
@@ -578,7 +588,7 @@ impl Pipeline {
             })
             .unwrap_or_default();
         let topic = self.dialect.telemetry_topic(&r.device, &alerts);
-        let _ = self.hub.send(HubCommand::Publish { topic, payload: telemetry::body(&r, &alerts) });
+        let _ = self.hub.send(HubCommand::Publish { topic, payload: telemetry::body(&r, &alerts), report: None });
     }
 
     fn publish_status(&self) {

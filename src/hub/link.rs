@@ -8,6 +8,7 @@
 //! deduplicated by the journal instead. Acks are never sent on their own:
 //! rumqttc runs with manual acks and only this task calls it.
 
+use super::inflight::Inflight;
 use super::{Dialect, HubCommand, HubEvent};
 use rumqttc::{AsyncClient, ConnectionError, Event, Packet, Publish, QoS};
 use std::collections::VecDeque;
@@ -76,6 +77,7 @@ pub async fn run(
     let mut renew_at: Option<Instant> = None;
     let mut outbox: VecDeque<HubCommand> = VecDeque::new();
     let mut kicks = KickDetector::default();
+    let mut inflight = Inflight::new(eventloop.mqtt_options.inflight());
     let far = Instant::now() + Duration::from_secs(86400 * 365);
     tracing::info!(hub = %dialect.describe(), "connecting to the hub");
 
@@ -90,11 +92,15 @@ pub async fn run(
                             tracing::debug!(pkid, "dropping an ack of an earlier connection; the hub will redeliver");
                             continue;
                         }
-                        client.try_ack(&ack_packet(*pkid))
+                        client.try_ack(&ack_packet(*pkid)).map_err(|_| ())
                     }
-                    HubCommand::Publish { topic, payload } => {
-                        client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
-                    }
+                    HubCommand::Publish { topic, payload, report } => match inflight.start(*report) {
+                        Some(pkid) => {
+                            eventloop.pending.push_back(publish_request(topic, payload, pkid));
+                            Ok(())
+                        }
+                        None => Err(()), // the window is full: wait for PUBACKs
+                    },
                 };
                 if r.is_err() {
                     outbox.push_front(cmd);
@@ -108,11 +114,17 @@ pub async fn run(
                 while let Ok(cmd) = commands.try_recv() { outbox.push_back(cmd); }
                 if connected_at.is_some() {
                     for cmd in outbox.drain(..) {
-                        let _ = match cmd {
-                            HubCommand::Ack { generation: g, pkid } if g == generation => client.try_ack(&ack_packet(pkid)),
-                            HubCommand::Publish { topic, payload } => client.try_publish(topic, QoS::AtLeastOnce, false, payload),
-                            HubCommand::Ack { .. } => Ok(()),
-                        };
+                        match cmd {
+                            HubCommand::Ack { generation: g, pkid } if g == generation => { let _ = client.try_ack(&ack_packet(pkid)); }
+                            HubCommand::Publish { topic, payload, report } => {
+                                // Not waited for: a report whose PUBACK does not
+                                // come before we stop is sent again after the start.
+                                if let Some(pkid) = inflight.start(report) {
+                                    eventloop.pending.push_back(publish_request(&topic, &payload, pkid));
+                                }
+                            }
+                            HubCommand::Ack { .. } => {}
+                        }
                     }
                 }
                 let _ = client.try_disconnect();
@@ -133,6 +145,7 @@ pub async fn run(
                 refresh_credentials(&dialect, &mut eventloop);
                 eventloop.clean();
                 eventloop.state.events.clear();
+                reclaim_publishes(&mut eventloop, &mut outbox, &mut inflight);
                 connected_at = None;
                 renew_at = None;
                 let _ = events.send(HubEvent::Disconnected { generation }).await;
@@ -162,6 +175,11 @@ pub async fn run(
                         }
                     }
                 }
+                Ok(Event::Incoming(Packet::PubAck(a))) => {
+                    if let Some(seq) = inflight.acked(a.pkid) {
+                        if events.send(HubEvent::Reported { seq }).await.is_err() { return; }
+                    }
+                }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
                     if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                         tracing::error!("the hub refused the C2D subscription");
@@ -172,6 +190,7 @@ pub async fn run(
                     // Events read from the dead connection must not surface
                     // after the next CONNACK: their packet ids are stale.
                     eventloop.state.events.clear();
+                    reclaim_publishes(&mut eventloop, &mut outbox, &mut inflight);
                     if let Some(at) = connected_at.take() {
                         renew_at = None;
                         let lived = at.elapsed();
@@ -194,6 +213,38 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Takes back the publishes (result reports, telemetry) rumqttc kept from a
+/// dead connection, sent but not acknowledged or still queued, ahead of
+/// anything newer in the outbox. rumqttc itself resends them only when the
+/// next CONNACK says the session is present and drops them when it is not
+/// (a restarted broker, a hub failover): a report would be lost, while the
+/// journal already counts it as sent. Sent again they may arrive twice.
+fn reclaim_publishes(eventloop: &mut rumqttc::EventLoop, outbox: &mut VecDeque<HubCommand>, inflight: &mut Inflight) {
+    let kept: Vec<HubCommand> = eventloop
+        .pending
+        .drain(..)
+        .filter_map(|r| match r {
+            rumqttc::Request::Publish(p) => {
+                let report = inflight.take_back(p.pkid);
+                Some(HubCommand::Publish { topic: p.topic, payload: p.payload.to_vec(), report })
+            }
+            _ => None, // acks of the dead connection, its subscription (made again on CONNACK), pings
+        })
+        .collect();
+    inflight.clear();
+    for cmd in kept.into_iter().rev() {
+        outbox.push_front(cmd);
+    }
+}
+
+/// A QoS 1 publish with our packet id (see [`Inflight`]), queued ahead of
+/// the client channel in rumqttc's `pending`.
+fn publish_request(topic: &str, payload: &[u8], pkid: u16) -> rumqttc::Request {
+    let mut p = Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
+    p.pkid = pkid;
+    rumqttc::Request::Publish(p)
 }
 
 /// Puts fresh credentials (a new SAS token) into the event loop's options.

@@ -3,6 +3,7 @@
 //! [`Inbound`] message and say where result reports go.
 
 pub mod azure;
+pub mod inflight;
 pub mod link;
 pub mod mqtt;
 pub mod tls;
@@ -28,6 +29,10 @@ pub enum HubEvent {
         pkid: u16,
         inbound: Inbound,
     },
+    /// The hub acknowledged (PUBACK) the result report of journal entry `seq`.
+    Reported {
+        seq: u64,
+    },
 }
 
 /// What the pipeline asks of the link.
@@ -35,8 +40,10 @@ pub enum HubEvent {
 pub enum HubCommand {
     /// PUBACK packet `pkid` of connection `generation` (dropped if stale).
     Ack { generation: u64, pkid: u16 },
-    /// Publish QoS 1 (result reports, telemetry).
-    Publish { topic: String, payload: Vec<u8> },
+    /// Publish QoS 1 (result reports, telemetry). `report`: the journal
+    /// entry this is the result report of; its PUBACK comes back as
+    /// [`HubEvent::Reported`].
+    Publish { topic: String, payload: Vec<u8>, report: Option<u64> },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -573,7 +573,9 @@ class Scenario:
             if len({(r["status"], r.get("completed_at")) for r in rs}) > 1:
                 bad["conflicting_reports"].append(mid)
             status = rs[0]["status"] if rs else None
-            resent_flag = any(r.get("resent_after_crash") for r in rs)
+            # resent_after_crash: sent again after a crash mid-send; resent:
+            # sent again after an exchange without a clear answer
+            resent_flag = any(r.get("resent_after_crash") or r.get("resent") for r in rs)
             if status:
                 c[status] += 1
             if not rs:

@@ -6,6 +6,7 @@
 //! → `router` → `bus` (workers, Modbus, serial) → `completion` and `report`;
 //! `pipeline` ties them together and `daemon` runs it.
 
+pub mod bench;
 pub mod bus;
 pub mod cli;
 pub mod completion;

@@ -1,7 +1,7 @@
 //! The `c2d-gateway` command line.
 
 use c2d_gateway::config::{Config, DEFAULT_PATH};
-use c2d_gateway::{cli, daemon};
+use c2d_gateway::{bench, cli, daemon};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +39,8 @@ enum Command {
     HubEmulator(cli::emulator::Args),
     /// Send a cloud-to-device message through the emulator's HTTP API; prints its id.
     Send(cli::send::Args),
+    /// Measure the gateway (a separate process) against the emulator and simulated devices; prints a table.
+    Bench(bench::Args),
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -108,5 +110,6 @@ fn main() -> ExitCode {
             block_on(cli::emulator::run(args))
         }
         Command::Send(args) => report(cli::send::run(args)),
+        Command::Bench(args) => block_on(bench::run(args)),
     }
 }

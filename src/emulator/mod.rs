@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod mqtt;
+pub mod probe;
 pub mod state;
 pub mod tls;
 
@@ -13,7 +14,7 @@ use mqtt::ConnMsg;
 use state::{Event, Feedback, HubState, QueuedView, SendError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -72,9 +73,32 @@ pub struct Shared {
     state: Mutex<HubState>,
     conns: Mutex<HashMap<u64, mpsc::UnboundedSender<ConnMsg>>>,
     next_conn: AtomicU64,
+    /// Timestamps for `bench` (see `probe.rs`), when `probing`.
+    probing: AtomicBool,
+    probe: Mutex<probe::Probe>,
 }
 
 impl Shared {
+    /// Starts recording PUBLISH and PUBACK times (clears earlier ones).
+    pub fn start_probe(&self) {
+        *self.probe.lock().unwrap_or_else(|p| p.into_inner()) = probe::Probe::default();
+        self.probing.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops recording and returns what was recorded.
+    pub fn take_probe(&self) -> probe::Probe {
+        self.probing.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *self.probe.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn probing(&self) -> bool {
+        self.probing.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn probe(&self) -> MutexGuard<'_, probe::Probe> {
+        self.probe.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn state(&self) -> MutexGuard<'_, HubState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -189,6 +213,8 @@ impl Emulator {
             state: Mutex::new(HubState::new(opts.lock_timeout)),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            probe: Mutex::new(probe::Probe::default()),
         });
         let mut tasks = Vec::new();
         let mut mqtt_addr = None;

@@ -107,9 +107,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
             _ = &mut expire => break "SAS token expired".to_string(),
             msg = rx.recv() => match msg {
                 Some(ConnMsg::Deliver { pkid, topic, body }) => {
+                    let probed = shared.probing().then(|| topic.clone());
                     let mut p = Publish::new(topic, QoS::AtLeastOnce, body);
                     p.pkid = pkid;
                     if let Err(e) = w.write(Packet::Publish(p)).await { break e; }
+                    if let Some(t) = probed { shared.probe().publish(conn, pkid, &t, std::time::Instant::now()); }
                 }
                 Some(ConnMsg::Close(why)) => break why.to_string(),
                 None => break "hub stopped".into(),
@@ -145,6 +147,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
                     }
                 }
                 Ok(Packet::PubAck(a)) => {
+                    if shared.probing() { shared.probe().puback(conn, a.pkid, std::time::Instant::now()); }
                     if !shared.complete(&device, conn, a.pkid) {
                         break format!("PUBACK {} out of order (strict mode)", a.pkid);
                     }

@@ -187,6 +187,10 @@ pub async fn run(
     let mut wd_tick = tokio::time::interval(watchdog.map_or(std::time::Duration::from_secs(3600), |d| d / 2));
     let mut last_beat = u64::MAX;
     let mut journal_failed: Option<String> = None;
+    const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    let (mut status_due, mut last_hub) = (false, false);
+    let now = tokio::time::Instant::now();
+    let mut status_sent = now.checked_sub(STATUS_EVERY).unwrap_or(now);
     loop {
         tokio::select! {
             why = journal.failed() => {
@@ -211,8 +215,24 @@ pub async fn run(
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 }
             }
-            Ok(()) = status_rx.changed() => {
+            // STATUS= at most once a second (one datagram to PID 1 per
+            // message would be a storm), at once when the hub state flips.
+            Ok(()) = status_rx.changed(), if !status_due => {
+                let s = status_rx.borrow().clone();
+                if s.hub_connected != last_hub || status_sent.elapsed() >= STATUS_EVERY {
+                    status_rx.borrow_and_update();
+                    last_hub = s.hub_connected;
+                    status_sent = tokio::time::Instant::now();
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status_line(&s))]);
+                } else {
+                    status_due = true;
+                }
+            }
+            _ = tokio::time::sleep_until(status_sent + STATUS_EVERY), if status_due => {
+                status_due = false;
                 let s = status_rx.borrow_and_update().clone();
+                last_hub = s.hub_connected;
+                status_sent = tokio::time::Instant::now();
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status_line(&s))]);
             }
         }

@@ -46,7 +46,8 @@ pub enum Admitted {
     /// The id is already journaled: do not run it again.
     Duplicate(Entry),
     /// No room: the journal holds `max_messages` / `max_bytes` of unfinished work.
-    Full { detail: String },
+    /// The message is handed back (without its body) for its report.
+    Full { detail: String, inbound: Inbound },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,6 +78,8 @@ struct Inner {
     durable: tokio::sync::Mutex<u64>,
     /// Flushes that reached sled (for tests and figures).
     flushes: AtomicU64,
+    /// sled's data file, for fdatasync after each flush.
+    db_file: Arc<std::fs::File>,
     /// The first write or flush error (see [`Journal::failed`]).
     failure: tokio::sync::watch::Sender<Option<String>>,
 }
@@ -163,7 +166,8 @@ impl Journal {
         let needs_body = inbound.reject.is_none();
         if needs_body {
             if let Some(detail) = self.make_room(&mut idx, body_len)? {
-                return Ok(Admitted::Full { detail });
+                let inbound = Inbound { body: Vec::new(), ..inbound };
+                return Ok(Admitted::Full { detail, inbound });
             }
         }
         let seq = self.inner.db.generate_id()?;
@@ -252,6 +256,14 @@ impl Journal {
         let upto = self.inner.written.load(Ordering::Acquire);
         let r = self.inner.db.flush_async().await;
         self.check(r)?;
+        // sled's flush ends with sync_file_range, which leaves the drive's
+        // cache and the file's size unsynced: a power cut could still take
+        // what was acknowledged. fdatasync makes it durable for real.
+        let file = self.inner.db_file.clone();
+        let r = tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        self.check(r.map_err(sled::Error::from))?;
         self.inner.flushes.fetch_add(1, Ordering::Relaxed);
         *durable = upto;
         Ok(())
@@ -571,6 +583,7 @@ fn open_inner(
     // Starts one write ahead of durable: the first flush always runs (it
     // covers whatever opening the store cleaned up).
     let (written, durable) = (AtomicU64::new(1), tokio::sync::Mutex::new(0));
+    let db_file = Arc::new(std::fs::File::open(dir.join("db")).map_err(sled::Error::from)?);
     Ok(Journal {
         inner: Arc::new(Inner {
             db,
@@ -582,6 +595,7 @@ fn open_inner(
             durable,
             flushes: AtomicU64::new(0),
             failure: tokio::sync::watch::Sender::new(None),
+            db_file,
         }),
     })
 }

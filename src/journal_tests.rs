@@ -112,7 +112,7 @@ async fn bounds_evict_old_outcomes_first_then_refuse() {
     new_entry(j.admit(inbound(Some("d"), b"1"), 4).unwrap());
     assert!(j.lookup("a").unwrap().is_none());
     match j.admit(inbound(Some("e"), b"1"), 5).unwrap() {
-        Admitted::Full { detail } => assert!(detail.contains("journal full"), "{detail}"),
+        Admitted::Full { detail, .. } => assert!(detail.contains("journal full"), "{detail}"),
         other => panic!("{other:?}"),
     }
     let (j2, _) = Journal::open(&tmp.path().join("j2"), 1 << 20, Bounds { max_messages: 100, max_bytes: 10 }).unwrap();

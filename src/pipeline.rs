@@ -322,15 +322,20 @@ impl Pipeline {
                         self.report(&e);
                     }
                 }
-                Admitted::Full { detail } => {
-                    tracing::error!(%detail, "journal full: rejecting a new message");
+                Admitted::Full { detail, inbound } => {
+                    // Not journaled: rejected and reported under its own id,
+                    // acknowledged in its turn (a strict hub drops a
+                    // connection that acknowledges out of order).
+                    let id_generated = inbound.id.is_none();
+                    let id = inbound.id.unwrap_or_else(|| format!("unjournaled-{now}-{:08x}", fastrand::u32(..)));
+                    tracing::error!(message_id = %id, %detail, "journal full: rejecting a new message");
                     let e = Entry {
                         seq: u64::MAX,
-                        id: format!("unjournaled-{now}"),
-                        id_generated: true,
-                        device: None,
-                        correlation_id: None,
-                        expires_at: None,
+                        id,
+                        id_generated,
+                        device: inbound.device,
+                        correlation_id: inbound.correlation_id,
+                        expires_at: inbound.expires_at,
                         received_at: now,
                         state: State::Rejected,
                         attempts: 0,
@@ -343,9 +348,7 @@ impl Pipeline {
                         reject: None,
                         body_len: 0,
                     };
-                    if pkid != 0 {
-                        let _ = self.hub.send(HubCommand::Ack { generation, pkid });
-                    }
+                    self.slot(generation, pkid, u64::MAX, true, arrived);
                     self.send_report(&e);
                 }
             }

@@ -141,6 +141,8 @@ pub async fn run(
     mut stop: Option<watch::Receiver<bool>>,
 ) -> Result<(), DaemonError> {
     let cfg = Arc::new(cfg);
+    // Before the journal: on a full disk the reserve is released first.
+    let space = crate::journal::space::Space::new(&cfg.gateway.state_dir, cfg.gateway.disk_reserve);
     let journal = open_journal_waiting(&cfg, &mut stop).await?;
     let not_configured = |e: crate::hub::HubError| {
         let msg = format!("not configured: {e}");
@@ -167,6 +169,7 @@ pub async fn run(
         readings: readings_tx,
         status: status_tx,
         heartbeat: heartbeat.clone(),
+        space,
     };
     let mut pipeline = Pipeline::new(cfg.clone(), parts);
     pipeline.start_buses().map_err(DaemonError::Config)?;
@@ -245,7 +248,7 @@ pub async fn run(
     if let Some(why) = journal_failed {
         return Err(DaemonError::Runtime(format!("stopped: the journal cannot be written: {why}")));
     }
-    journal.flush().await.map_err(|e| DaemonError::Runtime(format!("final flush failed: {e}")))?;
+    journal.seal().await.map_err(|e| DaemonError::Runtime(format!("final flush failed: {e}")))?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -8,6 +8,9 @@
 //! rebuilt in memory at open: the entries are the single source of truth, so
 //! no crash can leave two trees disagreeing about an id.
 
+mod seal;
+pub mod space;
+
 use crate::message::{Entry, Inbound, Outcome, State};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,6 +81,7 @@ struct Inner {
     durable: tokio::sync::Mutex<u64>,
     /// Flushes that reached sled (for tests and figures).
     flushes: AtomicU64,
+    dir: PathBuf,
     /// sled's data file, for fdatasync after each flush.
     db_file: Arc<std::fs::File>,
     /// The first write or flush error (see [`Journal::failed`]).
@@ -267,6 +271,17 @@ impl Journal {
         self.inner.flushes.fetch_add(1, Ordering::Relaxed);
         *durable = upto;
         Ok(())
+    }
+
+    /// Flushes and seals the store at a clean stop: the next open checks
+    /// that it still holds what it holds now (see `journal/seal.rs`).
+    pub async fn seal(&self) -> Result<(), JournalError> {
+        let dir = &self.inner.dir;
+        self.flush().await?;
+        let _idx = self.lock();
+        let entries = self.inner.messages.len() as u64;
+        let newest = self.inner.messages.last()?.map(|(k, _)| seq_of(&k));
+        seal::write(dir, seal::Seal { entries, newest }).map_err(|e| JournalError::Storage(e.into()))
     }
 
     /// How many flushes reached the disk since the journal was opened.
@@ -551,9 +566,13 @@ fn open_inner(
     let messages = db.open_tree("messages")?;
     let bodies = db.open_tree("bodies")?;
     let mut idx = Index::default();
+    let sealed = seal::read(dir).map_err(JournalError::Unusable)?;
+    let (mut found, mut newest) = (0u64, None);
     for kv in messages.iter() {
         let (k, v) = kv?;
         let seq = seq_of(&k);
+        found += 1;
+        newest = Some(seq);
         match serde_json::from_slice::<Entry>(&v) {
             Ok(e) => {
                 if !e.state.is_final() {
@@ -568,6 +587,16 @@ fn open_inner(
                 bodies.remove(&k)?;
             }
         }
+    }
+    if let Some(s) = sealed {
+        if (s.entries, s.newest) != (found, newest) {
+            return Err(JournalError::Unusable(format!(
+                "it held {} entries (newest {:?}) when the gateway stopped cleanly, and now {found} (newest {newest:?}): \
+                 the files were damaged since",
+                s.entries, s.newest
+            )));
+        }
+        seal::remove(dir).map_err(sled::Error::from)?;
     }
     // Bodies without an unfinished entry are leftovers of a crash mid-write.
     for k in bodies.iter().keys() {
@@ -596,6 +625,7 @@ fn open_inner(
             flushes: AtomicU64::new(0),
             failure: tokio::sync::watch::Sender::new(None),
             db_file,
+            dir: dir.to_path_buf(),
         }),
     })
 }

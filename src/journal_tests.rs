@@ -200,3 +200,30 @@ async fn a_journal_in_use_by_another_process_is_refused_not_moved_aside() {
     drop(first);
     assert!(open(&dir).lookup("kept").unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_sealed_store_that_lost_entries_is_unusable_and_moved_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("journal");
+    {
+        let j = open(&dir);
+        for i in 0..3 {
+            new_entry(j.admit(inbound(Some(&format!("m{i}")), b"{}"), 1).unwrap());
+        }
+        j.seal().await.unwrap();
+    }
+    // A clean reopen checks the seal, passes, and removes it.
+    {
+        let j = open(&dir);
+        assert_eq!(j.unfinished().unwrap().len(), 3);
+        assert!(!dir.join("c2d-sealed").exists(), "the seal goes once the store is open");
+        j.seal().await.unwrap();
+    }
+    // Damage that sled cannot see: the seal says 4 entries, the store has 3.
+    std::fs::write(dir.join("c2d-sealed"), "entries 4 newest 99\n").unwrap();
+    let (j, report) = Journal::open(&dir, 1 << 20, bounds()).unwrap();
+    let (aside, why) = report.moved_aside.expect("moved aside");
+    assert!(why.contains("damaged"), "{why}");
+    assert!(aside.join("db").exists());
+    assert_eq!(j.stats().entries, 0);
+}

@@ -44,6 +44,8 @@ pub struct Parts {
     pub status: watch::Sender<Status>,
     /// Counts turns of the pipeline's loop (the systemd watchdog watches it).
     pub heartbeat: Arc<AtomicU64>,
+    /// Room on the state directory's disk.
+    pub space: crate::journal::space::Space,
 }
 
 pub struct Pipeline {
@@ -63,6 +65,10 @@ pub struct Pipeline {
     /// Outcomes recorded but not yet flushed (a flush failed): acked and
     /// reported after the next successful flush.
     unflushed: Vec<Entry>,
+    space: crate::journal::space::Space,
+    /// Received while the disk is full: neither journaled nor acknowledged;
+    /// taken once there is room (the hub redelivers them after a reconnect).
+    held: Vec<(u64, u16, Inbound)>,
     /// After a failed flush, no handover attempt before this.
     handover_not_before: Option<Instant>,
 }
@@ -77,6 +83,8 @@ impl Pipeline {
             done_tx: parts.done,
             readings_tx: parts.readings,
             heartbeat: parts.heartbeat,
+            space: parts.space,
+            held: Vec::new(),
             buses: HashMap::new(),
             bus_stop: watch::channel(false).0,
             acks: AckQueue::default(),
@@ -216,6 +224,9 @@ impl Pipeline {
                 }
                 _ = sleep_until(wake) => {
                     self.handover().await;
+                    if !self.held.is_empty() {
+                        self.on_messages(Vec::new()).await;
+                    }
                     let now = Instant::now();
                     if now >= housekeeping {
                         housekeeping = now + Duration::from_secs(1);
@@ -276,6 +287,15 @@ impl Pipeline {
 
     /// Journals a batch of received messages under one flush, then acts.
     async fn on_messages(&mut self, batch: Vec<(u64, u16, Inbound)>) {
+        self.held.extend(batch);
+        if self.held.is_empty() || !self.space.check() {
+            return;
+        }
+        // Messages of an earlier connection cannot be acknowledged any more:
+        // the hub delivers them again.
+        let generation = self.generation;
+        let batch: Vec<_> =
+            std::mem::take(&mut self.held).into_iter().filter(|(g, pkid, _)| *pkid == 0 || *g == generation).collect();
         let now = now_ms();
         let arrived = Instant::now();
         let mut admitted = Vec::with_capacity(batch.len());

@@ -104,6 +104,11 @@ pub struct GatewayConfig {
     pub dedupe_window: Dur,
     /// sled's page cache in bytes.
     pub cache_capacity: u64,
+    /// Bytes kept in reserve on the state directory's file system (a file
+    /// `disk-reserve`): when the disk fills up, the reserve is released so
+    /// the journal can finish what it holds, and no new message is taken
+    /// (nor acknowledged) until there is room again. 0 turns it off.
+    pub disk_reserve: u64,
 }
 
 impl Default for GatewayConfig {
@@ -115,6 +120,7 @@ impl Default for GatewayConfig {
             max_bytes: 256 * 1024 * 1024,
             dedupe_window: Dur::secs(48 * 3600),
             cache_capacity: 4 * 1024 * 1024,
+            disk_reserve: 4 * 1024 * 1024,
         }
     }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Scans what the suites left behind for secrets in logs.
+"""Scans what the suites left behind for secrets in the gateway's logs.
 
     tests/secrets_scan.py DIR...
 
@@ -21,6 +21,10 @@ CONFIG_SUFFIXES = {".toml", ".conf", ".pem", ".key", ".passwd", ".secret"}
 CREDENTIAL_NAMES = re.compile(r"(password|passwd|connection[-_]?string|credential|secret|\.key$)", re.I)
 # Journals and other binary state: not text, never logged to.
 SKIP_DIRS = {"state", "journal", "db", "snap.", "blobs", "__pycache__", "venv", ".git"}
+# The hub emulator prints the keys of the devices it registers (that is its
+# job, as a hub's portal shows them): its output is the hub's, not the
+# gateway's, and is not scanned.
+HUB_OUTPUT = re.compile(r"(^|[/_-])(emulator|hub)[^/]*$|/hub/[^/]+$")
 MAX_BYTES = 64 * 1024 * 1024
 
 KEY_RE = re.compile(r"SharedAccessKey=([^;\"'\s]+)")
@@ -54,7 +58,7 @@ def collect(roots):
     secrets, logs = set(), []
     for root in roots:
         for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
-            if skipped(path, root):
+            if skipped(path, root) or HUB_OUTPUT.search(path.relative_to(root).as_posix()):
                 continue
             text = read_text(path)
             if text is None:

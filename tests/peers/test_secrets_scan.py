@@ -22,7 +22,11 @@ def layout(tmp_path: Path, log: str) -> Path:
 
 
 def test_clean_logs_pass(tmp_path):
-    secrets, logs, leaks = scan_mod.scan([layout(tmp_path, "INFO connected to the hub as device d\n")])
+    root = layout(tmp_path, "INFO connected to the hub as device d\n")
+    # the hub emulator prints the keys it registers: the hub's output, not scanned
+    (root / "test_x0" / "hub").mkdir()
+    (root / "test_x0" / "hub" / "emulator.log").write_text(f"device d: SharedAccessKey={KEY}\n")
+    secrets, logs, leaks = scan_mod.scan([root])
     assert KEY in secrets and "broker-pass-123" in secrets
     assert [p.name for p, _ in logs] == ["gateway.log"]
     assert leaks == []

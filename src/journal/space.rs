@@ -40,7 +40,7 @@ impl Space {
             if free < self.reserve {
                 let _ = std::fs::remove_file(self.path());
                 if self.open {
-                    tracing::error!(free, reserve = self.reserve, dir = %self.dir.display(), "the disk is full: released the reserve for the journal; new messages stay with the hub (not acknowledged) until there is room");
+                    tracing::error!(free, reserve = self.reserve, dir = %self.dir.display(), "disk full: released the reserve for the journal; new messages stay with the hub (not acknowledged) until there is room");
                 }
                 self.open = false;
             } else if !self.open {
@@ -61,7 +61,7 @@ impl Space {
             }
         } else {
             if self.open {
-                tracing::error!(free, reserve = self.reserve, dir = %self.dir.display(), "little room on the disk: new messages stay with the hub (not acknowledged) until there is room");
+                tracing::error!(free, reserve = self.reserve, dir = %self.dir.display(), "disk full (less free than disk_reserve): new messages stay with the hub (not acknowledged) until there is room");
             }
             self.open = false;
         }

@@ -77,7 +77,7 @@ pub async fn run(
     let mut renew_at: Option<Instant> = None;
     let mut outbox: VecDeque<HubCommand> = VecDeque::new();
     let mut kicks = KickDetector::default();
-    let mut inflight = Inflight::new(eventloop.mqtt_options.inflight());
+    let mut inflight = Inflight::default();
     let far = Instant::now() + Duration::from_secs(86400 * 365);
     tracing::info!(hub = %dialect.describe(), "connecting to the hub");
 
@@ -94,13 +94,13 @@ pub async fn run(
                         }
                         client.try_ack(&ack_packet(*pkid)).map_err(|_| ())
                     }
-                    HubCommand::Publish { topic, payload, report } => match inflight.start(*report) {
-                        Some(pkid) => {
-                            eventloop.pending.push_back(publish_request(topic, payload, pkid));
-                            Ok(())
+                    HubCommand::Publish { topic, payload, report } => {
+                        let r = client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone());
+                        if r.is_ok() {
+                            inflight.queued(*report);
                         }
-                        None => Err(()), // the window is full: wait for PUBACKs
-                    },
+                        r.map_err(|_| ())
+                    }
                 };
                 if r.is_err() {
                     outbox.push_front(cmd);
@@ -116,13 +116,9 @@ pub async fn run(
                     for cmd in outbox.drain(..) {
                         match cmd {
                             HubCommand::Ack { generation: g, pkid } if g == generation => { let _ = client.try_ack(&ack_packet(pkid)); }
-                            HubCommand::Publish { topic, payload, report } => {
-                                // Not waited for: a report whose PUBACK does not
-                                // come before we stop is sent again after the start.
-                                if let Some(pkid) = inflight.start(report) {
-                                    eventloop.pending.push_back(publish_request(&topic, &payload, pkid));
-                                }
-                            }
+                            // Not waited for: a report whose PUBACK does not
+                            // come before we stop is sent again after the start.
+                            HubCommand::Publish { topic, payload, .. } => { let _ = client.try_publish(topic, QoS::AtLeastOnce, false, payload); }
                             HubCommand::Ack { .. } => {}
                         }
                     }
@@ -175,6 +171,7 @@ pub async fn run(
                         }
                     }
                 }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => inflight.sent(pkid),
                 Ok(Event::Incoming(Packet::PubAck(a))) => {
                     if let Some(seq) = inflight.acked(a.pkid) {
                         if events.send(HubEvent::Reported { seq }).await.is_err() { return; }
@@ -237,14 +234,6 @@ fn reclaim_publishes(eventloop: &mut rumqttc::EventLoop, outbox: &mut VecDeque<H
     for cmd in kept.into_iter().rev() {
         outbox.push_front(cmd);
     }
-}
-
-/// A QoS 1 publish with our packet id (see [`Inflight`]), queued ahead of
-/// the client channel in rumqttc's `pending`.
-fn publish_request(topic: &str, payload: &[u8], pkid: u16) -> rumqttc::Request {
-    let mut p = Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
-    p.pkid = pkid;
-    rumqttc::Request::Publish(p)
 }
 
 /// Puts fresh credentials (a new SAS token) into the event loop's options.

@@ -244,7 +244,10 @@ pub async fn run(
     let _ = pipe_stop_tx.send(true);
     let _ = pipe_task.await;
     let _ = hub_stop_tx.send(true);
-    let _ = link_task.await;
+    // Reports the hub acknowledged while the link stopped are done.
+    for seq in link_task.await.unwrap_or_default() {
+        let _ = journal.update(seq, |e| e.reported = true);
+    }
     if let Some(why) = journal_failed {
         return Err(DaemonError::Runtime(format!("stopped: the journal cannot be written: {why}")));
     }

@@ -56,7 +56,7 @@ pub async fn run(
     events: mpsc::Sender<HubEvent>,
     mut commands: mpsc::UnboundedReceiver<HubCommand>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Vec<u64> {
     let mut failures: u32 = 0;
     let opts = loop {
         match dialect.mqtt_options() {
@@ -66,7 +66,7 @@ pub async fn run(
                 failures += 1;
                 tokio::select! {
                     _ = sleep(reconnect_delay(failures, fastrand::f64())) => continue,
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.changed() => return Vec::new(),
                 }
             }
         }
@@ -116,12 +116,27 @@ pub async fn run(
                     for cmd in outbox.drain(..) {
                         match cmd {
                             HubCommand::Ack { generation: g, pkid } if g == generation => { let _ = client.try_ack(&ack_packet(pkid)); }
-                            // Not waited for: a report whose PUBACK does not
-                            // come before we stop is sent again after the start.
-                            HubCommand::Publish { topic, payload, .. } => { let _ = client.try_publish(topic, QoS::AtLeastOnce, false, payload); }
+                            HubCommand::Publish { topic, payload, report } => {
+                                if client.try_publish(topic, QoS::AtLeastOnce, false, payload).is_ok() { inflight.queued(report); }
+                            }
                             HubCommand::Ack { .. } => {}
                         }
                     }
+                }
+                // The reports' PUBACKs, for a while: a report the hub has is
+                // not sent again after the next start.
+                let mut reported = Vec::new();
+                if connected_at.is_some() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while !inflight.is_empty() {
+                            match eventloop.poll().await {
+                                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => inflight.sent(pkid),
+                                Ok(Event::Incoming(Packet::PubAck(a))) => reported.extend(inflight.acked(a.pkid)),
+                                Ok(_) => {}
+                                Err(_) => break,
+                            }
+                        }
+                    }).await;
                 }
                 let _ = client.try_disconnect();
                 // Let the DISCONNECT (and anything queued before it) go out.
@@ -130,11 +145,11 @@ pub async fn run(
                         if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) { break; }
                     }
                 }).await;
-                return;
+                return reported;
             }
             cmd = commands.recv(), if connected_at.is_some() && outbox.len() < 1024 => match cmd {
                 Some(cmd) => outbox.push_back(cmd),
-                None => return,
+                None => return Vec::new(),
             },
             _ = sleep_until(renew_at.unwrap_or(far)), if renew_at.is_some() && connected_at.is_some() => {
                 tracing::info!("renewing the SAS token: reconnecting with a new one");
@@ -157,13 +172,13 @@ pub async fn run(
                             tracing::error!(%topic, error = %e, "cannot subscribe");
                         }
                     }
-                    if events.send(HubEvent::Connected { generation }).await.is_err() { return; }
+                    if events.send(HubEvent::Connected { generation }).await.is_err() { return Vec::new(); }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let pkid = if p.qos == QoS::AtMostOnce { 0 } else { p.pkid };
                     match dialect.inbound(&p.topic, &p.payload) {
                         Some(inbound) => {
-                            if events.send(HubEvent::Message { generation, pkid, inbound }).await.is_err() { return; }
+                            if events.send(HubEvent::Message { generation, pkid, inbound }).await.is_err() { return Vec::new(); }
                         }
                         None => {
                             tracing::warn!(topic = %p.topic, "PUBLISH on a topic that is not a C2D topic: acknowledged and ignored");
@@ -174,7 +189,7 @@ pub async fn run(
                 Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => inflight.sent(pkid),
                 Ok(Event::Incoming(Packet::PubAck(a))) => {
                     if let Some(seq) = inflight.acked(a.pkid) {
-                        if events.send(HubEvent::Reported { seq }).await.is_err() { return; }
+                        if events.send(HubEvent::Reported { seq }).await.is_err() { return Vec::new(); }
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
@@ -191,7 +206,7 @@ pub async fn run(
                     if let Some(at) = connected_at.take() {
                         renew_at = None;
                         let lived = at.elapsed();
-                        if events.send(HubEvent::Disconnected { generation }).await.is_err() { return; }
+                        if events.send(HubEvent::Disconnected { generation }).await.is_err() { return Vec::new(); }
                         if kicks.record(lived) {
                             tracing::error!(lived_ms = lived.as_millis() as u64, "the hub keeps dropping the connection shortly after it is made: is another gateway or device connected with the same identity? Backing off");
                         }
@@ -204,7 +219,7 @@ pub async fn run(
                     refresh_credentials(&dialect, &mut eventloop);
                     tokio::select! {
                         _ = sleep(wait) => {}
-                        _ = shutdown.changed() => return,
+                        _ = shutdown.changed() => return Vec::new(),
                     }
                 }
             }

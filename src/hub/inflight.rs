@@ -62,6 +62,14 @@ impl Inflight {
         self.waiting.pop_front().flatten()
     }
 
+    /// Every report not yet acknowledged, forgotten (see the link's stop).
+    pub fn drain_reports(&mut self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.waiting.drain(..).flatten().collect();
+        v.extend(self.by_pkid.drain().filter_map(|(_, t)| t));
+        v.extend(self.collided.take().and_then(|(_, t)| t));
+        v
+    }
+
     /// Forgets everything (after the publishes were taken back).
     pub fn clear(&mut self) {
         self.waiting.clear();

@@ -51,6 +51,11 @@ fn ack_packet(pkid: u16) -> Publish {
     p
 }
 
+/// Runs until `shutdown`; then sends what it still holds (acks, reports)
+/// and disconnects. Returns the reports the hub acknowledged while
+/// stopping (the pipeline, stopped first, no longer hears of them). Events
+/// the stopped pipeline cannot take are dropped: unacknowledged messages
+/// come again from the hub.
 pub async fn run(
     dialect: Dialect,
     events: mpsc::Sender<HubEvent>,
@@ -110,46 +115,13 @@ pub async fn run(
         }
         tokio::select! {
             _ = shutdown.changed() => {
-                // Last acks and reports first, then DISCONNECT, in that order.
-                while let Ok(cmd) = commands.try_recv() { outbox.push_back(cmd); }
-                if connected_at.is_some() {
-                    for cmd in outbox.drain(..) {
-                        match cmd {
-                            HubCommand::Ack { generation: g, pkid } if g == generation => { let _ = client.try_ack(&ack_packet(pkid)); }
-                            HubCommand::Publish { topic, payload, report } => {
-                                if client.try_publish(topic, QoS::AtLeastOnce, false, payload).is_ok() { inflight.queued(report); }
-                            }
-                            HubCommand::Ack { .. } => {}
-                        }
-                    }
-                }
-                // The reports' PUBACKs, for a while: a report the hub has is
-                // not sent again after the next start.
-                let mut reported = Vec::new();
-                if connected_at.is_some() {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        while !inflight.is_empty() {
-                            match eventloop.poll().await {
-                                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => inflight.sent(pkid),
-                                Ok(Event::Incoming(Packet::PubAck(a))) => reported.extend(inflight.acked(a.pkid)),
-                                Ok(_) => {}
-                                Err(_) => break,
-                            }
-                        }
-                    }).await;
-                }
-                let _ = client.try_disconnect();
-                // Let the DISCONNECT (and anything queued before it) go out.
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while let Ok(ev) = eventloop.poll().await {
-                        if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) { break; }
-                    }
-                }).await;
-                return reported;
+                return stop(&client, &mut eventloop, &mut outbox, &mut inflight, &mut commands, generation, connected_at.is_some()).await;
             }
             cmd = commands.recv(), if connected_at.is_some() && outbox.len() < 1024 => match cmd {
                 Some(cmd) => outbox.push_back(cmd),
-                None => return Vec::new(),
+                // The pipeline is gone (it stops first): stop too, sending
+                // what is still here.
+                None => return stop(&client, &mut eventloop, &mut outbox, &mut inflight, &mut commands, generation, true).await,
             },
             _ = sleep_until(renew_at.unwrap_or(far)), if renew_at.is_some() && connected_at.is_some() => {
                 tracing::info!("renewing the SAS token: reconnecting with a new one");
@@ -172,13 +144,13 @@ pub async fn run(
                             tracing::error!(%topic, error = %e, "cannot subscribe");
                         }
                     }
-                    if events.send(HubEvent::Connected { generation }).await.is_err() { return Vec::new(); }
+                    let _ = events.send(HubEvent::Connected { generation }).await;
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let pkid = if p.qos == QoS::AtMostOnce { 0 } else { p.pkid };
                     match dialect.inbound(&p.topic, &p.payload) {
                         Some(inbound) => {
-                            if events.send(HubEvent::Message { generation, pkid, inbound }).await.is_err() { return Vec::new(); }
+                            let _ = events.send(HubEvent::Message { generation, pkid, inbound }).await;
                         }
                         None => {
                             tracing::warn!(topic = %p.topic, "PUBLISH on a topic that is not a C2D topic: acknowledged and ignored");
@@ -189,7 +161,7 @@ pub async fn run(
                 Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => inflight.sent(pkid),
                 Ok(Event::Incoming(Packet::PubAck(a))) => {
                     if let Some(seq) = inflight.acked(a.pkid) {
-                        if events.send(HubEvent::Reported { seq }).await.is_err() { return Vec::new(); }
+                        let _ = events.send(HubEvent::Reported { seq }).await;
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
@@ -206,7 +178,7 @@ pub async fn run(
                     if let Some(at) = connected_at.take() {
                         renew_at = None;
                         let lived = at.elapsed();
-                        if events.send(HubEvent::Disconnected { generation }).await.is_err() { return Vec::new(); }
+                        let _ = events.send(HubEvent::Disconnected { generation }).await;
                         if kicks.record(lived) {
                             tracing::error!(lived_ms = lived.as_millis() as u64, "the hub keeps dropping the connection shortly after it is made: is another gateway or device connected with the same identity? Backing off");
                         }
@@ -225,6 +197,69 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The end: the last acks and reports, then DISCONNECT, in that order.
+/// Returns the reports taken as done (see below).
+async fn stop(
+    client: &AsyncClient,
+    eventloop: &mut rumqttc::EventLoop,
+    outbox: &mut VecDeque<HubCommand>,
+    inflight: &mut Inflight,
+    commands: &mut mpsc::UnboundedReceiver<HubCommand>,
+    generation: u64,
+    connected: bool,
+) -> Vec<u64> {
+    // Last acks and reports first, then DISCONNECT, in that order.
+    while let Ok(cmd) = commands.try_recv() {
+        outbox.push_back(cmd);
+    }
+    if !connected {
+        return Vec::new(); // reports not sent go out after the next start
+    }
+    {
+        for cmd in outbox.drain(..) {
+            match cmd {
+                HubCommand::Ack { generation: g, pkid } if g == generation => {
+                    let _ = client.try_ack(&ack_packet(pkid));
+                }
+                HubCommand::Publish { topic, payload, report } => {
+                    if client.try_publish(topic, QoS::AtLeastOnce, false, payload).is_ok() {
+                        inflight.queued(report);
+                    }
+                }
+                HubCommand::Ack { .. } => {}
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    // Let the DISCONNECT (and everything queued before it) go out.
+    // The reports written before it on this live connection are
+    // taken as done (their PUBACKs would come after we stop
+    // reading): a clean stop does not send them again.
+    let mut reported = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let ev = match eventloop.poll().await {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the hub connection ended while stopping");
+                    break;
+                }
+            };
+            match ev {
+                Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => inflight.sent(pkid),
+                Event::Incoming(Packet::PubAck(a)) => reported.extend(inflight.acked(a.pkid)),
+                Event::Outgoing(rumqttc::Outgoing::Disconnect) => {
+                    reported.extend(inflight.drain_reports());
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    reported
 }
 
 /// Takes back the publishes (result reports, telemetry) rumqttc kept from a

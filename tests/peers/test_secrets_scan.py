@@ -1,13 +1,24 @@
 """The secrets scan that tests/run runs over every suite's logs can fail."""
 
 import importlib.util
+import tempfile
 from pathlib import Path
+
+import pytest
 
 SPEC = importlib.util.spec_from_file_location("secrets_scan", Path(__file__).parents[1] / "secrets_scan.py")
 scan_mod = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(scan_mod)
 
 KEY = "c2VjcmV0LWtleS1mb3ItdGhlLXNjYW4tdGVzdA=="
+
+
+@pytest.fixture
+def tmp_path():
+    """Outside pytest's basetemp: tests/run scans that for real, and these
+    logs leak on purpose."""
+    with tempfile.TemporaryDirectory(prefix="c2d-secrets-scan-selftest-") as d:
+        yield Path(d)
 
 
 def layout(tmp_path: Path, log: str) -> Path:

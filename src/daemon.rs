@@ -84,13 +84,24 @@ async fn open_journal_waiting(cfg: &Config, stop: &mut Option<watch::Receiver<bo
                     _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
                     _ = term.recv() => return Err(DaemonError::Runtime(format!("stopped while waiting for the journal: {why}"))),
                     _ = tokio::signal::ctrl_c() => return Err(DaemonError::Runtime(format!("stopped while waiting for the journal: {why}"))),
-                    _ = async { match stop.as_mut() { Some(s) => { let _ = s.wait_for(|v| *v).await; } None => std::future::pending().await } } => {
+                    _ = stop_requested(stop) => {
                         return Err(DaemonError::Runtime(format!("stopped while waiting for the journal: {why}")));
                     }
                 }
             }
             Err(OpenError::Fatal(e)) => return Err(e),
         }
+    }
+}
+
+/// Resolves when `stop` (the in-process stop switch of tests and the demo)
+/// turns true; never without one.
+async fn stop_requested(stop: &mut Option<watch::Receiver<bool>>) {
+    match stop.as_mut() {
+        Some(s) => {
+            let _ = s.wait_for(|v| *v).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -203,7 +214,7 @@ pub async fn run(
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = async { match stop.as_mut() { Some(s) => { let _ = s.wait_for(|v| *v).await; } None => std::future::pending().await } } => break,
+            _ = stop_requested(&mut stop) => break,
             _ = hup.recv() => match &config_path {
                 Some(path) => match Config::load(path) {
                     Ok(new) => { let _ = reload_tx.send(new); }

@@ -379,20 +379,27 @@ impl Journal {
     /// An entry already final is returned as stored, without a write (the
     /// bus worker records outcomes; the pipeline's call only reads them back).
     pub fn finish(&self, seq: u64, outcome: &Outcome, now_ms: u64) -> Result<Entry, JournalError> {
+        self.record(seq, outcome, now_ms).map(|(e, _)| e)
+    }
+
+    /// [`Journal::finish`], also saying whether it wrote (the entry was not
+    /// final yet): a write that still needs a flush.
+    pub fn record(&self, seq: u64, outcome: &Outcome, now_ms: u64) -> Result<(Entry, bool), JournalError> {
         {
             let _idx = self.lock();
             let e = self.get_locked(seq)?;
             if e.state.is_final() {
-                return Ok(e);
+                return Ok((e, false));
             }
         }
-        self.update(seq, |e| {
+        let e = self.update(seq, |e| {
             if !e.state.is_final() {
                 e.state = outcome.state;
                 e.detail = outcome.detail.clone();
                 e.completed_at = Some(now_ms);
             }
-        })
+        })?;
+        Ok((e, true))
     }
 
     /// Removes an entry that could not be made durable, so that the hub's

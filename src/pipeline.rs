@@ -522,10 +522,11 @@ impl Pipeline {
         for d in batch {
             // A worker that could not record the outcome left the entry
             // unfinished: recorded here, it needs the flush after all.
-            let recorded = d.durable && self.journal.get(d.seq).is_ok_and(|e| e.state.is_final());
-            needs_flush |= !recorded;
-            match self.journal.finish(d.seq, &d.outcome, now) {
-                Ok(e) => finished.push(e),
+            match self.journal.record(d.seq, &d.outcome, now) {
+                Ok((e, wrote)) => {
+                    needs_flush |= wrote || !d.durable;
+                    finished.push(e);
+                }
                 Err(err) => tracing::error!(seq = d.seq, error = %err, "cannot record an outcome"),
             }
         }

@@ -65,7 +65,7 @@ impl Outcome {
 }
 
 /// What the hub link extracted from one PUBLISH, before it is journaled.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inbound {
     /// The hub's message id (`$.mid`, or the body's `id`); `None` = generate one.
     pub id: Option<String>,

@@ -1,0 +1,153 @@
+//! The core's decisions one at a time; `model.rs` checks them together
+//! under random interleavings.
+
+use super::*;
+use crate::config::{Complete, Reports};
+
+fn settings() -> Settings {
+    Settings {
+        complete: Complete::AfterDevice,
+        handover_after: Duration::from_secs(40),
+        max_unacked: 10,
+        reports: Reports::All,
+    }
+}
+
+fn arrival(pkid: u16) -> Arrival {
+    Arrival { generation: 1, pkid, inbound: Inbound { id: Some(format!("m{pkid}")), ..Inbound::default() } }
+}
+
+fn core() -> Core {
+    let mut c = Core::new(settings());
+    assert_eq!(c.recover(vec![], vec![]), vec![]);
+    c.on_connected(1);
+    c
+}
+
+fn new(seq: u64) -> Admission {
+    Admission::New { seq, state: State::Queued }
+}
+
+#[test]
+fn nothing_is_dispatched_or_acknowledged_before_the_admission_is_flushed() {
+    let mut c = core();
+    let t = Instant::now();
+    assert_eq!(c.on_received(vec![arrival(1)], true), vec![Action::Admit(vec![arrival(1)])]);
+    assert_eq!(c.admitted(vec![(1, 1, new(10))]), vec![Action::Flush]);
+    assert_eq!(c.flushed(true, t), vec![Action::Dispatch(10)]);
+    let done = Finished { seq: 10, state: State::Delivered, durable: true, reported: false };
+    assert_eq!(c.finished(vec![done]), vec![Action::Report(10), Action::Ack { generation: 1, pkid: 1 }]);
+}
+
+#[test]
+fn a_failed_flush_releases_nothing_until_one_works() {
+    let mut c = core();
+    let t = Instant::now();
+    c.admitted(vec![(1, 1, new(10)), (1, 2, new(11))]);
+    assert_eq!(c.flushed(false, t), vec![], "no dispatch, no ack");
+    // A later batch must not overtake the first in the ack order.
+    assert_eq!(c.admitted(vec![(1, 3, new(12))]), vec![Action::Flush]);
+    assert_eq!(c.flushed(true, t), vec![Action::Dispatch(10), Action::Dispatch(11), Action::Dispatch(12)]);
+}
+
+#[test]
+fn an_outcome_not_yet_durable_waits_for_its_flush() {
+    let mut c = core();
+    let t = Instant::now();
+    c.admitted(vec![(1, 1, new(10))]);
+    c.flushed(true, t);
+    let done = Finished { seq: 10, state: State::Rejected, durable: false, reported: false };
+    assert_eq!(c.finished(vec![done]), vec![Action::Flush]);
+    assert_eq!(c.flushed(true, t), vec![Action::Report(10), Action::Ack { generation: 1, pkid: 1 }]);
+}
+
+#[test]
+fn a_report_waiting_for_its_puback_is_not_sent_again_by_a_reload() {
+    let mut c = core();
+    let t = Instant::now();
+    let out = c.recover(vec![], vec![(5, State::Delivered)]);
+    assert_eq!(out, vec![Action::Flush]);
+    assert_eq!(c.flushed(true, t), vec![Action::Report(5)]);
+    c.buses_stopped();
+    let out = c.recover(vec![], vec![(5, State::Delivered)]);
+    assert_eq!(out, vec![], "still on its way: not sent twice");
+    assert_eq!(c.report_acked(5), vec![Action::MarkReported(5)]);
+}
+
+#[test]
+fn a_crash_mid_send_is_uncertain_for_a_non_idempotent_device_and_resent_for_an_idempotent_one() {
+    let mut c = Core::new(settings());
+    let u = |seq, idempotent| Unfinished { seq, sending: true, idempotent, device: "d".into() };
+    let out = c.recover(vec![u(1, true), u(2, false)], vec![]);
+    assert_eq!(out[..2], [Action::Resend(1), Action::Dispatch(1)]);
+    assert!(matches!(&out[2], Action::Finish { seq: 2, outcome } if outcome.state == State::Uncertain));
+    assert_eq!(out[3], Action::Flush);
+    assert_eq!(c.flushed(true, Instant::now()), vec![Action::Report(2)]);
+}
+
+#[test]
+fn a_redelivery_of_a_final_message_is_acknowledged_with_its_stored_outcome() {
+    let mut c = core();
+    let t = Instant::now();
+    let dup = Admission::Duplicate { seq: 7, state: State::Delivered, handed_over: false, reported: true };
+    c.admitted(vec![(1, 1, dup)]);
+    assert_eq!(c.flushed(true, t), vec![Action::Report(7), Action::Ack { generation: 1, pkid: 1 }]);
+}
+
+#[test]
+fn nothing_is_dispatched_while_the_buses_are_stopped() {
+    let mut c = core();
+    let t = Instant::now();
+    c.admitted(vec![(1, 1, new(10))]);
+    c.buses_stopped();
+    assert_eq!(c.flushed(true, t), vec![], "the reload's recovery dispatches it");
+    let u = Unfinished { seq: 10, sending: false, idempotent: false, device: "d".into() };
+    assert_eq!(c.recover(vec![u], vec![]), vec![Action::Dispatch(10)]);
+}
+
+#[test]
+fn slow_messages_are_handed_over_in_order_after_a_flush() {
+    let mut c = core();
+    let t = Instant::now();
+    c.admitted(vec![(1, 1, new(10)), (1, 2, new(11))]);
+    c.flushed(true, t);
+    assert_eq!(c.next_wake(), Some(t + Duration::from_secs(40)));
+    let later = t + Duration::from_secs(41);
+    let out = c.tick(later, true);
+    assert_eq!(
+        out,
+        vec![
+            Action::HandOver { seq: 10, why: "not finished within handover_after" },
+            Action::HandOver { seq: 11, why: "not finished within handover_after" },
+            Action::Flush
+        ]
+    );
+    assert_eq!(
+        c.flushed(true, later),
+        vec![Action::Ack { generation: 1, pkid: 1 }, Action::Ack { generation: 1, pkid: 2 }]
+    );
+}
+
+#[test]
+fn messages_held_on_a_full_disk_are_bounded_and_taken_when_there_is_room() {
+    let mut c = core();
+    let many: Vec<Arrival> = (1..=2000).map(arrival).collect();
+    assert_eq!(c.on_received(many, false), vec![]);
+    let (_, held, _) = c.footprint();
+    assert_eq!(held, 10 * 2 + BATCH);
+    match &c.tick(Instant::now(), true)[..] {
+        [Action::Admit(batch)] => assert_eq!(batch.len(), held),
+        other => panic!("expected one admit, got {other:?}"),
+    }
+}
+
+#[test]
+fn packets_of_an_earlier_connection_get_no_ack() {
+    let mut c = core();
+    let t = Instant::now();
+    c.admitted(vec![(1, 1, new(10))]);
+    c.on_connected(2);
+    assert_eq!(c.flushed(true, t), vec![Action::Dispatch(10)], "dispatched, but its packet id is stale");
+    let done = Finished { seq: 10, state: State::Delivered, durable: true, reported: false };
+    assert_eq!(c.finished(vec![done]), vec![Action::Report(10)]);
+}

@@ -1,0 +1,558 @@
+//! The pipeline: the task between the hub link and the bus workers. Its
+//! decisions (what to journal, when a flush must come first, which PUBACK
+//! may go, what to hand over or report) are made by the pure [`core`]; this
+//! task carries them out against the journal, the buses and the hub link,
+//! and feeds back what happened.
+
+pub mod core;
+#[cfg(test)]
+mod model;
+
+use self::core::{Action, Admission, Arrival, Core, Finished, Settings, Unfinished, BATCH};
+use crate::bus::worker::BusHandle;
+use crate::bus::{Done, Job};
+use crate::config::Config;
+use crate::hub::{Dialect, HubCommand, HubEvent};
+use crate::journal::{Admitted, Journal};
+use crate::message::{now_ms, Entry, Inbound, Outcome, State};
+use crate::telemetry::{self, Alert, Reading};
+use crate::{report, router};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+
+/// What the pipeline shows the outside (systemd STATUS=, logs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub hub_connected: bool,
+    pub queued: usize,
+    pub oldest_queued_ms: Option<u64>,
+}
+
+/// What the pipeline is wired to.
+pub struct Parts {
+    pub journal: Journal,
+    pub dialect: Arc<Dialect>,
+    pub hub: mpsc::UnboundedSender<HubCommand>,
+    /// Given to every bus worker (they report outcomes here).
+    pub done: mpsc::UnboundedSender<Done>,
+    /// Given to every telemetry task.
+    pub readings: mpsc::UnboundedSender<Reading>,
+    pub status: watch::Sender<Status>,
+    /// Counts turns of the pipeline's loop (the systemd watchdog watches it).
+    pub heartbeat: Arc<AtomicU64>,
+    /// Room on the state directory's disk.
+    pub space: crate::journal::space::Space,
+}
+
+pub struct Pipeline {
+    cfg: Arc<Config>,
+    journal: Journal,
+    dialect: Arc<Dialect>,
+    hub: mpsc::UnboundedSender<HubCommand>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    readings_tx: mpsc::UnboundedSender<Reading>,
+    heartbeat: Arc<AtomicU64>,
+    buses: HashMap<String, BusHandle>,
+    bus_stop: watch::Sender<bool>,
+    status: watch::Sender<Status>,
+    space: crate::journal::space::Space,
+    core: Core,
+}
+
+impl Pipeline {
+    pub fn new(cfg: Arc<Config>, parts: Parts) -> Self {
+        Pipeline {
+            journal: parts.journal,
+            dialect: parts.dialect,
+            hub: parts.hub,
+            done_tx: parts.done,
+            readings_tx: parts.readings,
+            heartbeat: parts.heartbeat,
+            space: parts.space,
+            buses: HashMap::new(),
+            bus_stop: watch::channel(false).0,
+            status: parts.status,
+            core: Core::new(Settings::from_config(&cfg)),
+            cfg,
+        }
+    }
+
+    /// Starts a worker per configured bus and the telemetry schedules.
+    pub fn start_buses(&mut self) -> Result<(), String> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        self.buses = crate::bus::spawn_all(&self.cfg, &self.journal, &self.done_tx, &stop_rx)?;
+        let senders = self.buses.iter().map(|(k, b)| (k.clone(), b.jobs.clone())).collect();
+        telemetry::spawn(&self.cfg, &senders, self.readings_tx.clone(), stop_rx);
+        self.bus_stop = stop_tx;
+        Ok(())
+    }
+
+    /// Stops the bus workers (each finishes the request on the wire) and
+    /// records the outcomes they still had.
+    async fn stop_buses(&mut self, done: &mut mpsc::UnboundedReceiver<Done>) {
+        let _ = self.bus_stop.send(true);
+        self.core.buses_stopped();
+        let tasks: Vec<_> = self.buses.drain().map(|(_, b)| b.task).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let mut batch = Vec::new();
+        while let Ok(d) = done.try_recv() {
+            batch.push(d);
+        }
+        if !batch.is_empty() {
+            self.on_done(batch).await;
+        }
+    }
+
+    /// Applies a new configuration: buses, devices and routing. Queued
+    /// messages stay in the journal and are dispatched again under the new
+    /// map; nothing is dropped, nothing on the wire is cut.
+    async fn reload(&mut self, mut new: Config, done: &mut mpsc::UnboundedReceiver<Done>) {
+        if format!("{:?}", new.hub) != format!("{:?}", self.cfg.hub)
+            || format!("{:?}", new.gateway) != format!("{:?}", self.cfg.gateway)
+        {
+            tracing::warn!(
+                "[hub] and [gateway] changes take effect after a restart; applying buses, devices and routing now"
+            );
+            new.hub = self.cfg.hub.clone();
+            new.gateway = self.cfg.gateway.clone();
+        }
+        self.stop_buses(done).await;
+        self.cfg = Arc::new(new);
+        self.core.set_settings(Settings::from_config(&self.cfg));
+        if let Err(e) = self.start_buses() {
+            tracing::error!(error = %e, "cannot start the buses of the new configuration");
+        }
+        match self.recover().await {
+            Ok(()) => {
+                tracing::info!(buses = self.cfg.buses.len(), devices = self.cfg.devices.len(), "configuration reloaded")
+            }
+            Err(e) => tracing::error!(error = %e, "journal error while applying the new configuration"),
+        }
+    }
+
+    /// Resumes what the journal holds: messages interrupted mid-send are
+    /// sent again (idempotent devices) or end `uncertain`; every unfinished
+    /// message is dispatched in arrival order, and reports the hub has not
+    /// acknowledged are sent (unless one is on its way already).
+    pub async fn recover(&mut self) -> Result<(), crate::journal::JournalError> {
+        let unfinished: Vec<Unfinished> = self
+            .journal
+            .unfinished()?
+            .into_iter()
+            .map(|e| {
+                let route = router::route(&self.cfg, e.device.as_deref());
+                Unfinished {
+                    seq: e.seq,
+                    sending: e.state == State::Sending,
+                    idempotent: route.as_ref().map(|r| r.config.idempotent).unwrap_or(false),
+                    device: e.device.clone().unwrap_or_else(|| "?".into()),
+                }
+            })
+            .collect();
+        let unreported = self.journal.unreported()?.into_iter().map(|e| (e.seq, e.state)).collect();
+        let resumed = unfinished.len();
+        let actions = self.core.recover(unfinished, unreported);
+        self.act(actions).await;
+        if resumed > 0 {
+            tracing::info!(resumed, "resuming unfinished messages from the journal");
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    /// Runs until `shutdown` turns true. Then stops taking messages, lets the
+    /// buses finish the request on the wire, records those outcomes, flushes
+    /// and sends the acks that became possible.
+    pub async fn run(
+        mut self,
+        mut hub_events: mpsc::Receiver<HubEvent>,
+        mut done: mpsc::UnboundedReceiver<Done>,
+        mut readings: mpsc::UnboundedReceiver<Reading>,
+        mut reloads: mpsc::UnboundedReceiver<Config>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut housekeeping = Instant::now() + Duration::from_secs(1);
+        let mut prune_at = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.heartbeat.fetch_add(1, Ordering::Relaxed);
+            let wake = self.core.next_wake().map_or(housekeeping, |h| h.min(housekeeping));
+            tokio::select! {
+                ev = hub_events.recv() => match ev {
+                    Some(ev) => self.on_hub_event(ev, &mut hub_events).await,
+                    None => break,
+                },
+                Some(r) = readings.recv() => self.on_reading(r),
+                Some(new) = reloads.recv() => self.reload(new, &mut done).await,
+                Some(d) = done.recv() => {
+                    let mut batch = vec![d];
+                    while let Ok(d) = done.try_recv() { batch.push(d); if batch.len() >= BATCH { break; } }
+                    self.on_done(batch).await;
+                }
+                _ = sleep_until(wake) => {
+                    let now = Instant::now();
+                    let room = self.space.check();
+                    let actions = self.core.tick(now, room);
+                    self.act(actions).await;
+                    if now >= housekeeping {
+                        housekeeping = now + Duration::from_secs(1);
+                        self.publish_status();
+                    }
+                    if now >= prune_at {
+                        prune_at = now + Duration::from_secs(60);
+                        match self.journal.prune(now_ms(), *self.cfg.gateway.dedupe_window) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::debug!(pruned = n, "pruned finished messages past the dedupe window"),
+                            Err(e) => tracing::error!(error = %e, "journal prune failed"),
+                        }
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Stop: the buses finish what is on the wire, then we record it.
+        self.stop_buses(&mut done).await;
+        if let Err(e) = self.journal.flush().await {
+            tracing::error!(error = %e, "final journal flush failed");
+        }
+    }
+
+    async fn on_hub_event(&mut self, ev: HubEvent, more: &mut mpsc::Receiver<HubEvent>) {
+        match ev {
+            HubEvent::Connected { generation } => {
+                self.core.on_connected(generation);
+                self.publish_status();
+            }
+            HubEvent::Disconnected { .. } => {
+                self.core.on_disconnected();
+                self.publish_status();
+            }
+            HubEvent::Reported { seq } => {
+                let actions = self.core.report_acked(seq);
+                self.act(actions).await;
+            }
+            HubEvent::Message { generation, pkid, inbound } => {
+                let mut batch = vec![Arrival { generation, pkid, inbound }];
+                let mut after = None;
+                while batch.len() < BATCH {
+                    match more.try_recv() {
+                        Ok(HubEvent::Message { generation, pkid, inbound }) => {
+                            batch.push(Arrival { generation, pkid, inbound })
+                        }
+                        Ok(other) => {
+                            after = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let room = self.space.check();
+                let actions = self.core.on_received(batch, room);
+                self.act(actions).await;
+                self.publish_status();
+                if let Some(ev) = after {
+                    Box::pin(self.on_hub_event(ev, more)).await;
+                }
+            }
+        }
+    }
+
+    /// Carries out the core's actions in order, feeding back what the
+    /// journal said (admissions, flushes, outcomes decided here).
+    async fn act(&mut self, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            let more = match a {
+                Action::Admit(batch) => {
+                    let results = self.admit(batch);
+                    self.core.admitted(results)
+                }
+                Action::Flush => {
+                    let ok = match self.journal.flush().await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot flush the journal (disk full?): holding acks and reports; unjournaled messages stay unacknowledged and are redelivered");
+                            false
+                        }
+                    };
+                    self.core.flushed(ok, Instant::now())
+                }
+                Action::Finish { seq, outcome } => {
+                    if let Err(err) = self.journal.finish(seq, &outcome, now_ms()) {
+                        tracing::error!(seq, error = %err, "cannot record an outcome");
+                    }
+                    Vec::new()
+                }
+                Action::Resend(seq) => {
+                    match self.journal.update(seq, |e| {
+                        e.state = State::Queued;
+                        e.resent_after_crash = true;
+                    }) {
+                        Ok(e) => {
+                            tracing::warn!(message_id = %e.id, device = e.device.as_deref().unwrap_or(""), "the gateway stopped while this message was on the wire; sending it again (device is idempotent)")
+                        }
+                        Err(err) => tracing::error!(seq, error = %err, "journal update failed"),
+                    }
+                    Vec::new()
+                }
+                Action::HandOver { seq, why } => {
+                    if let Ok(e) = self.journal.update(seq, |e| e.handed_over = true) {
+                        tracing::info!(message_id = %e.id, reason = why, "acknowledged to the hub before delivery; delivery goes on from the journal");
+                    }
+                    Vec::new()
+                }
+                Action::Dispatch(seq) => self.dispatch(seq),
+                Action::Ack { generation, pkid } => {
+                    let _ = self.hub.send(HubCommand::Ack { generation, pkid });
+                    Vec::new()
+                }
+                Action::Report(seq) => {
+                    match self.journal.get(seq) {
+                        Ok(e) => {
+                            log_final(&e);
+                            self.send_report(&e, Some(seq));
+                        }
+                        Err(err) => tracing::debug!(seq, error = %err, "no entry to report (pruned meanwhile?)"),
+                    }
+                    Vec::new()
+                }
+                Action::ReportRefused(e) => {
+                    self.send_report(&e, None);
+                    Vec::new()
+                }
+                Action::MarkReported(seq) => {
+                    if let Err(err) = self.journal.update(seq, |e| e.reported = true) {
+                        tracing::debug!(seq, error = %err, "cannot mark a report as done (pruned meanwhile?)");
+                    }
+                    Vec::new()
+                }
+            };
+            // After what was asked for before (see `core::Action`).
+            queue.extend(more);
+        }
+    }
+
+    /// Offers arrivals to the journal, in order.
+    fn admit(&mut self, batch: Vec<Arrival>) -> Vec<(u64, u16, Admission)> {
+        let now = now_ms();
+        let mut out = Vec::with_capacity(batch.len());
+        for Arrival { generation, pkid, inbound } in batch {
+            let admission = match self.journal.admit(inbound, now) {
+                Ok(Admitted::New(e)) => {
+                    tracing::info!(message_id = %e.id, device = e.device.as_deref().unwrap_or(""), seq = e.seq, "received");
+                    Admission::New { seq: e.seq, state: e.state }
+                }
+                Ok(Admitted::Duplicate(e)) => {
+                    tracing::info!(message_id = %e.id, state = %e.state, "redelivered message: not executed again");
+                    Admission::Duplicate {
+                        seq: e.seq,
+                        state: e.state,
+                        handed_over: e.handed_over,
+                        reported: e.reported,
+                    }
+                }
+                Ok(Admitted::Full { detail, inbound }) => {
+                    let e = unjournaled(inbound, detail, now);
+                    tracing::error!(message_id = %e.id, detail = %e.detail, "journal full: rejecting a new message");
+                    Admission::Refused(Box::new(e))
+                }
+                Err(e) => {
+                    // Not journaled: not acknowledged; the hub delivers it again.
+                    tracing::error!(error = %e, "cannot journal a received message: leaving it unacknowledged");
+                    Admission::Failed
+                }
+            };
+            out.push((generation, pkid, admission));
+        }
+        out
+    }
+
+    /// Routes an unfinished entry and hands it to its bus, or rejects it.
+    fn dispatch(&mut self, seq: u64) -> Vec<Action> {
+        let e = match self.journal.get(seq) {
+            Ok(e) if !e.state.is_final() => e,
+            Ok(_) => return Vec::new(),
+            Err(err) => {
+                tracing::error!(seq, error = %err, "cannot read a queued message back from the journal");
+                return Vec::new();
+            }
+        };
+        let rejected = |this: &mut Self, why: String| {
+            let outcome = Outcome::rejected(why);
+            match this.journal.finish(seq, &outcome, now_ms()) {
+                Ok(e) => {
+                    this.core.finished(vec![Finished { seq, state: e.state, durable: false, reported: e.reported }])
+                }
+                Err(err) => {
+                    tracing::error!(seq, error = %err, "cannot record an outcome");
+                    Vec::new()
+                }
+            }
+        };
+        let (bus, job) = match self.make_job(&e) {
+            Ok(bj) => bj,
+            Err(why) => return rejected(self, why),
+        };
+        match self.buses.get(&bus) {
+            Some(h) => {
+                if let Err(mpsc::error::SendError(crate::bus::Work::Write(job))) =
+                    h.jobs.send(crate::bus::Work::Write(job))
+                {
+                    tracing::error!(message_id = %job.id, %bus, "bus worker is gone; the message stays queued in the journal");
+                }
+                Vec::new()
+            }
+            None => rejected(self, format!("bus {bus:?} is not running")),
+        }
+    }
+
+    /// The job for an entry and the name of the bus it goes to.
+    fn make_job(&self, e: &Entry) -> Result<(String, Job), String> {
+        let route = router::route(&self.cfg, e.device.as_deref())?;
+        let body = self
+            .journal
+            .body(e.seq)
+            .map_err(|err| err.to_string())?
+            .ok_or_else(|| "the message body is missing from the journal".to_string())?;
+        let request = router::command(&route, &body)?;
+        // Deadlines are wall-clock facts turned into monotonic instants now.
+        let now_wall = now_ms();
+        let now = Instant::now();
+        let mut deadline: Option<(Instant, String)> = None;
+        let mut consider = |at_ms: u64, why: String| {
+            let at = now + Duration::from_millis(at_ms.saturating_sub(now_wall));
+            if deadline.as_ref().is_none_or(|(d, _)| at < *d) {
+                deadline = Some((at, why));
+            }
+        };
+        if let Some(exp) = e.expires_at {
+            consider(exp, "message expiry ($.exp) reached".into());
+        }
+        let max_age = *route.config.max_age;
+        consider(
+            e.received_at + max_age.as_millis() as u64,
+            format!("max_age ({}) reached", humantime::format_duration(max_age)),
+        );
+        let job = Job {
+            seq: e.seq,
+            id: e.id.clone(),
+            device: route.device.to_string(),
+            unit: route.config.unit.unwrap_or(0),
+            idempotent: route.config.idempotent,
+            request,
+            deadline,
+            max_attempts: route.config.max_attempts.max(1),
+            attempts: e.attempts,
+            progress: 0,
+            acked: Vec::new(),
+            last_error: None,
+            unconfirmed: false,
+        };
+        Ok((route.bus_name.to_string(), job))
+    }
+
+    async fn on_done(&mut self, batch: Vec<Done>) {
+        let now = now_ms();
+        let mut finished = Vec::with_capacity(batch.len());
+        for d in batch {
+            // Bus workers record and flush their outcomes before handing
+            // them on (with the `sending` of their next request); one that
+            // could not record it left the entry unfinished: recorded here,
+            // it needs a flush after all.
+            match self.journal.record(d.seq, &d.outcome, now) {
+                Ok((e, wrote)) => finished.push(Finished {
+                    seq: d.seq,
+                    state: e.state,
+                    durable: !wrote && d.durable,
+                    reported: e.reported,
+                }),
+                Err(err) => tracing::error!(seq = d.seq, error = %err, "cannot record an outcome"),
+            }
+        }
+        let actions = self.core.finished(finished);
+        self.act(actions).await;
+        self.publish_status();
+    }
+
+    fn send_report(&self, e: &Entry, report: Option<u64>) {
+        let topic = self.dialect.report_topic(&e.id, e.device.as_deref(), e.state.as_str());
+        let _ = self.hub.send(HubCommand::Publish { topic, payload: report::body(e), report });
+    }
+
+    /// Sends a telemetry reading to the hub (dropped while disconnected:
+    /// readings are not journaled, and a backlog would only grow).
+    fn on_reading(&mut self, r: Reading) {
+        if !self.core.connected() {
+            return;
+        }
+        let alerts: Vec<(String, bool)> = self
+            .cfg
+            .devices
+            .get(&r.device)
+            .and_then(|d| d.telemetry.as_ref())
+            .map(|t| {
+                t.alerts
+                    .iter()
+                    .filter_map(|(name, expr)| Alert::parse(name, expr).ok())
+                    .filter_map(|a| a.eval(&r.values).map(|v| (a.name, v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let topic = self.dialect.telemetry_topic(&r.device, &alerts);
+        let _ = self.hub.send(HubCommand::Publish { topic, payload: telemetry::body(&r, &alerts), report: None });
+    }
+
+    fn publish_status(&self) {
+        let s = self.journal.stats();
+        let st = Status {
+            hub_connected: self.core.connected(),
+            queued: s.unfinished,
+            oldest_queued_ms: s.oldest_unfinished_ms,
+        };
+        self.status.send_if_modified(|old| {
+            let changed = *old != st;
+            *old = st;
+            changed
+        });
+    }
+}
+
+/// Logs a final outcome as it is reported.
+fn log_final(e: &Entry) {
+    let device = e.device.as_deref().unwrap_or("");
+    if e.state == State::Delivered {
+        tracing::info!(message_id = %e.id, device, attempts = e.attempts, detail = %e.detail, "delivered");
+    } else {
+        tracing::warn!(message_id = %e.id, device, state = %e.state, attempts = e.attempts, detail = %e.detail, "not delivered");
+    }
+}
+
+/// The report entry of a message rejected without being journaled.
+fn unjournaled(inbound: Inbound, detail: String, now: u64) -> Entry {
+    let id_generated = inbound.id.is_none();
+    let id = inbound.id.unwrap_or_else(|| format!("unjournaled-{now}-{:08x}", fastrand::u32(..)));
+    Entry {
+        seq: u64::MAX,
+        id,
+        id_generated,
+        device: inbound.device,
+        correlation_id: inbound.correlation_id,
+        expires_at: inbound.expires_at,
+        received_at: now,
+        state: State::Rejected,
+        attempts: 0,
+        detail,
+        completed_at: Some(now),
+        handed_over: false,
+        reported: true,
+        resent_after_crash: false,
+        resent: false,
+        reject: None,
+        body_len: 0,
+    }
+}

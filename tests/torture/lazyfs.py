@@ -66,8 +66,9 @@ class PendingFile:
     PAGE bytes, the pending content of that page) and `zero_from` (backing
     bytes at or past it read as zeros: a truncate cut them off)."""
 
-    def __init__(self, fd: int, backing_size: int):
+    def __init__(self, fd: int, backing_size: int, path: str = "?"):
         self.fd = fd  # our own O_RDWR fd on the backing inode
+        self.path = path  # the last path it was written through (for the cut's report)
         self.ops: list[tuple] = []
         self.size = backing_size
         self.zero_from = backing_size
@@ -166,11 +167,12 @@ class LazyFS:
         from fuse import FuseOSError
         return FuseOSError(code)
 
-    def _state(self, ino: int, fd: int) -> PendingFile:
+    def _state(self, ino: int, fd: int, path: str = "?") -> PendingFile:
         st = self._pending.get(ino)
         if st is None:
-            st = PendingFile(os.dup(fd), os.fstat(fd).st_size)
+            st = PendingFile(os.dup(fd), os.fstat(fd).st_size, path)
             self._pending[ino] = st
+        st.path = path
         return st
 
     def _new_fh(self, fd: int) -> int:
@@ -284,7 +286,7 @@ class LazyFS:
 
     def write(self, path, data, offset, fh):
         fd, ino = self._handles[fh]
-        self._state(ino, fd).write(offset, data)
+        self._state(ino, fd, path).write(offset, data)
         self._stats["writes"] += 1
         self._stats["bytes_written"] += len(data)
         return len(data)
@@ -292,11 +294,11 @@ class LazyFS:
     def truncate(self, path, length, fh=None):
         if fh is not None and fh in self._handles:
             fd, ino = self._handles[fh]
-            self._state(ino, fd).truncate(length)
+            self._state(ino, fd, path).truncate(length)
         else:
             fd = os.open(self._p(path), os.O_RDWR)
             try:
-                self._state(os.fstat(fd).st_ino, fd).truncate(length)
+                self._state(os.fstat(fd).st_ino, fd, path).truncate(length)
             finally:
                 os.close(fd)
         self._stats["truncates"] += 1
@@ -326,7 +328,8 @@ class LazyFS:
         rng = random.Random(seed)
         with self._lock:
             self._dead = True
-            out = {"mode": mode, "files": 0, "ops": 0, "ops_applied": 0, "bytes_lost": 0, "torn_writes": 0}
+            out = {"mode": mode, "files": 0, "ops": 0, "ops_applied": 0, "bytes_lost": 0, "torn_writes": 0,
+                   "per_file": {}}
             for ino, pf in sorted(self._pending.items()):
                 out["files"] += 1
                 out["ops"] += len(pf.ops)
@@ -344,6 +347,7 @@ class LazyFS:
                 written = sum(len(op[2]) for op in pf.ops if op[0] == "w")
                 kept = sum(len(op[2]) for op in applied if op[0] == "w")
                 out["bytes_lost"] += written - kept
+                out["per_file"][pf.path] = {"ops": len(pf.ops), "applied": len(applied), "bytes_lost": written - kept}
                 os.close(pf.fd)
             self._pending.clear()
             return out

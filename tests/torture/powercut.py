@@ -95,7 +95,7 @@ class PowerPlan:
     """Messages n -> {id, device, kind, steps, body, expect}; `steps` are what
     the device must see: ("mb", address, value) or ("serial", text)."""
 
-    def __init__(self, prefix: str, count: int, value_base: int, rng: random.Random):
+    def __init__(self, prefix: str, count: int, value_base: int, rng: random.Random, large: bool = True):
         self.items = []
         self.by_step: dict[tuple, tuple[dict, int]] = {}
         for n in range(count):
@@ -112,7 +112,7 @@ class PowerPlan:
             elif r < 0.025:
                 device, kind, expect = "dead", "dead", "expired"
                 body, steps = {"id": mid, "point": "v", "value": v}, [("mb", ADDR_V, v)]
-            elif r < 0.045:
+            elif r < 0.045 and large:
                 device, kind, expect = "panel", "serial-large", "delivered"
                 text = f"S{mid}:" + "x" * large_size(rng) + ":E"
                 body, steps = {"id": mid, "text": text}, [("serial", text)]
@@ -120,7 +120,7 @@ class PowerPlan:
                 device, kind, expect = "panel", "serial", "delivered"
                 text = f"S{mid}:" + "y" * rng.randint(1, 200) + ":E"
                 body, steps = {"id": mid, "text": text}, [("serial", text)]
-            elif r < 0.085:
+            elif r < 0.085 and large:
                 device, kind, expect = rng.choice(MODBUS_DEVICES), "modbus-large", "delivered"
                 body, steps = {"id": mid, "points": {"v": v, "w": w}}, [("mb", ADDR_V, v), ("mb", ADDR_W, w)]
             elif r < 0.335:
@@ -139,7 +139,7 @@ class PowerPlan:
                  "payload": payload}
             self.items.append(m)
             for i, step in enumerate(steps):
-                key = (device,) + step[:2] + (step[2],) if step[0] == "mb" else (device, "serial", step[1])
+                key = (device, step[1], step[2]) if step[0] == "mb" else (device, "serial", step[1])
                 self.by_step[key] = (m, i)
         self.by_id = {m["id"]: m for m in self.items}
 
@@ -155,13 +155,13 @@ class PowerCutScenario(Scenario):
     """torture.Scenario on Mosquitto, with every kill turned into a power cut."""
 
     def __init__(self, name, binary, workdir: Path, count: int, cuts: int, rng, value_base: int,
-                 cut_mode: str = "mixed"):
+                 cut_mode: str = "mixed", large: bool = True):
         workdir = Path(workdir)
         self.mount = lazyfs.Mount(workdir / "lazyfs-backing", workdir / "state", workdir / "lazyfs.sock",
                                   workdir / "lazyfs.log")
         super().__init__(name, "mqtt", binary, workdir, count, cuts, rng, value_base,
                          state_dir=workdir / "state")
-        self.plan = PowerPlan(name, count, value_base, rng)
+        self.plan = PowerPlan(name, count, value_base, rng, large=large)
         self.cut_mode = cut_mode
         self.cuts: list[dict] = []
         self.serial = None
@@ -258,8 +258,11 @@ class PowerCutScenario(Scenario):
     def analyse(self) -> dict:
         plan = self.plan
         reports = defaultdict(list)
-        for r in (self.backend.all_reports() if self.backend else []):
-            reports[r.get("message_id")].append(r)
+        all_reports = self.backend.all_reports() if self.backend else []
+        with open(self.workdir / "reports.jsonl", "w", encoding="utf-8") as f:
+            for r in all_reports:
+                reports[r.get("message_id")].append(r)
+                f.write(json.dumps(r) + "\n")
         hits = defaultdict(Counter)  # message id -> Counter(step index -> times written)
         stray = []
         for bus, dev in self.devs.items():
@@ -393,6 +396,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=int(os.environ.get("C2D_POWERCUT_SEED", "0")) or None)
     p.add_argument("--json", default=os.environ.get("C2D_POWERCUT_JSON"))
     p.add_argument("--logs", default=os.environ.get("C2D_POWERCUT_LOGS"))
+    p.add_argument("--no-large", action="store_true",
+                   help="no 160-250 KiB bodies (they become sled blob files; see the README)")
     p.add_argument("--self-test-only", action="store_true", help="only lazyfs's self-test")
     args = p.parse_args(argv)
 
@@ -420,7 +425,8 @@ def main(argv=None) -> int:
     count = args.messages or (1000 if args.quick else 5000)
     cuts = args.cuts or (20 if args.quick else 100)
     log(f"binary {binary}, mode {'quick' if args.quick else 'full'}, seed {seed}, logs {logs}")
-    scn = PowerCutScenario("mqtt", binary, logs / "mqtt", count, cuts, rng, value_base=1, cut_mode=args.cut_mode)
+    scn = PowerCutScenario("mqtt", binary, logs / "mqtt", count, cuts, rng, value_base=1, cut_mode=args.cut_mode,
+                           large=not args.no_large)
     try:
         result = scn.run()
     except Exception as e:  # noqa: BLE001
@@ -439,7 +445,7 @@ def main(argv=None) -> int:
     if result.get("stray_examples"):
         print(f"stray writes: {json.dumps(result['stray_examples'])}")
     out = {"mode": "quick" if args.quick else "full", "binary": str(binary), "seed": seed, "logs": str(logs),
-           "cut_mode": args.cut_mode, "results": {"mqtt": result}, "cuts": scn.cuts, "failures": failures,
+           "cut_mode": args.cut_mode, "large_bodies": not args.no_large, "results": {"mqtt": result}, "cuts": scn.cuts, "failures": failures,
            "ok": not failures}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

@@ -167,6 +167,7 @@ class PowerCutScenario(Scenario):
         self.serial = None
         self.socat = None
         self.serial_log = workdir / "serial" / "frames.jsonl"
+        self.sent_at: dict[str, float] = {}
 
     # ---- set-up: lazyfs, the serial device, the config
     def start_peers(self) -> None:
@@ -197,13 +198,24 @@ class PowerCutScenario(Scenario):
         self.gw.write_config(cfg)
 
     # ---- the stream
+    def in_flight(self) -> int:
+        """Sent, not reported yet, and sent less than 20 s ago: a message the
+        gateway lost for good must not hold the window shut forever."""
+        if self.sent - len(self.backend.ids) <= 300:
+            return self.sent - len(self.backend.ids)
+        ids, now = self.reported_ids(), time.monotonic()
+        return sum(1 for m in self.plan.items[:self.sent]
+                   if m["id"] not in ids and now - self.sent_at.get(m["id"], 0) < 20)
+
     def send_one(self, m: dict) -> None:
+        # refill-as-it-drains, like torture.py: at most 300 in flight
         deadline = time.monotonic() + 120
-        while self.sent - len(self.backend.ids) > 300:
+        while self.in_flight() > 300:
             if time.monotonic() > deadline or self.stop_sender.is_set():
                 raise TortureError("300 messages stayed unreported for 120 s")
-            time.sleep(0.02)
+            time.sleep(0.05)
         self.backend.publish(f"gateway/{m['device']}/c2d", m["payload"])
+        self.sent_at[m["id"]] = time.monotonic()
 
     # ---- the cuts
     def cut(self) -> None:
@@ -219,18 +231,27 @@ class PowerCutScenario(Scenario):
         self.cuts.append(r)
         self.mount.start()
 
+    def catch_up(self, limit: float = 10.0) -> None:
+        """Spreads the cuts over the whole stream: lets the sender reach
+        `allowed` (bounded) before the next cut's clock starts."""
+        deadline = time.monotonic() + limit
+        while self.sent < self.allowed and time.monotonic() < deadline and not self.sender_error:
+            time.sleep(0.02)
+
     def kill_loop(self) -> None:  # called by Scenario.run
         per_life = self.count / max(1, self.kills_wanted)
         for k in range(self.kills_wanted):
             self.allowed = min(self.count, int((k + 1) * per_life + 0.999))
             r = self.rng.random()
             if self.gw.alive:  # the first life, started by run()
+                self.catch_up()
                 time.sleep(self.rng.uniform(0.2, 1.6))
             elif r < 0.15:
                 self.start_gateway(wait_ready=False)  # during journal recovery / start-up
                 time.sleep(self.rng.uniform(0.0, 0.15))
             else:
                 self.start_gateway(wait_ready=True)
+                self.catch_up()
                 time.sleep(self.rng.uniform(0.0, 0.2) if r < 0.4 else self.rng.uniform(0.2, 1.6))
             if self.sender_error:
                 raise self.sender_error

@@ -25,14 +25,15 @@ Model (documented in the README's Reliability section):
 - A cut (`--control` socket, command `cut MODE SEED`): `lose` drops every
   pending write of every file; `torn` applies, per file, a random prefix of
   its pending operations, and with probability 1/2 also a random prefix of
-  the bytes of the next write (a write torn in the middle). After a cut
+  the bytes of the next write (a write torn in the middle); `keep` (the
+  control experiment) makes everything durable, as a kill -9 would. After a cut
   every operation fails with EIO until the file system is unmounted: the
   caller has killed the program using it before cutting, and remounts.
 - Mounted with `direct_io`, so the kernel's page cache cannot serve or keep
   a write this process dropped; attribute and entry caching are turned off.
 
 Control socket (unix, one JSON line per reply): `stats`, `cut lose SEED`,
-`cut torn SEED`. Run as root (mount(2) of /dev/fuse); needs fusepy 3.0.1
+`cut torn SEED`, `cut keep SEED`. Run as root (mount(2) of /dev/fuse); needs fusepy 3.0.1
 and libfuse2 (Debian: libfuse2).
 
 Usage: lazyfs.py BACKING_DIR MOUNTPOINT --control SOCKET [--log FILE]
@@ -334,7 +335,10 @@ class LazyFS:
                 out["files"] += 1
                 out["ops"] += len(pf.ops)
                 applied = []
-                if mode == "torn" and pf.ops:
+                if mode == "keep":  # the control: a kill -9, the page cache survives
+                    applied = list(pf.ops)
+                    pf.apply(applied)
+                elif mode == "torn" and pf.ops:
                     k = rng.randint(0, len(pf.ops))
                     applied = list(pf.ops[:k])
                     if k < len(pf.ops) and pf.ops[k][0] == "w" and len(pf.ops[k][2]) > 1 and rng.random() < 0.5:
@@ -376,7 +380,7 @@ def serve_control(fs: LazyFS, path: str) -> None:
                 try:
                     if line[:1] == ["stats"]:
                         reply = fs.snapshot_stats()
-                    elif line[:1] == ["cut"] and len(line) == 3 and line[1] in ("lose", "torn"):
+                    elif line[:1] == ["cut"] and len(line) == 3 and line[1] in ("lose", "torn", "keep"):
                         reply = {**fs.snapshot_stats(), **fs.cut(line[1], int(line[2]))}
                     else:
                         reply = {"error": f"unknown command {line!r}"}

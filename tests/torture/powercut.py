@@ -47,7 +47,8 @@ frames) and the result reports:
 
 Modes: full (default: 5,000 messages, 100 cuts) and quick (--quick or
 C2D_QUICK=1: 1,000 messages, 20 cuts). Cuts are `lose` or `torn` (half each,
-`--cut-mode` to force one). lazyfs's own self-test runs first (it fails the
+`--cut-mode` to force one; `--cut-mode keep` is the control experiment: the
+same run with nothing dropped, i.e. kill -9, which must pass). lazyfs's own self-test runs first (it fails the
 run when it fails). Needs root and /dev/fuse, fusepy (tests/requirements.txt)
 and libfuse2 (Debian). Exit status 1 on any must-be-0 figure, 2 when it
 cannot run (no binary, no FUSE). The JSON goes to --json or
@@ -356,7 +357,7 @@ class PowerCutScenario(Scenario):
         torn = [x for x in self.cuts if x["mode"] == "torn"]
         result = {
             "dialect": "mqtt", "sent": self.sent, "planned": self.count,
-            "cuts": len(self.cuts), "cuts_lose": len(self.cuts) - len(torn), "cuts_torn": len(torn),
+            "cuts": len(self.cuts), "cuts_lose": sum(1 for x in self.cuts if x["mode"] == "lose"), "cuts_torn": len(torn),
             "torn_writes": sum(x["torn_writes"] for x in self.cuts),
             "unsynced_ops_dropped": sum(x["ops"] - x["ops_applied"] for x in self.cuts),
             "unsynced_bytes_dropped": sum(x["bytes_lost"] for x in self.cuts),
@@ -413,7 +414,9 @@ def main(argv=None) -> int:
                    help="about 1,000 messages and 20 cuts (also C2D_QUICK=1)")
     p.add_argument("--messages", type=int)
     p.add_argument("--cuts", type=int)
-    p.add_argument("--cut-mode", choices=("mixed", "lose", "torn"), default="mixed")
+    p.add_argument("--cut-mode", choices=("mixed", "lose", "torn", "keep"), default="mixed",
+                   help="mixed: lose or torn at random; keep: the control experiment, nothing dropped "
+                   "(a plain kill -9 on the same set-up)")
     p.add_argument("--seed", type=int, default=int(os.environ.get("C2D_POWERCUT_SEED", "0")) or None)
     p.add_argument("--json", default=os.environ.get("C2D_POWERCUT_JSON"))
     p.add_argument("--logs", default=os.environ.get("C2D_POWERCUT_LOGS"))

@@ -88,8 +88,11 @@ UNIT_DEVICE = {("a", 1): "idem1", ("a", 2): "nonidem", ("b", 1): "idem2", ("c", 
 MAX_BODY = 262_144
 
 
+LARGE_KIB = (160, 250)  # --large-kib
+
+
 def large_size(rng: random.Random) -> int:
-    return rng.randint(160 * 1024, 250 * 1024)
+    return rng.randint(LARGE_KIB[0] * 1024, LARGE_KIB[1] * 1024)
 
 
 class PowerPlan:
@@ -422,9 +425,13 @@ def main(argv=None) -> int:
     p.add_argument("--logs", default=os.environ.get("C2D_POWERCUT_LOGS"))
     p.add_argument("--no-large", action="store_true",
                    help="no 160-250 KiB bodies (they become sled blob files; see the README)")
+    p.add_argument("--large-kib", default="160,250", metavar="LO,HI",
+                   help="size range of the large bodies in KiB (default 160,250; max_body is 256 KiB)")
     p.add_argument("--self-test-only", action="store_true", help="only lazyfs's self-test")
     args = p.parse_args(argv)
 
+    global LARGE_KIB
+    LARGE_KIB = tuple(int(x) for x in args.large_kib.split(","))
     why = lazyfs.fuse_available()
     if why:
         print(f"powercut: cannot run: {why}", file=sys.stderr)
@@ -469,7 +476,7 @@ def main(argv=None) -> int:
     if result.get("stray_examples"):
         print(f"stray writes: {json.dumps(result['stray_examples'])}")
     out = {"mode": "quick" if args.quick else "full", "binary": str(binary), "seed": seed, "logs": str(logs),
-           "cut_mode": args.cut_mode, "large_bodies": not args.no_large, "results": {"mqtt": result}, "cuts": scn.cuts, "failures": failures,
+           "cut_mode": args.cut_mode, "large_bodies": not args.no_large, "large_kib": LARGE_KIB, "results": {"mqtt": result}, "cuts": scn.cuts, "failures": failures,
            "ok": not failures}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

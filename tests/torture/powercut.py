@@ -390,10 +390,18 @@ class PowerCutScenario(Scenario):
         result["panics"] = len(re.findall(r"panicked", gw_log))
         result["journal_moved_aside"] = gw_log.count("the journal is unreadable: moving it aside")
         result["log_errors"] = len(re.findall(r"\bERROR\b", gw_log))
+        try:
+            fs_log = self.mount.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            fs_log = ""
+        # an exception inside lazyfs is the test's own fault, never the gateway's
+        result["lazyfs_errors"] = fs_log.count("Traceback") + fs_log.count("Uncaught exception")
         for key in ("lost", "executed_twice", "unreported", "delivered_not_on_device", "rejected_but_written",
                     "conflicting_reports", "unexpected_status", "stray_writes", "panics", "journal_moved_aside"):
             if result[key]:
                 result["failures"].append(f"{key} = {result[key]}")
+        if result["lazyfs_errors"]:
+            result["failures"].append(f"lazyfs itself failed {result['lazyfs_errors']} times (see lazyfs.log)")
         if accounted != self.sent:
             result["failures"].append(f"accounted {accounted} != sent {self.sent}")
         if self.self_exits:
@@ -408,6 +416,7 @@ COLUMNS = ("sent", "cuts", "cuts_torn", "torn_writes", "unsynced_ops_dropped", "
            "resent_after_crash", "lost", "executed_twice", "unreported", "delivered_not_on_device",
            "rejected_but_written", "conflicting_reports", "unexpected_status", "stray_writes", "accounted",
            "duplicate_reports", "partially_written", "garbled_serial_frames", "journal_moved_aside", "panics",
+           "lazyfs_errors",
            "duration_s")
 
 

@@ -159,7 +159,7 @@ class PowerCutScenario(Scenario):
     """torture.Scenario on Mosquitto, with every kill turned into a power cut."""
 
     def __init__(self, name, binary, workdir: Path, count: int, cuts: int, rng, value_base: int,
-                 cut_mode: str = "mixed", large: bool = True):
+                 cut_mode: str = "mixed", large: bool = True, startup_share: float = 0.15):
         workdir = Path(workdir)
         self.mount = lazyfs.Mount(workdir / "lazyfs-backing", workdir / "state", workdir / "lazyfs.sock",
                                   workdir / "lazyfs.log")
@@ -167,6 +167,7 @@ class PowerCutScenario(Scenario):
                          state_dir=workdir / "state")
         self.plan = PowerPlan(name, count, value_base, rng, large=large)
         self.cut_mode = cut_mode
+        self.startup_share = startup_share  # cuts right after a start (journal open, recovery)
         self.cuts: list[dict] = []
         self.serial = None
         self.socat = None
@@ -250,13 +251,14 @@ class PowerCutScenario(Scenario):
             if self.gw.alive:  # the first life, started by run()
                 self.catch_up()
                 time.sleep(self.rng.uniform(0.2, 1.6))
-            elif r < 0.15:
+            elif r < self.startup_share:
                 self.start_gateway(wait_ready=False)  # during journal recovery / start-up
                 time.sleep(self.rng.uniform(0.0, 0.15))
             else:
                 self.start_gateway(wait_ready=True)
                 self.catch_up()
-                time.sleep(self.rng.uniform(0.0, 0.2) if r < 0.4 else self.rng.uniform(0.2, 1.6))
+                time.sleep(self.rng.uniform(0.0, 0.2) if r < self.startup_share + 0.25
+                           else self.rng.uniform(0.2, 1.6))
             if self.sender_error:
                 raise self.sender_error
             self.cut()
@@ -436,6 +438,8 @@ def main(argv=None) -> int:
                    help="no 160-250 KiB bodies (they become sled blob files; see the README)")
     p.add_argument("--large-kib", default="160,250", metavar="LO,HI",
                    help="size range of the large bodies in KiB (default 160,250; max_body is 256 KiB)")
+    p.add_argument("--startup-share", type=float, default=0.15,
+                   help="share of the cuts that hit a gateway just started (journal open and recovery)")
     p.add_argument("--self-test-only", action="store_true", help="only lazyfs's self-test")
     args = p.parse_args(argv)
 
@@ -466,7 +470,7 @@ def main(argv=None) -> int:
     cuts = args.cuts or (20 if args.quick else 100)
     log(f"binary {binary}, mode {'quick' if args.quick else 'full'}, seed {seed}, logs {logs}")
     scn = PowerCutScenario("mqtt", binary, logs / "mqtt", count, cuts, rng, value_base=1, cut_mode=args.cut_mode,
-                           large=not args.no_large)
+                           large=not args.no_large, startup_share=args.startup_share)
     try:
         result = scn.run()
     except Exception as e:  # noqa: BLE001

@@ -8,6 +8,7 @@
 //! rebuilt in memory at open: the entries are the single source of truth, so
 //! no crash can leave two trees disagreeing about an id.
 
+mod files;
 mod seal;
 pub mod space;
 
@@ -84,6 +85,8 @@ struct Inner {
     dir: PathBuf,
     /// sled's data file, for fdatasync after each flush.
     db_file: Arc<std::fs::File>,
+    /// The watermark to write after the next flush (see `journal/files.rs`).
+    watermark: Mutex<Option<u64>>,
     /// The first write or flush error (see [`Journal::failed`]).
     failure: tokio::sync::watch::Sender<Option<String>>,
 }
@@ -270,6 +273,12 @@ impl Journal {
         self.check(r.map_err(sled::Error::from))?;
         self.inner.flushes.fetch_add(1, Ordering::Relaxed);
         *durable = upto;
+        let mark = self.inner.watermark.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mark) = mark {
+            if let Err(e) = files::write_watermark(&self.inner.dir, mark) {
+                tracing::warn!(error = %e, "cannot write the journal's watermark");
+            }
+        }
         Ok(())
     }
 
@@ -568,8 +577,12 @@ fn open_inner(
     bounds: Bounds,
     dropped: &mut Vec<String>,
 ) -> Result<Journal, JournalError> {
+    if files::repair_torn_conf(dir).map_err(sled::Error::from)? {
+        tracing::warn!("the journal's sled `conf` was torn by a power cut: removed, sled writes it again");
+    }
     let db = sled::Config::new().path(dir).cache_capacity(cache_capacity).mode(sled::Mode::LowSpace).open()?;
-    check_watermark(dir, &db)?;
+    files::sync_created(dir).map_err(sled::Error::from)?;
+    let watermark = files::check_watermark(dir, &db)?;
     let messages = db.open_tree("messages")?;
     let bodies = db.open_tree("bodies")?;
     let mut idx = Index::default();
@@ -632,51 +645,10 @@ fn open_inner(
             flushes: AtomicU64::new(0),
             failure: tokio::sync::watch::Sender::new(None),
             db_file,
+            watermark: Mutex::new(watermark),
             dir: dir.to_path_buf(),
         }),
     })
-}
-
-/// A file beside sled's own: one more than the id sled handed out at the
-/// last open. sled's ids only grow, across restarts and crashes alike, so a
-/// store that now hands out a smaller one was reset or cut short behind
-/// sled's back: sled opens a truncated, zeroed or deleted `db` file without
-/// an error, as an empty or shorter store, and the messages it held would be
-/// lost in silence. (A store cut short within one run, its id counter
-/// intact, is not caught: that needs the newest durable sequence recorded.)
-const WATERMARK: &str = "c2d-watermark";
-
-/// Fails when sled's id counter went back since the last open (the store
-/// lost entries); records the current one otherwise. Not being able to read
-/// or write the file (absent before the first open, disk full) is no reason
-/// to give up a store: only a counter that went back is.
-fn check_watermark(dir: &Path, db: &sled::Db) -> Result<(), JournalError> {
-    let path = dir.join(WATERMARK);
-    let next = match db.generate_id() {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot check the journal's watermark");
-            return Ok(());
-        }
-    };
-    if let Some(mark) = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-        if next < mark {
-            return Err(JournalError::Unusable(format!(
-                "sled opened it, but its id counter went back (next id {next}, at least {mark} expected): the \
-                 store was truncated, zeroed or replaced, and has lost entries"
-            )));
-        }
-    }
-    let tmp = dir.join(format!("{WATERMARK}.tmp"));
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            std::io::Write::write_all(&mut f, format!("{}\n", next + 1).as_bytes()).and_then(|_| f.sync_all())
-        })
-        .and_then(|_| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        tracing::warn!(error = %e, "cannot write the journal's watermark");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

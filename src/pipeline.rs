@@ -367,6 +367,7 @@ impl Pipeline {
                         resent: false,
                         reject: None,
                         body_len: 0,
+                        steps: Vec::new(),
                     };
                     self.slot(generation, pkid, u64::MAX, true, arrived);
                     self.send_report(&e);
@@ -477,8 +478,8 @@ impl Pipeline {
             deadline,
             max_attempts: route.config.max_attempts.max(1),
             attempts: e.attempts,
-            progress: 0,
-            acked: Vec::new(),
+            progress: e.steps.len(),
+            acked: e.steps.clone(),
             last_error: None,
             unconfirmed: false,
         };

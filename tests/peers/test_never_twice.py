@@ -11,7 +11,10 @@ hub and pymodbus (tests/peers/modbus_device.py) as the device:
    the same bus keeps its pace;
 4. Modbus exceptions that say "not now" (0x06 busy, 0x0B gateway target) are
    retried, even for a device that is not idempotent; 0x05 (acknowledge)
-   is delivered, named in the detail.
+   is delivered, named in the detail;
+5. a serial device with `raw` framing (and no `ack` pattern) whose reply
+   comes byte by byte over a socat pty pair: "ERR" is a refusal, not an ack
+   on its "E".
 """
 
 from __future__ import annotations
@@ -227,4 +230,35 @@ def test_busy_and_gateway_exceptions_are_retried_acknowledge_is_delivered(mqtt_g
     assert units.count(2) == 3, units
     for i in ("x-busy", "x-ack", "x-gw"):
         one_outcome(backend, i)
+    no_panic(gw)
+
+
+# --------------------------------------------- 5. raw serial reply in pieces
+
+def test_a_raw_serial_reply_in_pieces_is_judged_whole(socat_pair, serial_device, mqtt_gateway, backend):
+    """`framing = "raw"` with only a `nack` pattern: any reply that is not a
+    nack is an ack. The device sends each reply byte by byte, 5 ms apart;
+    the gateway must wait for the end of the reply (the line quiet for 10
+    character times, at least 30 ms) before it judges it."""
+    dev = serial_device(socat_pair.a, framing="raw", idle_ms=20, nack_on=("BAD",), extra_args=["--dribble-ms", 5])
+    gw = mqtt_gateway(f"""
+        [buses.display]
+        kind = "serial"
+        port = "{socat_pair.b}"
+        baud = 115200
+        framing = "raw"
+        nack = "^ERR"
+        timeout = "1s"
+
+        [devices.panel]
+        bus = "display"
+        """)
+    backend.publish("panel", {"id": "raw-bad", "text": "BAD 1"})
+    backend.publish("panel", {"id": "raw-good", "text": "GOOD 2"})
+    reports = backend.wait_reports(["raw-bad", "raw-good"], timeout=15)
+    bad, good = reports["raw-bad"], reports["raw-good"]
+    print(f"\nraw-bad: {bad['status']}: {bad['detail']}\nraw-good: {good['status']}: {good['detail']}")
+    assert (bad["status"], bad["detail"]) == ("rejected", 'device refused: "ERR"'), bad
+    assert (good["status"], good["detail"]) == ("delivered", 'device replied "OK"'), good
+    assert [f["frame"] for f in dev.frames()] == ["BAD 1", "GOOD 2"]
     no_panic(gw)

@@ -236,6 +236,14 @@ fn unwritten(job: &Job) -> String {
     }
 }
 
+/// Whether `done`, a confirmed step as journaled, is write `w`: its
+/// description, maybe followed by a note in brackets (" (device answered
+/// acknowledge ...)").
+fn step_is(w: &crate::router::modbus::Write, done: &str) -> bool {
+    let d = w.describe();
+    done.strip_prefix(d.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with(" ("))
+}
+
 /// Whether the steps a job resumes after (from the journal) are the first
 /// steps of its request as routed now. A reload may have changed the
 /// device's points: then the rest cannot be sent as the same command.
@@ -247,7 +255,7 @@ fn resumes_cleanly(job: &Job) -> bool {
         Request::Modbus(writes) => {
             job.progress == job.acked.len()
                 && job.progress <= writes.len()
-                && writes.iter().zip(&job.acked).all(|(w, done)| w.describe() == *done)
+                && writes.iter().zip(&job.acked).all(|(w, done)| step_is(w, done))
         }
         Request::Serial(_) => false,
     }
@@ -485,6 +493,9 @@ mod tests {
         assert!(resumes_cleanly(&job(1, &[])));
         assert!(resumes_cleanly(&job(1, &["holding 10 = 1".into()])));
         assert!(!resumes_cleanly(&job(1, &["holding 12 = 1".into()])), "the points moved under a reload");
+        assert!(!resumes_cleanly(&job(1, &["holding 10 = 12".into()])), "another value");
+        let acknowledged = "holding 10 = 1 (device answered acknowledge (exception 0x05): accepted, still working)";
+        assert!(resumes_cleanly(&job(1, &[acknowledged.into()])), "a step confirmed by exception 0x05");
         let three: Vec<String> = ["holding 10 = 1", "holding 11 = 2", "coil 1 = true"].map(String::from).to_vec();
         assert!(!resumes_cleanly(&job(1, &three)), "more steps than the command has");
     }

@@ -200,6 +200,7 @@ impl Journal {
             resent: false,
             reject: inbound.reject,
             body_len,
+            steps: Vec::new(),
         };
         if let Some(why) = &entry.reject {
             entry.state = State::Rejected;
@@ -381,6 +382,23 @@ impl Journal {
             e.state = State::Sending;
             e.attempts += 1;
             e.resent |= resend;
+        })
+    }
+
+    /// Back to `queued` after an attempt that will be retried, recording
+    /// the steps of a multi-step command the device confirmed so far (a job
+    /// rebuilt from the journal resumes after them). Not flushed: the next
+    /// `sending` mark or a clean stop flushes it; a crash before that leaves
+    /// `sending`, which recovery never sends again unless the device is
+    /// idempotent. A final entry is left as it is.
+    pub fn requeue(&self, seq: u64, steps: &[String]) -> Result<Entry, JournalError> {
+        self.update(seq, |e| {
+            if e.state == State::Sending {
+                e.state = State::Queued;
+            }
+            if !e.state.is_final() && e.steps.len() < steps.len() {
+                e.steps = steps.to_vec();
+            }
         })
     }
 

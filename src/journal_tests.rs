@@ -227,3 +227,27 @@ async fn a_sealed_store_that_lost_entries_is_unusable_and_moved_aside() {
     assert!(aside.join("db").exists());
     assert_eq!(j.stats().entries, 0);
 }
+
+#[tokio::test]
+async fn requeue_keeps_the_confirmed_steps_across_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let seq = {
+        let j = open(&dir);
+        let e = new_entry(j.admit(inbound(Some("multi"), b"{}"), 1).unwrap());
+        j.mark_sending(e.seq, false).unwrap();
+        let q = j.requeue(e.seq, &["holding 10 = 1".to_string()]).unwrap();
+        assert_eq!((q.state, q.attempts, q.steps.as_slice()), (State::Queued, 1, &["holding 10 = 1".to_string()][..]));
+        // A later requeue never forgets steps.
+        j.mark_sending(e.seq, false).unwrap();
+        assert_eq!(j.requeue(e.seq, &[]).unwrap().steps, ["holding 10 = 1"]);
+        j.flush().await.unwrap();
+        e.seq
+    };
+    let j = open(&dir);
+    let e = j.unfinished().unwrap().pop().unwrap();
+    assert_eq!((e.seq, e.state, e.steps), (seq, State::Queued, vec!["holding 10 = 1".to_string()]));
+    j.finish(seq, &Outcome::delivered("done"), 2).unwrap();
+    let f = j.requeue(seq, &["x".into(), "y".into()]).unwrap();
+    assert_eq!((f.state, f.steps), (State::Delivered, vec!["holding 10 = 1".to_string()]), "a final entry stays");
+}

@@ -124,6 +124,13 @@ pub struct Entry {
     /// Body length in bytes (the body itself is stored apart).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub body_len: u64,
+    /// The steps of a multi-step command (several writes) the device
+    /// confirmed, in order, each as it was reported ("holding 100 = 7").
+    /// Written with the requeue after an interrupted attempt (flushed with
+    /// the next `sending` mark, or at a clean stop); a job rebuilt from the
+    /// journal resumes after them, so no confirmed step is sent twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -171,6 +178,7 @@ mod entry_encoding {
             resent: false,
             reject: None,
             body_len: 25,
+            steps: Vec::new(),
         }
     }
 
@@ -200,6 +208,7 @@ mod entry_encoding {
             resent_after_crash: true,
             resent: true,
             reject: Some("bad".into()),
+            steps: vec!["holding 10 = 1".into(), "coil 7 = true".into()],
             ..entry()
         };
         assert_eq!(serde_json::from_slice::<Entry>(&serde_json::to_vec(&e).unwrap()).unwrap(), e);
@@ -211,5 +220,13 @@ mod entry_encoding {
             "received_at":1700000000000,"state":"queued","attempts":0,"detail":"","completed_at":null,"handed_over":false,
             "reported":false,"resent_after_crash":false,"reject":null,"body_len":25}"#;
         assert_eq!(serde_json::from_str::<Entry>(old).unwrap(), entry());
+    }
+
+    #[test]
+    fn confirmed_steps_are_stored_compactly() {
+        let e = Entry { state: State::Queued, attempts: 1, steps: vec!["holding 10 = 1".into()], ..entry() };
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(text.ends_with(r#""attempts":1,"body_len":25,"steps":["holding 10 = 1"]}"#), "{text}");
+        assert_eq!(serde_json::from_str::<Entry>(&text).unwrap(), e);
     }
 }

@@ -82,6 +82,7 @@ mod tests {
             resent: false,
             reject: None,
             body_len: 3,
+            steps: Vec::new(),
         };
         let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
         assert_eq!(v["message_id"], "m1");

@@ -90,6 +90,12 @@ pub enum Wire {
     Refused(String),
     /// Nothing was written: safe to try again, whatever the device.
     NotSent(String),
+    /// The device (or a Modbus gateway in front of it) answered that it did
+    /// not run the request and that it may later (Modbus exceptions 0x06
+    /// busy, 0x0A / 0x0B gateway path or target): safe to try again,
+    /// whatever the device. `timeout` tells the breaker (0x0B: the target
+    /// behind the gateway did not answer).
+    NotRun { reason: String, timeout: bool },
     /// Written, but no valid confirmation came back (`timeout` tells the breaker).
     Unconfirmed { reason: String, timeout: bool },
 }

@@ -1,6 +1,7 @@
 //! Modbus RTU and TCP on the wire, one request at a time, every request under
 //! a timeout. The echo of each write is checked here (tokio-modbus only
-//! `debug_assert`s it), an exception is a refusal, and a connection that
+//! `debug_assert`s it), an exception is a refusal (except the "not now"
+//! ones and 0x05 acknowledge, see [`exception_wire`]), and a connection that
 //! failed is rebuilt before the next request.
 
 use super::port::{Counted, Opener};
@@ -55,6 +56,29 @@ pub fn exception_name(code: ExceptionCode) -> String {
         ExceptionCode::Custom(_) => "non-standard exception",
     };
     format!("{name} (exception {:#04x})", u8::from(code))
+}
+
+/// What a Modbus exception answering write `w` means for the message.
+/// Most are a refusal (final). 0x06 (busy) and 0x0A / 0x0B (a gateway's
+/// path or target unavailable) say "not now": nothing was executed, so the
+/// write is tried again like after a timeout, on any device (0x0B, a target
+/// that did not answer, also counts toward its breaker). 0x05 (acknowledge)
+/// means the device accepted the write and is still carrying it out: done,
+/// with the exception named in the detail.
+fn exception_wire(w: &Write, what: &str, exc: ExceptionCode) -> Wire {
+    let name = exception_name(exc);
+    match exc {
+        ExceptionCode::Acknowledge => {
+            Wire::Acked(format!("{} (device answered {name}: accepted, still working)", w.describe()))
+        }
+        ExceptionCode::ServerDeviceBusy
+        | ExceptionCode::GatewayPathUnavailable
+        | ExceptionCode::GatewayTargetDevice => Wire::NotRun {
+            reason: format!("{what}: device answered {name} (not executed)"),
+            timeout: exc == ExceptionCode::GatewayTargetDevice,
+        },
+        _ => Wire::Refused(format!("{what}: device answered {name}")),
+    }
 }
 
 fn to_request(w: &Write) -> Request<'_> {
@@ -248,7 +272,7 @@ impl ModbusLink {
                     timeout: false,
                 }
             }
-            Ok(Ok(Err(exc))) => Wire::Refused(format!("{what}: device answered {}", exception_name(exc))),
+            Ok(Ok(Err(exc))) => exception_wire(w, &what, exc),
             Ok(Ok(Ok(resp))) => {
                 if echo_matches(w, &resp) {
                     Wire::Acked(w.describe())
@@ -299,6 +323,41 @@ mod tests {
         let w = Write::SingleCoil { address: 7, value: true };
         assert!(echo_matches(&w, &Response::WriteSingleCoil(7, true)));
         assert!(!echo_matches(&w, &Response::WriteSingleCoil(7, false)));
+    }
+
+    #[test]
+    fn busy_and_gateway_exceptions_are_retried_acknowledge_is_done() {
+        let w = Write::SingleRegister { address: 100, value: 7 };
+        let what = "unit 3: holding 100 = 7";
+        for (exc, timeout) in [
+            (ExceptionCode::ServerDeviceBusy, false),
+            (ExceptionCode::GatewayPathUnavailable, false),
+            (ExceptionCode::GatewayTargetDevice, true),
+        ] {
+            match exception_wire(&w, what, exc) {
+                Wire::NotRun { reason, timeout: t } => {
+                    assert_eq!(t, timeout, "{exc:?}");
+                    assert!(reason.starts_with(what) && reason.contains(&exception_name(exc)), "{reason}");
+                }
+                other => panic!("{exc:?}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            exception_wire(&w, what, ExceptionCode::Acknowledge),
+            Wire::Acked(
+                "holding 100 = 7 (device answered acknowledge (exception 0x05): accepted, still working)".into()
+            )
+        );
+        for exc in [
+            ExceptionCode::IllegalFunction,
+            ExceptionCode::IllegalDataAddress,
+            ExceptionCode::IllegalDataValue,
+            ExceptionCode::ServerDeviceFailure,
+            ExceptionCode::MemoryParityError,
+            ExceptionCode::Custom(0x42),
+        ] {
+            assert!(matches!(exception_wire(&w, what, exc), Wire::Refused(_)), "{exc:?}");
+        }
     }
 
     #[test]

@@ -24,8 +24,16 @@ pub fn retry_delay(failed_attempts: u32, jitter: f64) -> Duration {
 /// How an attempt ended, as far as scheduling is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// The head message is final (delivered, rejected, expired): pop it.
-    Done,
+    /// The head message is final after an attempt on the wire: pop it.
+    /// `timeout`: the device did not answer in time; that counts toward
+    /// isolation whatever the message's final state (a non-idempotent
+    /// command that timed out ends `uncertain`, but the device is just as
+    /// dead). Otherwise the device answered (delivered, refused, garbled):
+    /// the breaker closes.
+    Done { timeout: bool },
+    /// The head message is final without having reached the device (expired
+    /// or given up in the queue): pop it; the breaker stays as it is.
+    Dropped,
     /// Try the head message again later; `timeout` feeds the breaker.
     Retry { timeout: bool },
 }
@@ -34,6 +42,20 @@ pub enum Verdict {
 struct Breaker {
     consecutive_timeouts: u32,
     opened: u32,
+}
+
+impl Breaker {
+    /// Counts a timeout; returns how long the device is isolated when this
+    /// one opens (or keeps open) the breaker: `request_timeout` doubled per
+    /// opening, capped at `max`.
+    fn timed_out(&mut self, after: u32, request_timeout: Duration, max: Duration) -> Option<Duration> {
+        self.consecutive_timeouts += 1;
+        if self.consecutive_timeouts < after {
+            return None;
+        }
+        self.opened += 1;
+        Some(request_timeout.saturating_mul(1u32 << self.opened.min(16)).min(max))
+    }
 }
 
 #[derive(Debug)]
@@ -121,20 +143,29 @@ impl<J> Scheduler<J> {
         let i = self.index(device);
         let d = &mut self.devices[i];
         match verdict {
-            Verdict::Done => {
+            Verdict::Done { timeout: false } => {
                 d.failed_attempts = 0;
                 d.not_before = None;
                 d.breaker = Breaker { consecutive_timeouts: 0, opened: 0 };
+                d.jobs.pop_front()
+            }
+            Verdict::Done { timeout: true } => {
+                // The next message starts its own back-off, but waits out
+                // the breaker's open period if this timeout opened it.
+                d.failed_attempts = 0;
+                d.not_before = d.breaker.timed_out(after, timeout, max).map(|open| now + open);
+                d.jobs.pop_front()
+            }
+            Verdict::Dropped => {
+                d.failed_attempts = 0;
+                d.not_before = d.not_before.filter(|_| d.breaker.consecutive_timeouts >= after);
                 d.jobs.pop_front()
             }
             Verdict::Retry { timeout: timed_out } => {
                 d.failed_attempts += 1;
                 let mut wait = retry_delay(d.failed_attempts, jitter);
                 if timed_out {
-                    d.breaker.consecutive_timeouts += 1;
-                    if d.breaker.consecutive_timeouts >= after {
-                        d.breaker.opened += 1;
-                        let open = timeout.saturating_mul(1u32 << d.breaker.opened.min(16)).min(max);
+                    if let Some(open) = d.breaker.timed_out(after, timeout, max) {
                         wait = wait.max(open);
                     }
                 } else {
@@ -209,7 +240,7 @@ mod tests {
         while let Some((dev, j)) = s.next_ready(now) {
             let (dev, j) = (dev.to_string(), *j);
             order.push(j);
-            s.record(&dev, Verdict::Done, now, 0.5);
+            s.record(&dev, Verdict::Done { timeout: false }, now, 0.5);
         }
         assert_eq!(order, vec![1, 10, 2, 20, 3]);
         assert!(s.is_empty());
@@ -227,7 +258,7 @@ mod tests {
         assert!(s.record("a", Verdict::Retry { timeout: false }, now, 1.0).is_none());
         let (d, j) = s.next_ready(now).unwrap();
         assert_eq!((d, *j), ("b", 10));
-        s.record("b", Verdict::Done, now, 1.0);
+        s.record("b", Verdict::Done { timeout: false }, now, 1.0);
         assert!(s.next_ready(now).is_none(), "a waits out its back-off");
         let wake = s.next_wake().unwrap();
         assert_eq!(wake, now + Duration::from_millis(200));
@@ -257,8 +288,63 @@ mod tests {
             s.record("dead", Verdict::Retry { timeout: true }, now, 0.0);
         }
         assert_eq!(s.next_wake().unwrap() - now, Duration::from_secs(60), "capped at breaker_max");
-        s.record("dead", Verdict::Done, now, 0.0);
+        s.record("dead", Verdict::Done { timeout: false }, now, 0.0);
         assert!(!s.is_isolated("dead"));
+    }
+
+    /// A device that is not idempotent ends each timed-out message
+    /// `uncertain` (final): those timeouts still isolate it, and each of
+    /// its later messages waits out the open period instead of costing the
+    /// bus one more full timeout at once.
+    #[test]
+    fn final_timeouts_isolate_a_device_too() {
+        let mut s = sched();
+        let mut now = Instant::now();
+        for j in 1..=6 {
+            s.push("dead", j);
+        }
+        for j in 1..=3 {
+            let (_, got) = s.next_ready(now).unwrap();
+            assert_eq!(*got, j);
+            assert_eq!(s.record("dead", Verdict::Done { timeout: true }, now, 0.0), Some(j));
+        }
+        assert!(s.is_isolated("dead"), "three timeouts in a row, each ending its message");
+        assert!(s.next_ready(now).is_none(), "the next message waits out the open period");
+        s.push("live", 100);
+        let (d, j) = s.next_ready(now).unwrap();
+        assert_eq!((d, *j), ("live", 100), "the other devices on the bus go on");
+        s.record("live", Verdict::Done { timeout: false }, now, 0.0);
+        let open = s.next_wake().unwrap() - now;
+        assert_eq!(open, Duration::from_secs(1), "2 x timeout, as after retries");
+        now += open;
+        let (_, j) = s.next_ready(now).unwrap();
+        assert_eq!(*j, 4);
+        s.record("dead", Verdict::Done { timeout: true }, now, 0.0);
+        assert_eq!(s.next_wake().unwrap() - now, Duration::from_secs(2), "the open period grows");
+        now = s.next_wake().unwrap();
+        // An answer (delivered, refused) closes the breaker.
+        s.record("dead", Verdict::Done { timeout: false }, now, 0.0);
+        assert!(!s.is_isolated("dead"));
+        assert!(s.next_ready(now).is_some(), "no wait after an answer");
+    }
+
+    /// A message given up without reaching the device (expired in the
+    /// queue) says nothing about it: the breaker stays open.
+    #[test]
+    fn a_message_dropped_unsent_leaves_the_breaker_alone() {
+        let mut s = sched();
+        let now = Instant::now();
+        for j in 1..=5 {
+            s.push("dead", j);
+        }
+        for _ in 0..3 {
+            s.record("dead", Verdict::Retry { timeout: true }, now, 0.0);
+        }
+        assert!(s.is_isolated("dead"));
+        let wake = s.next_wake().unwrap();
+        assert_eq!(s.record("dead", Verdict::Dropped, now, 0.0), Some(1));
+        assert!(s.is_isolated("dead"));
+        assert_eq!(s.next_wake(), Some(wake), "still isolated until the same moment");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Line-oriented serial devices: the body goes out framed (`line`,
 //! `stx-etx`, `raw`), and the device's reply is matched against the bus's
 //! `ack` / `nack` patterns within `timeout`. A nack is a refusal; silence is
-//! an unconfirmed send.
+//! an unconfirmed send. A `raw` reply has no end marker: it is matched once
+//! the line has gone quiet after it (see [`raw_idle`]).
 
 use super::port::{Counted, Opener};
 use super::Wire;
@@ -17,6 +18,16 @@ const STX: u8 = 0x02;
 const ETX: u8 = 0x03;
 /// A reply longer than this without a frame end is garbage.
 const MAX_REPLY: usize = 4096;
+
+/// With `framing = "raw"` a reply has no end marker: it ends when the line
+/// has been idle this long after its last byte. 10 character times of 11
+/// bits at the bus's baud, at least 30 ms (USB serial adapters hand on
+/// received bytes in bursts up to 16 ms apart). Matching `ack` / `nack`
+/// on a reply still arriving would take "E" of "ERR" for an ack.
+pub fn raw_idle(baud: u32) -> Duration {
+    let chars = if baud == 0 { Duration::ZERO } else { Duration::from_secs_f64(10.0 * 11.0 / f64::from(baud)) };
+    chars.max(Duration::from_millis(30))
+}
 
 pub struct Patterns {
     pub ack: Option<Regex>,
@@ -94,6 +105,8 @@ pub struct SerialLink {
     line_ending: String,
     patterns: Patterns,
     timeout: Duration,
+    /// `raw`: the silence that ends a reply (see [`raw_idle`]).
+    idle: Duration,
 }
 
 impl SerialLink {
@@ -105,6 +118,7 @@ impl SerialLink {
             line_ending: cfg.line_ending.clone(),
             patterns: Patterns::from_config(cfg)?,
             timeout: *cfg.timeout,
+            idle: raw_idle(cfg.baud),
         })
     }
 
@@ -153,9 +167,24 @@ impl SerialLink {
         }
         let mut buf = Vec::new();
         let mut seen: Vec<String> = Vec::new();
+        // `raw`: when the last byte not yet judged arrived (the reply is
+        // judged once the line has been idle for `self.idle` after it).
+        let mut last_byte: Option<Instant> = None;
         loop {
             let mut chunk = [0u8; 512];
-            match timeout_at(deadline, port.read(&mut chunk)).await {
+            let idle_at = last_byte.map(|t| t + self.idle).filter(|at| *at <= deadline);
+            match timeout_at(idle_at.unwrap_or(deadline), port.read(&mut chunk)).await {
+                Err(_) if idle_at.is_some() => {
+                    // The raw reply ended: judge all of it (a reply that
+                    // matches neither pattern may still grow).
+                    last_byte = None;
+                    let reply = String::from_utf8_lossy(&buf).into_owned();
+                    match self.patterns.classify(&reply) {
+                        Some(true) => return Wire::Acked(format!("device replied {:?}", truncate(&reply, 120))),
+                        Some(false) => return Wire::Refused(format!("device refused: {:?}", truncate(&reply, 120))),
+                        None => continue,
+                    }
+                }
                 Err(_) => {
                     let heard = if seen.is_empty() && buf.is_empty() {
                         "no reply".to_string()
@@ -177,16 +206,16 @@ impl SerialLink {
                 }
                 Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             }
-            for reply in take_frames(self.framing, &mut buf) {
-                match self.patterns.classify(&reply) {
-                    Some(true) => return Wire::Acked(format!("device replied {:?}", truncate(&reply, 120))),
-                    Some(false) => return Wire::Refused(format!("device refused: {:?}", truncate(&reply, 120))),
-                    None => seen.push(reply),
+            if self.framing == Framing::Raw {
+                last_byte = Some(Instant::now());
+            } else {
+                for reply in take_frames(self.framing, &mut buf) {
+                    match self.patterns.classify(&reply) {
+                        Some(true) => return Wire::Acked(format!("device replied {:?}", truncate(&reply, 120))),
+                        Some(false) => return Wire::Refused(format!("device refused: {:?}", truncate(&reply, 120))),
+                        None => seen.push(reply),
+                    }
                 }
-            }
-            if self.framing == Framing::Raw && !seen.is_empty() {
-                // Raw framing re-reads the whole buffer each time.
-                buf = seen.pop().unwrap_or_default().into_bytes();
             }
             if buf.len() > MAX_REPLY || seen.len() > 64 {
                 self.port = None;
@@ -262,6 +291,46 @@ mod tests {
         Box::new(move || {
             s.take().map(|s| Box::new(s) as super::super::port::BoxStream).ok_or_else(|| std::io::Error::other("gone"))
         })
+    }
+
+    /// `raw` framing, no `ack` pattern (any reply that is not a nack is an
+    /// ack): a reply dribbled byte by byte is judged once it has ended, so
+    /// the "E" of "ERR" is never taken for an ack.
+    #[tokio::test]
+    async fn a_raw_reply_dribbled_byte_by_byte_is_judged_whole() {
+        let (ours, mut dev) = tokio_serial::SerialStream::pair().unwrap();
+        let cfg: BusConfig =
+            toml::from_str("kind = \"serial\"\nport = \"/x\"\nframing = \"raw\"\nnack = \"^ERR\"\ntimeout = \"1s\"")
+                .unwrap();
+        let mut link = SerialLink::new(pair_opener(ours), &cfg).unwrap();
+        let device = tokio::spawn(async move {
+            for reply in [&b"ERR"[..], b"OK", b"ERR 2"] {
+                let mut cmd = [0u8; 64];
+                let _ = dev.read(&mut cmd).await.unwrap();
+                for b in reply {
+                    dev.write_all(&[*b]).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(8)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(dev);
+        });
+        assert_eq!(link.send(b"SET 1").await, Wire::Refused("device refused: \"ERR\"".into()));
+        let started = Instant::now();
+        assert_eq!(link.send(b"SET 2").await, Wire::Acked("device replied \"OK\"".into()));
+        let took = started.elapsed();
+        assert!(took >= raw_idle(9600) && took < Duration::from_millis(500), "{took:?}");
+        assert_eq!(link.send(b"SET 3").await, Wire::Refused("device refused: \"ERR 2\"".into()));
+        device.abort();
+        let _ = device.await;
+    }
+
+    #[test]
+    fn raw_idle_follows_the_baud_with_a_floor() {
+        assert_eq!(raw_idle(115_200), Duration::from_millis(30));
+        assert_eq!(raw_idle(9600), Duration::from_millis(30));
+        let slow = raw_idle(1200);
+        assert!(slow > Duration::from_millis(91) && slow < Duration::from_millis(92), "{slow:?}");
     }
 
     #[tokio::test]

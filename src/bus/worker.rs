@@ -8,7 +8,7 @@ use super::schedule::{Scheduler, Verdict};
 use super::serial::SerialLink;
 use super::{Done, Job, Poll, Request, Wire, Work};
 use crate::journal::Journal;
-use crate::message::{Outcome, State};
+use crate::message::Outcome;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -57,8 +57,11 @@ pub fn spawn(
 }
 
 enum Step {
-    Final(Outcome),
-    Retry { timeout: bool },
+    /// Final; the verdict also tells the breaker what the attempt showed.
+    Final(Outcome, Verdict),
+    Retry {
+        timeout: bool,
+    },
 }
 
 async fn run(
@@ -96,18 +99,18 @@ async fn run(
             let dev = dev.to_string();
             let step = attempt(&mut link, &journal, job, &mut pending, &done).await;
             let verdict = match &step {
-                Step::Final(_) => Verdict::Done,
+                Step::Final(_, v) => *v,
                 Step::Retry { timeout } => Verdict::Retry { timeout: *timeout },
             };
             let popped = sched.record(&dev, verdict, Instant::now(), fastrand::f64());
+            let timed_out = matches!(verdict, Verdict::Retry { timeout: true } | Verdict::Done { timeout: true });
+            if timed_out && sched.is_isolated(&dev) {
+                tracing::warn!(bus = %name, device = %dev, "device keeps timing out: isolated by the circuit breaker, other devices on the bus go on");
+            }
             match (step, popped) {
-                (Step::Final(outcome), Some(job)) => finish(&journal, &mut pending, job, outcome),
-                (Step::Retry { timeout }, None) => {
-                    if timeout && sched.is_isolated(&dev) {
-                        tracing::warn!(bus = %name, device = %dev, "device keeps timing out: isolated by the circuit breaker, other devices on the bus go on");
-                    }
-                }
-                _ => unreachable!("the scheduler pops exactly on Done"),
+                (Step::Final(outcome, _), Some(job)) => finish(&journal, &mut pending, job, outcome),
+                (Step::Retry { .. }, None) => {}
+                _ => unreachable!("the scheduler pops exactly on a final verdict"),
             }
             // Another request right away flushes this outcome with it.
             if !sched.has_ready(Instant::now()) && rx.is_empty() {
@@ -207,9 +210,54 @@ fn hand_on(pending: &mut Vec<Done>, done: &mpsc::UnboundedSender<Done>, durable:
 
 fn expiry_detail(job: &Job) -> String {
     let why = job.deadline.as_ref().map_or("expired", |(_, why)| why.as_str());
-    match &job.last_error {
-        Some(e) => format!("{why} before delivery after {} attempts; last error: {e}", job.attempts),
-        None => format!("{why} before delivery"),
+    let tries = match &job.last_error {
+        Some(e) => format!("after {} attempts; last error: {e}", job.attempts),
+        None => String::new(),
+    };
+    if job.acked.is_empty() {
+        return [format!("{why} before delivery"), tries].join(" ").trim_end().to_string();
+    }
+    // Part of a multi-step command was written: say which part.
+    let detail = format!("{why} after writing: {}; not written: {}", job.acked.join("; "), unwritten(job));
+    if tries.is_empty() {
+        detail
+    } else {
+        format!("{detail} ({tries})")
+    }
+}
+
+/// The steps of a multi-step command not (yet) confirmed by the device.
+fn unwritten(job: &Job) -> String {
+    match &job.request {
+        Request::Modbus(writes) => {
+            writes.iter().skip(job.progress).map(|w| w.describe()).collect::<Vec<_>>().join("; ")
+        }
+        Request::Serial(_) => "the rest".into(),
+    }
+}
+
+/// Whether `done`, a confirmed step as journaled, is write `w`: its
+/// description, maybe followed by a note in brackets (" (device answered
+/// acknowledge ...)").
+fn step_is(w: &crate::router::modbus::Write, done: &str) -> bool {
+    let d = w.describe();
+    done.strip_prefix(d.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with(" ("))
+}
+
+/// Whether the steps a job resumes after (from the journal) are the first
+/// steps of its request as routed now. A reload may have changed the
+/// device's points: then the rest cannot be sent as the same command.
+fn resumes_cleanly(job: &Job) -> bool {
+    if job.progress == 0 {
+        return true;
+    }
+    match &job.request {
+        Request::Modbus(writes) => {
+            job.progress == job.acked.len()
+                && job.progress <= writes.len()
+                && writes.iter().zip(&job.acked).all(|(w, done)| step_is(w, done))
+        }
+        Request::Serial(_) => false,
     }
 }
 
@@ -223,11 +271,16 @@ async fn attempt(
     done: &mpsc::UnboundedSender<Done>,
 ) -> Step {
     if job.deadline.as_ref().is_some_and(|(at, _)| Instant::now() >= *at) {
-        return Step::Final(Outcome::expired(expiry_detail(job)));
+        return Step::Final(Outcome::expired(expiry_detail(job)), Verdict::Dropped);
     }
     if job.attempts >= job.max_attempts {
         let last = job.last_error.as_deref().unwrap_or("none");
-        return Step::Final(Outcome::expired(format!("gave up after {} attempts; last error: {last}", job.attempts)));
+        let why = format!("gave up after {} attempts; last error: {last}", job.attempts);
+        return Step::Final(Outcome::expired(partial(job, why)), Verdict::Dropped);
+    }
+    if !resumes_cleanly(job) {
+        let why = "the device's configuration changed since part of this command was written; the rest is not sent";
+        return Step::Final(Outcome::rejected(partial(job, why.into())), Verdict::Dropped);
     }
     // Connecting sends nothing: its failures cost no attempt.
     if let Err(e) = link.connect().await {
@@ -275,15 +328,24 @@ async fn attempt(
             }
         }
         (Request::Serial(body), Link::Serial(l)) => l.send(body).await,
-        _ => Wire::Refused("this kind of request cannot go on this kind of bus".into()),
+        _ => {
+            let why = "this kind of request cannot go on this kind of bus".to_string();
+            return Step::Final(Outcome::rejected(why), Verdict::Dropped);
+        }
     };
+    let answered = Verdict::Done { timeout: false };
     match wire {
-        Wire::Acked(detail) => Step::Final(Outcome::delivered(detail)),
-        Wire::Refused(why) => Step::Final(Outcome::rejected(partial(job, why))),
+        Wire::Acked(detail) => Step::Final(Outcome::delivered(detail), answered),
+        Wire::Refused(why) => Step::Final(Outcome::rejected(partial(job, why)), answered),
         Wire::NotSent(why) => {
             job.last_error = Some(why);
             requeue(journal, job);
             Step::Retry { timeout: false }
+        }
+        Wire::NotRun { reason, timeout } => {
+            job.last_error = Some(reason);
+            requeue(journal, job);
+            Step::Retry { timeout }
         }
         Wire::Unconfirmed { reason, timeout } => {
             if job.idempotent {
@@ -292,10 +354,8 @@ async fn attempt(
                 requeue(journal, job);
                 Step::Retry { timeout }
             } else {
-                Step::Final(Outcome::uncertain(partial(
-                    job,
-                    format!("{reason}; not sent again because device {} is not idempotent", job.device),
-                )))
+                let why = format!("{reason}; not sent again because device {} is not idempotent", job.device);
+                Step::Final(Outcome::uncertain(partial(job, why)), Verdict::Done { timeout })
             }
         }
     }
@@ -310,14 +370,156 @@ fn partial(job: &Job, why: String) -> String {
     }
 }
 
-/// Back to `queued` after an attempt that will be retried (not flushed: a
-/// crash before the next flush leaves `sending`, which errs on the safe side).
+/// Back to `queued` after an attempt that will be retried, with the steps
+/// the device confirmed so far (not flushed: a crash before the next flush
+/// leaves `sending`, which errs on the safe side).
 fn requeue(journal: &Journal, job: &Job) {
-    if let Err(e) = journal.update(job.seq, |e| {
-        if e.state == State::Sending {
-            e.state = State::Queued;
-        }
-    }) {
+    if let Err(e) = journal.requeue(job.seq, &job.acked) {
         tracing::error!(message_id = %job.id, error = %e, "journal update failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::modbus::Target;
+    use crate::journal::Bounds;
+    use crate::message::{Inbound, State};
+    use crate::router::modbus::Write;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A Modbus TCP device that takes one connection, echoes its first
+    /// `answer` FC6 writes, then drops the connection and stops listening
+    /// (further connections are refused). Returns (address, value) written.
+    async fn dropping_device(listener: TcpListener, answer: usize) -> Vec<(u16, u16)> {
+        let (mut s, _) = listener.accept().await.unwrap();
+        drop(listener);
+        let mut got = Vec::new();
+        for _ in 0..answer {
+            let mut frame = [0u8; 12];
+            s.read_exact(&mut frame).await.unwrap();
+            assert_eq!(frame[7], 6, "FC6 expected: {frame:?}");
+            got.push((u16::from_be_bytes([frame[8], frame[9]]), u16::from_be_bytes([frame[10], frame[11]])));
+            s.write_all(&frame).await.unwrap();
+        }
+        got
+    }
+
+    fn job(seq: u64, entry_steps: &[String]) -> Job {
+        let writes =
+            vec![Write::SingleRegister { address: 10, value: 1 }, Write::SingleRegister { address: 11, value: 2 }];
+        Job {
+            seq,
+            id: "m-1".into(),
+            device: "valve".into(),
+            unit: 1,
+            idempotent: false,
+            request: Request::Modbus(writes),
+            deadline: None,
+            max_attempts: 10,
+            attempts: 0,
+            progress: entry_steps.len(),
+            acked: entry_steps.to_vec(),
+            last_error: None,
+            unconfirmed: false,
+        }
+    }
+
+    fn worker(address: String, journal: &Journal) -> (BusHandle, mpsc::UnboundedReceiver<Done>, watch::Sender<bool>) {
+        let link = Link::Modbus(ModbusLink::new(Target::Tcp { address }, Duration::from_millis(500)));
+        let settings =
+            BusSettings { timeout: Duration::from_millis(500), breaker_after: 3, breaker_max: Duration::from_secs(5) };
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        (spawn("field".into(), link, settings, journal.clone(), done_tx, stop_rx), done_rx, stop_tx)
+    }
+
+    /// Write 1 of 2 lands, then the device drops off before write 2 (nothing
+    /// of it sent). The journal keeps the confirmed step with the requeue;
+    /// a job rebuilt from that entry (as after a reload, a clean stop or a
+    /// crash whose last flush covered it) sends only the second write.
+    #[tokio::test]
+    async fn a_multi_step_command_resumes_after_the_confirmed_steps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bounds = Bounds { max_messages: 100, max_bytes: 1 << 20 };
+        let (journal, _) = Journal::open(&tmp.path().join("j"), 1 << 20, bounds).unwrap();
+        let inbound = Inbound {
+            id: Some("m-1".into()),
+            device: Some("valve".into()),
+            body: b"{}".to_vec(),
+            ..Default::default()
+        };
+        let seq = match journal.admit(inbound, 1).unwrap() {
+            crate::journal::Admitted::New(e) => e.seq,
+            other => panic!("{other:?}"),
+        };
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let device = tokio::spawn(dropping_device(listener, 1));
+        let (bus, _done, stop) = worker(address, &journal);
+        bus.jobs.send(Work::Write(job(seq, &[]))).unwrap();
+        assert_eq!(device.await.unwrap(), [(10, 1)]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let entry = loop {
+            let e = journal.get(seq).unwrap();
+            if e.state == State::Queued && e.attempts == 1 {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "not requeued: {e:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(entry.steps, ["holding 10 = 1"], "the confirmed step is journaled with the requeue");
+        let _ = stop.send(true);
+        bus.task.await.unwrap();
+
+        // Rebuilt from the journal (what the pipeline's make_job does).
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let device = tokio::spawn(dropping_device(listener, 1));
+        let (bus, mut done, _stop) = worker(address, &journal);
+        let mut resumed = job(seq, &entry.steps);
+        resumed.attempts = entry.attempts;
+        bus.jobs.send(Work::Write(resumed)).unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(5), done.recv()).await.unwrap().unwrap();
+        assert_eq!(device.await.unwrap(), [(11, 2)], "write 1 is not sent again");
+        assert_eq!(d.outcome, Outcome::delivered("holding 10 = 1; holding 11 = 2"));
+        assert_eq!(journal.get(seq).unwrap().state, State::Delivered);
+    }
+
+    #[test]
+    fn a_resumed_job_must_match_its_request() {
+        assert!(resumes_cleanly(&job(1, &[])));
+        assert!(resumes_cleanly(&job(1, &["holding 10 = 1".into()])));
+        assert!(!resumes_cleanly(&job(1, &["holding 12 = 1".into()])), "the points moved under a reload");
+        assert!(!resumes_cleanly(&job(1, &["holding 10 = 12".into()])), "another value");
+        let acknowledged = "holding 10 = 1 (device answered acknowledge (exception 0x05): accepted, still working)";
+        assert!(resumes_cleanly(&job(1, &[acknowledged.into()])), "a step confirmed by exception 0x05");
+        let three: Vec<String> = ["holding 10 = 1", "holding 11 = 2", "coil 1 = true"].map(String::from).to_vec();
+        assert!(!resumes_cleanly(&job(1, &three)), "more steps than the command has");
+    }
+
+    #[test]
+    fn expiry_after_a_partial_write_names_what_was_written() {
+        let mut j = job(1, &["holding 10 = 1".into()]);
+        j.deadline = Some((Instant::now(), "max_age (10m) reached".into()));
+        assert_eq!(
+            expiry_detail(&j),
+            "max_age (10m) reached after writing: holding 10 = 1; not written: holding 11 = 2"
+        );
+        j.attempts = 4;
+        j.last_error = Some("cannot connect".into());
+        assert_eq!(
+            expiry_detail(&j),
+            "max_age (10m) reached after writing: holding 10 = 1; not written: holding 11 = 2 \
+             (after 4 attempts; last error: cannot connect)"
+        );
+        let mut fresh = job(1, &[]);
+        fresh.deadline = j.deadline.clone();
+        assert_eq!(expiry_detail(&fresh), "max_age (10m) reached before delivery");
+        fresh.attempts = 2;
+        fresh.last_error = Some("x".into());
+        assert_eq!(expiry_detail(&fresh), "max_age (10m) reached before delivery after 2 attempts; last error: x");
     }
 }

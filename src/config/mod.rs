@@ -287,7 +287,8 @@ pub enum Framing {
     Line,
     /// STX body ETX; reply is STX ... ETX.
     StxEtx,
-    /// Body as is; reply is whatever arrives until the pattern matches.
+    /// Body as is; reply is whatever arrived once the line has been idle
+    /// for 10 character times (at least 30 ms), until a pattern matches.
     Raw,
 }
 

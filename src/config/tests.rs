@@ -261,6 +261,11 @@ fn buses_are_checked_by_kind() {
             "framing",
             "`framing` is for kind = \"serial\" buses only",
         ),
+        (
+            "[buses.b]\nkind = \"serial\"\nport = \"/dev/x\"\nframing = \"raw\"\nbaud = 1200\ntimeout = \"50ms\"\n",
+            "timeout",
+            "buses.b.timeout: must be longer than 91 ms with framing = \"raw\"",
+        ),
         ("[buses.b]\nkind = \"modbus-tcp\"\naddress = \"h:1\"\nbaud = 9600\n", "baud", "not \"modbus-tcp\""),
         ("[buses.b]\nkind = \"modbus-tcp\"\naddress = \"h:1\"\nbreaker_after = 0\n", "breaker", "must be at least 1"),
     ];
@@ -268,6 +273,7 @@ fn buses_are_checked_by_kind() {
         one(&format!("{hub}{bus}"), at, msg);
     }
     ok(&format!("{hub}[buses.b]\nkind = \"modbus-tcp\"\naddress = \"[::1]:502\"\n"));
+    ok(&format!("{hub}[buses.b]\nkind = \"serial\"\nport = \"/dev/x\"\nframing = \"raw\"\ntimeout = \"40ms\"\n"));
 }
 
 #[test]

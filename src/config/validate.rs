@@ -254,6 +254,20 @@ fn bus(c: &mut Checker, name: &str, b: &BusConfig) {
     if b.breaker_after == 0 {
         c.value(&p("breaker_after"), "must be at least 1");
     }
+    if b.kind == BusKind::Serial && b.framing == super::Framing::Raw && b.baud > 0 {
+        let idle = crate::bus::serial::raw_idle(b.baud);
+        if !b.timeout.is_zero() && *b.timeout <= idle {
+            c.value(
+                &p("timeout"),
+                format!(
+                    "must be longer than {} ms with framing = \"raw\": a raw reply is judged only once the line \
+                     has been quiet that long (10 character times at {} baud, at least 30 ms)",
+                    idle.as_millis(),
+                    b.baud
+                ),
+            );
+        }
+    }
     if b.kind == BusKind::Serial {
         for (key, re) in [("ack", &b.ack), ("nack", &b.nack)] {
             if let Some(Err(e)) = re.as_deref().map(regex_lite::Regex::new) {

@@ -448,8 +448,8 @@ impl Pipeline {
             deadline,
             max_attempts: route.config.max_attempts.max(1),
             attempts: e.attempts,
-            progress: 0,
-            acked: Vec::new(),
+            progress: e.steps.len(),
+            acked: e.steps.clone(),
             last_error: None,
             unconfirmed: false,
         };
@@ -554,5 +554,6 @@ fn unjournaled(inbound: Inbound, detail: String, now: u64) -> Entry {
         resent: false,
         reject: None,
         body_len: 0,
+        steps: Vec::new(),
     }
 }

@@ -716,6 +716,7 @@ fn entry_stub(key: &Key) -> Entry {
         resent: false,
         reject: None,
         body_len: 0,
+        steps: Vec::new(),
     }
 }
 

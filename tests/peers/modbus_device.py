@@ -33,6 +33,16 @@ What it does:
   `echo-value` (FC5/FC6 value, FC15/FC16 quantity off), `echo-address`,
   `wrong-tid` (TCP transaction id); `--garbage-count N` garbles only the
   first N answers, then answers properly;
+- `--exception ADDR:CODE[:N]` (may repeat) makes a write touching ADDR
+  answer Modbus exception CODE (e.g. 6 busy, 0x0B gateway target failed to
+  respond), the first N times or (without N) always; such a write changes
+  nothing, except with CODE 5 (acknowledge: the device accepted the write and
+  is still carrying it out), which applies and logs it;
+- `--exit-after-writes N` (TCP) makes the device drop off the network once
+  it has answered its N-th applied write: it stops listening first (a
+  reconnect is refused), the answer and the end of the connection leave
+  together (TCP_CORK, then FIN), and the process exits at once; restart it
+  on the same port to bring it back;
 - writes its listening address to `--ready-file` once it serves.
 
 pymodbus is pinned in tests/requirements.txt (3.16.1). This file subclasses
@@ -48,8 +58,10 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import random
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -79,9 +91,12 @@ class Store:
     address checks is logged here, at the moment it is applied.
     """
 
-    def __init__(self, units, size, exception_at, log_path):
+    def __init__(self, units, size, exception_at, log_path, exceptions=()):
         self.size = size
         self.exception_at = set(exception_at)
+        # address -> [code, answers left or None for always]
+        self.exceptions = {address: [code, count] for address, code, count in exceptions}
+        self.applied = 0  # writes applied so far
         self.units = {
             u: {t: [False if t in BIT_TABLES else 0] * size for t in TABLES}
             for u in units
@@ -101,15 +116,30 @@ class Store:
             return rc
         return self.units[device_id][TABLE_OF_FC[func_code]][address : address + count]
 
+    def scripted_exception(self, address, count):
+        """The `--exception` code for a write to [address, address+count), if one is due."""
+        for a in range(address, address + count):
+            rule = self.exceptions.get(a)
+            if rule and (rule[1] is None or rule[1] > 0):
+                if rule[1] is not None:
+                    rule[1] -= 1
+                return ExcCodes(rule[0])
+        return None
+
     async def async_setValues(self, device_id, func_code, address, values):
         if rc := self.check(address, len(values)):
             return rc
+        scripted = self.scripted_exception(address, len(values))
+        if scripted is not None and scripted != ExcCodes.ACKNOWLEDGE:
+            log.info("exception %s instead of the write at %s", scripted.name, address)
+            return scripted
         table = TABLE_OF_FC[func_code]
         kind = bool if table in BIT_TABLES else int
         values = [kind(v) for v in values]
         self.units[device_id][table][address : address + len(values)] = values
         self.record(device_id, func_code, address, values)
-        return None
+        self.applied += 1
+        return scripted  # None, or ACKNOWLEDGE: applied, answered with exception 5
 
     def preset(self, table, address, values):
         kind = bool if table in BIT_TABLES else int
@@ -175,8 +205,10 @@ class Device:
     """Answers requests: unit filter, delay, wire pacing, one at a time."""
 
     def __init__(self, store, delay_s, pace_char_s, request_log=None, garbage=None, garbage_units=(),
-                 garbage_count=0, rtu=False, seed=1, delay_units=None):
+                 garbage_count=0, rtu=False, seed=1, delay_units=None, exit_after_writes=0):
         self.store = store
+        self.exit_after_writes = exit_after_writes
+        self.server = None  # set once serving (to stop listening for --exit-after-writes)
         self.delay_units = None if delay_units is None else set(delay_units)
         self.delay_s = delay_s
         self.pace_char_s = pace_char_s  # seconds per character on the wire, 0 = off
@@ -235,8 +267,21 @@ class Device:
                 if handler.transport:
                     handler.send(bad, addr)
                 return
+            if self.exit_after_writes and self.store.applied >= self.exit_after_writes and handler.transport:
+                self.drop_off(handler, response, addr)
             if handler.transport:
                 handler.server_send(response, addr)
+
+    def drop_off(self, handler, response, addr):
+        """--exit-after-writes: answer, and be gone before anything else can arrive."""
+        self.server.transport.close()  # listening socket closed now: a reconnect is refused
+        sock = handler.transport.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # hold the answer ...
+        handler.server_send(response, addr)
+        sock.shutdown(socket.SHUT_WR)  # ... and send it with the FIN
+        log.info("dropped off after %d writes", self.store.applied)
+        logging.shutdown()
+        os._exit(0)
 
 
 class DeviceRequestHandler(ServerRequestHandler):
@@ -302,6 +347,19 @@ def parse_preset(text):
         raise argparse.ArgumentTypeError(f"bad --preset {text!r}: TABLE:ADDRESS=V[,V...]") from exc
 
 
+def parse_exception(text):
+    """`100:6` -> (100, 6, None); `100:0x0b:2` -> (100, 11, 2)."""
+    try:
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(text)
+        address, code = int(parts[0], 0), ExcCodes(int(parts[1], 0))
+        count = int(parts[2]) if len(parts) == 3 else None
+        return address, int(code), count
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad --exception {text!r}: ADDRESS:CODE[:COUNT]") from exc
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = p.add_mutually_exclusive_group(required=True)
@@ -323,6 +381,10 @@ def parse_args(argv):
     p.add_argument("--garbage-units", type=int_list, default=None, help="units that garble (default: all)")
     p.add_argument("--garbage-count", type=int, default=0, help="garble only the first N answers (0 = all)")
     p.add_argument("--seed", type=int, default=1, help="for --garbage random")
+    p.add_argument("--exception", type=parse_exception, action="append", default=[], metavar="ADDR:CODE[:N]",
+                   help="a write at ADDR answers exception CODE (the first N times, default always)")
+    p.add_argument("--exit-after-writes", type=int, default=0,
+                   help="TCP: drop off (stop listening, close, exit) after answering the N-th applied write")
     p.add_argument("--log", help="JSON lines, one per applied write")
     p.add_argument("--ready-file", help="written with the listening address once serving")
     p.add_argument("--verbose", action="store_true", help="pymodbus debug log on stderr")
@@ -331,7 +393,7 @@ def parse_args(argv):
 
 async def serve(args):
     units = [u for u in args.units if u not in set(args.dead_units)]
-    store = Store(units, args.size, args.exception_at, args.log)
+    store = Store(units, args.size, args.exception_at, args.log, args.exception)
     for table, address, values in args.preset:
         store.preset(table, address, values)
     char_bits = 1 + 8 + (0 if args.parity == "N" else 1) + 1
@@ -339,10 +401,11 @@ async def serve(args):
     garbage_units = units if args.garbage_units is None else args.garbage_units
     device = Device(store, args.delay_ms / 1000.0, pace, request_log=args.request_log, garbage=args.garbage,
                     garbage_units=garbage_units, garbage_count=args.garbage_count, rtu=bool(args.rtu),
-                    seed=args.seed, delay_units=args.delay_units)
+                    seed=args.seed, delay_units=args.delay_units, exit_after_writes=args.exit_after_writes)
     if args.tcp:
         host, port = args.tcp.rsplit(":", 1)
         server = TcpDeviceServer(device, address=(host, int(port)), framer=FramerType.SOCKET)
+        device.server = server
     else:
         server = RtuDeviceServer(device, port=args.rtu, framer=FramerType.RTU,
                                  baudrate=args.baud, parity=args.parity)

@@ -18,6 +18,8 @@ What it does, per received frame:
   frame contains a `--nack-on` text, or nothing when it contains a
   `--silent-on` text (both may repeat; silent wins), after `--delay-ms`.
   The reply is framed like the request: "OK\\n", STX OK ETX, or bare.
+  `--dribble-ms N` sends it one byte at a time, N ms apart (a slow device
+  or a USB adapter handing on bytes in pieces);
 - writes the port path to `--ready-file` once the port is open;
 - `--reopen`: a port that fails (the pty pair went away: an unplugged
   device) is closed, and opened again once the path opens again, instead of
@@ -103,6 +105,7 @@ def parse_args(argv):
     p.add_argument("--silent-on", action="append", default=[], metavar="TEXT")
     p.add_argument("--delay-ms", type=float, default=0.0)
     p.add_argument("--idle-ms", type=float, default=50.0, help="end of a raw frame")
+    p.add_argument("--dribble-ms", type=float, default=0.0, help="send replies byte by byte, this far apart")
     p.add_argument("--reopen", action="store_true", help="survive the port going away (unplugged)")
     p.add_argument("--log", help="JSON lines, one per received frame")
     p.add_argument("--ready-file", help="written with the port path once open")
@@ -158,8 +161,13 @@ def serve(args):
                 if args.delay_ms:
                     time.sleep(args.delay_ms / 1000.0)
                 try:
-                    port.write(framer.wrap(reply.encode("utf-8")))
-                    port.flush()
+                    wire = framer.wrap(reply.encode("utf-8"))
+                    pieces = [wire[i:i + 1] for i in range(len(wire))] if args.dribble_ms else [wire]
+                    for n, piece in enumerate(pieces):
+                        if n:
+                            time.sleep(args.dribble_ms / 1000.0)
+                        port.write(piece)
+                        port.flush()
                 except (serial.SerialException, OSError) as e:
                     if not args.reopen:
                         raise

@@ -283,8 +283,9 @@ impl Pipeline {
                     self.core.flushed(ok, Instant::now())
                 }
                 Action::Finish { seq, outcome } => {
-                    if let Err(err) = self.journal.finish(seq, &outcome, now_ms()) {
-                        tracing::error!(seq, error = %err, "cannot record an outcome");
+                    match self.journal.finish(seq, &outcome, now_ms()) {
+                        Ok(e) => log_final(&e),
+                        Err(err) => tracing::error!(seq, error = %err, "cannot record an outcome"),
                     }
                     Vec::new()
                 }
@@ -313,10 +314,7 @@ impl Pipeline {
                 }
                 Action::Report(seq) => {
                     match self.journal.get(seq) {
-                        Ok(e) => {
-                            log_final(&e);
-                            self.send_report(&e, Some(seq));
-                        }
+                        Ok(e) => self.send_report(&e, Some(seq)),
                         Err(err) => tracing::debug!(seq, error = %err, "no entry to report (pruned meanwhile?)"),
                     }
                     Vec::new()
@@ -465,12 +463,15 @@ impl Pipeline {
             // could not record it left the entry unfinished: recorded here,
             // it needs a flush after all.
             match self.journal.record(d.seq, &d.outcome, now) {
-                Ok((e, wrote)) => finished.push(Finished {
-                    seq: d.seq,
-                    state: e.state,
-                    durable: !wrote && d.durable,
-                    reported: e.reported,
-                }),
+                Ok((e, wrote)) => {
+                    log_final(&e);
+                    finished.push(Finished {
+                        seq: d.seq,
+                        state: e.state,
+                        durable: !wrote && d.durable,
+                        reported: e.reported,
+                    });
+                }
                 Err(err) => tracing::error!(seq = d.seq, error = %err, "cannot record an outcome"),
             }
         }

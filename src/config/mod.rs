@@ -75,7 +75,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -89,7 +89,17 @@ pub struct Config {
     pub devices: BTreeMap<String, DeviceConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl Config {
+    /// True when `new` changes `[hub]` or `[gateway]`: those take effect
+    /// only after a restart (a reload applies buses, devices and routing).
+    /// Compared by value: a changed key or password counts, though both
+    /// print as `***`.
+    pub fn needs_restart_for(&self, new: &Config) -> bool {
+        new.hub != self.hub || new.gateway != self.gateway
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     /// Where the sled journal lives.
@@ -161,7 +171,7 @@ pub enum Reports {
     None,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
     pub kind: HubKind,
@@ -247,7 +257,7 @@ fn default_max_body() -> usize {
     64 * 1024
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Application property naming the target device.
@@ -291,7 +301,7 @@ pub enum Framing {
     Raw,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
     pub kind: BusKind,
@@ -351,7 +361,7 @@ fn default_breaker_max() -> Dur {
     Dur::secs(60)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     pub bus: String,
@@ -373,7 +383,7 @@ pub struct DeviceConfig {
     pub telemetry: Option<TelemetryConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// How often the points are read.
@@ -433,7 +443,7 @@ pub enum WordOrder {
     Little,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PointConfig {
     pub table: Table,

@@ -400,3 +400,22 @@ fn telemetry_points_and_alerts_are_checked() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[test]
+fn a_changed_secret_needs_a_restart_though_it_prints_the_same() {
+    let mqtt = "[hub]\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"u\"\n";
+    let old = ok(&format!("{mqtt}password = \"old\"\n"));
+    let new = ok(&format!("{mqtt}password = \"new\"\n"));
+    assert_eq!(format!("{:?}", old.hub), format!("{:?}", new.hub), "secrets print as ***");
+    assert!(old.needs_restart_for(&new), "a changed password");
+    let azure = |key: &str| {
+        ok(&format!("[hub]\nkind = \"azure\"\nconnection_string = \"HostName=h;DeviceId=d;SharedAccessKey={key}\"\n"))
+    };
+    assert!(azure("a2V5MQ==").needs_restart_for(&azure("a2V5Mg==")), "a changed device key");
+    assert!(!azure("a2V5MQ==").needs_restart_for(&azure("a2V5MQ==")));
+    // Routing (like buses and devices) is applied by a reload.
+    let routed = ok(&format!("{mqtt}password = \"old\"\n[routing]\ndevice_property = \"target\"\n"));
+    assert!(!old.needs_restart_for(&routed));
+    let moved = ok(&format!("{mqtt}password = \"old\"\n[gateway]\nstate_dir = \"/elsewhere\"\n"));
+    assert!(old.needs_restart_for(&moved));
+}

@@ -5,6 +5,8 @@
 pub mod azure;
 pub mod inflight;
 pub mod link;
+#[cfg(test)]
+mod link_tests;
 pub mod mqtt;
 pub mod tls;
 

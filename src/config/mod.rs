@@ -171,6 +171,20 @@ pub enum Reports {
     None,
 }
 
+/// What becomes of a message that carries no id (IoT Hub sends `$.mid`
+/// only when the back end set one; with `kind = "mqtt"`, a body without an
+/// `id`). Such a message cannot be deduplicated: a redelivery runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MissingId {
+    /// Run it under an id the gateway makes up; its report says
+    /// `"deduplicated": false`.
+    #[default]
+    Execute,
+    /// Reject it (final, reported, acknowledged in its turn).
+    Reject,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
@@ -222,6 +236,9 @@ pub struct HubConfig {
     pub max_unacked: usize,
     #[serde(default)]
     pub reports: Reports,
+    /// A message without an id: run it (`execute`) or reject it (`reject`).
+    #[serde(default)]
+    pub missing_id: MissingId,
     #[serde(default = "default_keep_alive")]
     pub keep_alive: Dur,
     /// Bodies larger than this are rejected (IoT Hub's limit is 64 KB).

@@ -300,6 +300,8 @@ fn the_hub_is_checked_by_kind() {
         (azure, "max_body = 0\n", "max_body", "between 1 and 262144"),
         (mqtt, "max_body = 262145\n", "max_body", "between 1 and 262144"),
         (azure, "keep_alive = \"1day\"\n", "keep_alive", "at most 65535s"),
+        (azure, "missing_id = \"drop\"\n", "missing_id", "unknown variant `drop`, expected `execute` or `reject`"),
+        (mqtt, "missing_id = true\n", "missing_id", "hub.missing_id"),
     ];
     for (hub, extra, at, msg) in cases {
         one(&format!("{hub}{extra}"), at, msg);
@@ -309,6 +311,9 @@ fn the_hub_is_checked_by_kind() {
     ok(&format!("{azure}connection_string = \"HostName=h;DeviceId=d;SharedAccessKey=k\"\n"));
     ok(&format!("{mqtt}subscribe = \"gw/commands\"\nmax_body = 262144\npassword = \"pw\"\n"));
     ok("[hub]\nkind = \"mqtt\"\nurl = \"mqtt://user:pw@[::1]:1883/\"\n");
+    assert_eq!(ok(azure).hub.missing_id, MissingId::Execute, "the default");
+    assert_eq!(ok(&format!("{azure}missing_id = \"reject\"\n")).hub.missing_id, MissingId::Reject);
+    assert_eq!(ok(&format!("{mqtt}missing_id = \"execute\"\n")).hub.missing_id, MissingId::Execute);
 }
 
 #[test]

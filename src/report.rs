@@ -29,6 +29,15 @@ struct Body<'a> {
     /// The id was made up by the gateway (the message carried none).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     id_generated: bool,
+    /// False when the message carried no id (`hub.missing_id = "execute"`):
+    /// a redelivery of it could not be recognised and may have run again.
+    /// Left out when true (every message with an id).
+    #[serde(skip_serializing_if = "is_true")]
+    deduplicated: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Whether the policy asks for a report of this outcome.
@@ -54,6 +63,7 @@ pub fn body(e: &Entry) -> Vec<u8> {
         resent_after_crash: e.resent_after_crash,
         resent: e.resent,
         id_generated: e.id_generated,
+        deduplicated: !e.id_generated,
     };
     serde_json::to_vec(&b).expect("report serialises")
 }
@@ -93,6 +103,34 @@ mod tests {
         assert_eq!(v["received_at"], "1970-01-01T00:00:00.000Z");
         assert_eq!(v["completed_at"], "1970-01-01T00:00:01.500Z");
         assert!(v.get("resent_after_crash").is_none());
+        assert!(v.get("deduplicated").is_none(), "a message with an id is deduplicated: not said");
+    }
+
+    #[test]
+    fn a_message_without_id_is_reported_as_not_deduplicated() {
+        let e = Entry {
+            seq: 2,
+            id: "gw-0000000000000002-0badf00d".into(),
+            id_generated: true,
+            device: None,
+            correlation_id: None,
+            expires_at: None,
+            received_at: 0,
+            state: State::Delivered,
+            attempts: 1,
+            detail: String::new(),
+            completed_at: Some(1),
+            handed_over: false,
+            reported: false,
+            resent_after_crash: false,
+            resent: false,
+            reject: None,
+            body_len: 2,
+            steps: Vec::new(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
+        assert_eq!(v["deduplicated"], false);
+        assert_eq!(v["id_generated"], true);
     }
 
     #[test]

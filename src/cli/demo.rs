@@ -234,10 +234,10 @@ bus = "display"
 
     let plan: [(&str, &str, Option<&str>, &str, &str); 6] = [
         ("setpoint 21.5 °C", "boiler", Some("demo-setpoint"), r#"{"point": "setpoint", "value": 21.5}"#, "delivered"),
-        ("pump on", "boiler", None, r#"{"point": "pump", "value": true}"#, "delivered"),
-        ("panel text", "panel", None, "HELLO FROM THE CLOUD", "delivered"),
-        ("a bad body", "boiler", None, r#"{"point": "setpoint", "value": "hot"}"#, "rejected"),
-        ("an unknown device", "chiller", None, r#"{"point": "x", "value": 1}"#, "rejected"),
+        ("pump on", "boiler", Some("demo-pump"), r#"{"point": "pump", "value": true}"#, "delivered"),
+        ("panel text", "panel", Some("demo-panel"), "HELLO FROM THE CLOUD", "delivered"),
+        ("a bad body", "boiler", Some("demo-bad-body"), r#"{"point": "setpoint", "value": "hot"}"#, "rejected"),
+        ("an unknown device", "chiller", Some("demo-unknown-device"), r#"{"point": "x", "value": 1}"#, "rejected"),
         (
             "the setpoint again, same message id",
             "boiler",
@@ -256,7 +256,7 @@ bus = "display"
             properties: vec![("device".into(), device.into())],
             ..C2dRequest::default()
         };
-        let id = emu.send("demo-gateway", req).map_err(|e| e.to_string())?;
+        let id = emu.send("demo-gateway", req).map_err(|e| e.to_string())?.unwrap_or_default();
         // One after the other, so the duplicate meets a finished original.
         let t = tokio::time::Instant::now();
         let reports_for = |id: &str| {

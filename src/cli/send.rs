@@ -19,8 +19,13 @@ pub struct Args {
     /// Application property, repeatable.
     #[arg(long = "property", value_name = "K=V", value_parser = super::key_value)]
     pub properties: Vec<(String, String)>,
-    #[arg(long)]
+    /// The message id (`iothub-messageid`); a fresh UUID when not given.
+    #[arg(long, conflicts_with = "no_message_id")]
     pub message_id: Option<String>,
+    /// Send without a message id, like the .NET seed's back end: IoT Hub
+    /// then sends no `$.mid`, and feedback cannot name the message.
+    #[arg(long, conflicts_with = "wait")]
+    pub no_message_id: bool,
     #[arg(long)]
     pub correlation_id: Option<String>,
     /// Time to live, e.g. 10m.
@@ -59,7 +64,8 @@ pub fn run(a: Args) -> Result<(), String> {
     if let Some(v) = &a.ack {
         req = req.header("iothub-ack", v);
     }
-    if let Some(v) = &a.message_id {
+    let message_id = (!a.no_message_id).then(|| a.message_id.clone().unwrap_or_else(crate::emulator::state::new_id));
+    if let Some(v) = &message_id {
         req = req.header("iothub-messageid", v);
     }
     if let Some(v) = &a.correlation_id {

@@ -75,7 +75,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -89,7 +89,17 @@ pub struct Config {
     pub devices: BTreeMap<String, DeviceConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl Config {
+    /// True when `new` changes `[hub]` or `[gateway]`: those take effect
+    /// only after a restart (a reload applies buses, devices and routing).
+    /// Compared by value: a changed key or password counts, though both
+    /// print as `***`.
+    pub fn needs_restart_for(&self, new: &Config) -> bool {
+        new.hub != self.hub || new.gateway != self.gateway
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     /// Where the sled journal lives.
@@ -161,7 +171,21 @@ pub enum Reports {
     None,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// What becomes of a message that carries no id (IoT Hub sends `$.mid`
+/// only when the back end set one; with `kind = "mqtt"`, a body without an
+/// `id`). Such a message cannot be deduplicated: a redelivery runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MissingId {
+    /// Run it under an id the gateway makes up; its report says
+    /// `"deduplicated": false`.
+    #[default]
+    Execute,
+    /// Reject it (final, reported, acknowledged in its turn).
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
     pub kind: HubKind,
@@ -212,6 +236,9 @@ pub struct HubConfig {
     pub max_unacked: usize,
     #[serde(default)]
     pub reports: Reports,
+    /// A message without an id: run it (`execute`) or reject it (`reject`).
+    #[serde(default)]
+    pub missing_id: MissingId,
     #[serde(default = "default_keep_alive")]
     pub keep_alive: Dur,
     /// Bodies larger than this are rejected (IoT Hub's limit is 64 KB).
@@ -247,7 +274,7 @@ fn default_max_body() -> usize {
     64 * 1024
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Application property naming the target device.
@@ -292,7 +319,7 @@ pub enum Framing {
     Raw,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
     pub kind: BusKind,
@@ -352,7 +379,7 @@ fn default_breaker_max() -> Dur {
     Dur::secs(60)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     pub bus: String,
@@ -374,7 +401,7 @@ pub struct DeviceConfig {
     pub telemetry: Option<TelemetryConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// How often the points are read.
@@ -434,7 +461,7 @@ pub enum WordOrder {
     Little,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PointConfig {
     pub table: Table,

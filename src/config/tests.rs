@@ -306,6 +306,8 @@ fn the_hub_is_checked_by_kind() {
         (azure, "max_body = 0\n", "max_body", "between 1 and 262144"),
         (mqtt, "max_body = 262145\n", "max_body", "between 1 and 262144"),
         (azure, "keep_alive = \"1day\"\n", "keep_alive", "at most 65535s"),
+        (azure, "missing_id = \"drop\"\n", "missing_id", "unknown variant `drop`, expected `execute` or `reject`"),
+        (mqtt, "missing_id = true\n", "missing_id", "hub.missing_id"),
     ];
     for (hub, extra, at, msg) in cases {
         one(&format!("{hub}{extra}"), at, msg);
@@ -315,6 +317,9 @@ fn the_hub_is_checked_by_kind() {
     ok(&format!("{azure}connection_string = \"HostName=h;DeviceId=d;SharedAccessKey=k\"\n"));
     ok(&format!("{mqtt}subscribe = \"gw/commands\"\nmax_body = 262144\npassword = \"pw\"\n"));
     ok("[hub]\nkind = \"mqtt\"\nurl = \"mqtt://user:pw@[::1]:1883/\"\n");
+    assert_eq!(ok(azure).hub.missing_id, MissingId::Execute, "the default");
+    assert_eq!(ok(&format!("{azure}missing_id = \"reject\"\n")).hub.missing_id, MissingId::Reject);
+    assert_eq!(ok(&format!("{mqtt}missing_id = \"execute\"\n")).hub.missing_id, MissingId::Execute);
 }
 
 #[test]
@@ -405,4 +410,23 @@ fn telemetry_points_and_alerts_are_checked() {
     for want in ["at least 100ms", "no point \"nope\"", "is not `POINT OP NUMBER`", "point \"x\" is not among"] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+}
+
+#[test]
+fn a_changed_secret_needs_a_restart_though_it_prints_the_same() {
+    let mqtt = "[hub]\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"u\"\n";
+    let old = ok(&format!("{mqtt}password = \"old\"\n"));
+    let new = ok(&format!("{mqtt}password = \"new\"\n"));
+    assert_eq!(format!("{:?}", old.hub), format!("{:?}", new.hub), "secrets print as ***");
+    assert!(old.needs_restart_for(&new), "a changed password");
+    let azure = |key: &str| {
+        ok(&format!("[hub]\nkind = \"azure\"\nconnection_string = \"HostName=h;DeviceId=d;SharedAccessKey={key}\"\n"))
+    };
+    assert!(azure("a2V5MQ==").needs_restart_for(&azure("a2V5Mg==")), "a changed device key");
+    assert!(!azure("a2V5MQ==").needs_restart_for(&azure("a2V5MQ==")));
+    // Routing (like buses and devices) is applied by a reload.
+    let routed = ok(&format!("{mqtt}password = \"old\"\n[routing]\ndevice_property = \"target\"\n"));
+    assert!(!old.needs_restart_for(&routed));
+    let moved = ok(&format!("{mqtt}password = \"old\"\n[gateway]\nstate_dir = \"/elsewhere\"\n"));
+    assert!(old.needs_restart_for(&moved));
 }

@@ -6,7 +6,9 @@
 //!   `iothub-correlationid`, `iothub-contenttype`, `iothub-contentencoding`,
 //!   `iothub-app-NAME` (HTTP lower-cases NAME), `iothub-properties`
 //!   (a percent-encoded bag `k=v&k=v` that keeps the case) → 201
-//!   `{"message_id": ...}`
+//!   `{"message_id": ...}` (`null` without `iothub-messageid`: like IoT Hub,
+//!   the emulator makes up no id, and the message goes without `$.mid`;
+//!   without `iothub-expiry` it goes without `$.exp`)
 //! - `GET /devices/{id}/messages`: the device's queue
 //! - `GET /feedback`: delivery feedback records
 //! - `GET /devices/{id}/events`: D2C messages with their properties

@@ -152,13 +152,18 @@ impl Shared {
         self.state().complete(device, conn, pkid, self.strict)
     }
 
-    /// Enqueues a C2D message, like the service SDK's `SendAsync`.
-    pub fn send(&self, device: &str, req: C2dRequest) -> Result<String, SendError> {
+    /// Enqueues a C2D message, like the service SDK's `SendAsync`. Returns
+    /// the message id the back end set, if any (none is made up: IoT Hub
+    /// delivers such a message without `$.mid`).
+    pub fn send(&self, device: &str, req: C2dRequest) -> Result<Option<String>, SendError> {
         if req.body.len() > MAX_C2D_BODY {
             return Err(SendError::TooLarge(req.body.len()));
         }
+        let now = SystemTime::now();
         let props = C2dProperties {
             message_id: req.message_id,
+            // `$.exp` only when the back end set an expiry, as IoT Hub does.
+            expiry: req.ttl.map(|ttl| now + ttl),
             correlation_id: req.correlation_id,
             content_type: req.content_type,
             content_encoding: req.content_encoding,
@@ -166,8 +171,7 @@ impl Shared {
             app: req.properties.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             ..C2dProperties::default()
         };
-        let ttl = req.ttl.unwrap_or(self.default_ttl);
-        let id = self.state().enqueue(device, props, req.body, ttl, SystemTime::now())?;
+        let id = self.state().enqueue(device, props, req.body, self.default_ttl, now)?;
         self.pump();
         Ok(id)
     }
@@ -310,8 +314,8 @@ impl Emulator {
         format!("HostName={};DeviceId={id};SharedAccessKey={key}", self.shared.host_name)
     }
 
-    /// Enqueues a C2D message, like the service SDK's `SendAsync`.
-    pub fn send(&self, device: &str, req: C2dRequest) -> Result<String, SendError> {
+    /// Enqueues a C2D message, like the service SDK's `SendAsync`; see [`Shared::send`].
+    pub fn send(&self, device: &str, req: C2dRequest) -> Result<Option<String>, SendError> {
         self.shared.send(device, req)
     }
 

@@ -33,13 +33,16 @@ pub struct C2d {
 }
 
 impl C2d {
-    pub fn id(&self) -> &str {
-        self.props.message_id.as_deref().unwrap_or("")
+    /// The id the back end set; `None` when it set none (IoT Hub then
+    /// sends no `$.mid`, and feedback about it names no message).
+    pub fn id(&self) -> Option<&str> {
+        self.props.message_id.as_deref()
     }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Feedback {
+    /// The message id the back end set; empty when it set none.
     pub original_message_id: String,
     pub device_id: String,
     pub status_code: String,
@@ -59,7 +62,8 @@ pub struct Event {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct QueuedView {
-    pub message_id: String,
+    /// `null` when the back end set no message id.
+    pub message_id: Option<String>,
     pub state: C2dState,
     pub delivery_count: u32,
     pub enqueued_time_utc: String,
@@ -124,7 +128,7 @@ impl HubState {
         };
         if wants {
             self.feedback.push(Feedback {
-                original_message_id: m.id().to_string(),
+                original_message_id: m.id().unwrap_or_default().to_string(),
                 device_id: device.to_string(),
                 status_code: status.to_string(),
                 description: description.to_string(),
@@ -133,23 +137,26 @@ impl HubState {
         }
     }
 
+    /// Queues a message as the back end sent it. Like IoT Hub, the
+    /// property bag carries `$.mid` and `$.exp` only when the back end set
+    /// them (`props.message_id`, `props.expiry`); without an expiry the
+    /// message still ends after `default_ttl`. Returns the message id, if any.
     pub fn enqueue(
         &mut self,
         device: &str,
         mut props: C2dProperties,
         body: Vec<u8>,
-        ttl: Duration,
+        default_ttl: Duration,
         now: SystemTime,
-    ) -> Result<String, SendError> {
+    ) -> Result<Option<String>, SendError> {
         let d = self.devices.get_mut(device).ok_or_else(|| SendError::UnknownDevice(device.into()))?;
         if d.queue.len() >= QUEUE_LIMIT {
             return Err(SendError::QueueFull(device.into()));
         }
-        let id = props.message_id.clone().filter(|s| !s.is_empty()).unwrap_or_else(new_id);
-        props.message_id = Some(id.clone());
+        props.message_id = props.message_id.filter(|s| !s.is_empty());
+        let id = props.message_id.clone();
         props.to = Some(format!("/devices/{device}/messages/devicebound"));
-        let expires = props.expiry.unwrap_or(now + ttl);
-        props.expiry = Some(expires);
+        let expires = props.expiry.unwrap_or(now + default_ttl);
         d.queue.push_back(C2d {
             props,
             body,
@@ -270,7 +277,7 @@ impl HubState {
         Ok(d.queue
             .iter()
             .map(|m| QueuedView {
-                message_id: m.id().to_string(),
+                message_id: m.id().map(str::to_string),
                 state: m.state,
                 delivery_count: m.deliveries,
                 enqueued_time_utc: utc(m.enqueued),
@@ -336,6 +343,30 @@ mod tests {
         assert!(h.complete("d", 1, out[0].pkid, true));
         assert_eq!(h.feedback[0].status_code, "Success");
         assert!(h.devices["d"].queue.is_empty());
+    }
+
+    #[test]
+    fn without_message_id_or_expiry_the_bag_has_neither_and_feedback_names_no_message() {
+        let (mut h, now) = hub();
+        let props = C2dProperties { ack: Some("full".into()), ..C2dProperties::default() };
+        assert_eq!(h.enqueue("d", props.clone(), b"x".to_vec(), Duration::from_secs(60), now), Ok(None));
+        assert_eq!(h.queue_view("d").unwrap()[0].message_id, None);
+        let d = h.devices.get_mut("d").unwrap();
+        d.conn = Some(1);
+        d.subscribed = true;
+        let out = h.pump(now);
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].topic.contains("%24.mid") && !out[0].topic.contains("%24.exp"), "{}", out[0].topic);
+        assert!(out[0].topic.contains("%24.to=") && out[0].topic.contains("iothub-ack=full"), "{}", out[0].topic);
+        assert!(h.complete("d", 1, out[0].pkid, true));
+        assert_eq!(h.feedback[0].original_message_id, "");
+        assert_eq!(h.feedback[0].status_code, "Success");
+        // The default TTL still applies.
+        h.enqueue("d", props, vec![], Duration::from_secs(60), now).unwrap();
+        h.disconnected("d", 1);
+        assert!(h.pump(now + Duration::from_secs(61)).is_empty());
+        assert_eq!(h.feedback[1].status_code, "Expired");
+        assert_eq!(h.feedback[1].original_message_id, "");
     }
 
     #[test]

@@ -1,36 +1,66 @@
-//! Which result report each outgoing publish carries, so that the PUBACK of
-//! a report can be traced to its journal entry: the entry counts as
-//! reported only once the hub has it.
+//! The publishes (result reports, telemetry) handed to rumqttc on the
+//! current connection and not yet acknowledged by the hub, so that the
+//! PUBACK of a report can be traced to its journal entry (the entry counts
+//! as reported only once the hub has it), and so that whatever the hub did
+//! not acknowledge can be sent again after the connection is lost.
 //!
 //! rumqttc numbers publishes itself, in the order they were handed to it,
 //! and says so with `Outgoing::Publish(pkid)`; the tickets wait here in that
 //! order until their number is known. (Handing rumqttc publishes with our
 //! own numbers would go through its `pending` queue, which sleeps a timer
 //! tick per request: a thousand reports a second at most.)
+//!
+//! Everything here belongs to one connection: when it is lost, [`Inflight::lost`]
+//! hands back every publish not acknowledged, whole and in the order it was
+//! handed over, and starts empty. The link sends those again from here and
+//! never from rumqttc's own leftovers, whose packet ids (and a publish parked
+//! on a packet id collision) would have to be matched to tickets by guesswork.
 
 use std::collections::{HashMap, VecDeque};
 
+/// One publish as the link handed it to rumqttc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// The journal entry this is the result report of (`None`: telemetry).
+    pub report: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Ticket {
+    /// Handing order on this connection.
+    order: u64,
+    publish: Publish,
+}
+
 #[derive(Debug, Default)]
 pub struct Inflight {
+    next_order: u64,
     /// Handed to rumqttc, number not yet known (in order).
-    waiting: VecDeque<Option<u64>>,
-    by_pkid: HashMap<u16, Option<u64>>,
-    /// A publish rumqttc sent under a number whose PUBACK we have not seen
-    /// yet (a collision it resolved): takes the number after that PUBACK.
-    collided: Option<(u16, Option<u64>)>,
+    waiting: VecDeque<Ticket>,
+    /// Sent under a number, PUBACK not yet seen.
+    by_pkid: HashMap<u16, Ticket>,
+    /// Numbered while an older publish still held the same number (rumqttc
+    /// resolved a collision): each takes its number after that PUBACK.
+    collided: VecDeque<(u16, Ticket)>,
 }
 
 impl Inflight {
-    /// A publish carrying `report` was handed to rumqttc.
-    pub fn queued(&mut self, report: Option<u64>) {
-        self.waiting.push_back(report);
+    /// A publish was handed to rumqttc.
+    pub fn queued(&mut self, publish: Publish) {
+        self.waiting.push_back(Ticket { order: self.next_order, publish });
+        self.next_order += 1;
     }
 
     /// rumqttc sent the next publish as `pkid`.
     pub fn sent(&mut self, pkid: u16) {
-        let t = self.waiting.pop_front().flatten();
+        let Some(t) = self.waiting.pop_front() else {
+            tracing::debug!(pkid, "rumqttc sent a publish the link did not hand it on this connection");
+            return;
+        };
         match self.by_pkid.entry(pkid) {
-            std::collections::hash_map::Entry::Occupied(_) => self.collided = Some((pkid, t)),
+            std::collections::hash_map::Entry::Occupied(_) => self.collided.push_back((pkid, t)),
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(t);
             }
@@ -39,46 +69,29 @@ impl Inflight {
 
     /// The PUBACK of `pkid` came: the report it carried, if any.
     pub fn acked(&mut self, pkid: u16) -> Option<u64> {
-        let r = self.by_pkid.remove(&pkid).flatten();
-        if let Some((p, t)) = self.collided {
-            if p == pkid {
-                self.by_pkid.insert(p, t);
-                self.collided = None;
-            }
+        let t = self.by_pkid.remove(&pkid)?;
+        if let Some(i) = self.collided.iter().position(|(p, _)| *p == pkid) {
+            let (_, next) = self.collided.remove(i).expect("index from position");
+            self.by_pkid.insert(pkid, next);
         }
-        r
+        t.publish.report
     }
 
-    /// The connection is gone and rumqttc hands back a publish (`pkid` 0:
-    /// never numbered): the report it carried. Call in rumqttc's order
-    /// (numbered ones first, then the rest as queued).
-    pub fn take_back(&mut self, pkid: u16) -> Option<u64> {
-        if pkid != 0 {
-            if let Some(t) = self.by_pkid.remove(&pkid) {
-                return t;
-            }
-        }
-        // numbered, but the event saying so was lost with the connection
-        self.waiting.pop_front().flatten()
+    /// The connection is gone: every publish the hub did not acknowledge,
+    /// in the order they were handed over (sent, numbered or not, and
+    /// still queued in rumqttc alike). Leaves this empty for the next one.
+    pub fn lost(&mut self) -> Vec<Publish> {
+        let mut all: Vec<Ticket> = self.waiting.drain(..).collect();
+        all.extend(self.by_pkid.drain().map(|(_, t)| t));
+        all.extend(self.collided.drain(..).map(|(_, t)| t));
+        all.sort_by_key(|t| t.order);
+        self.next_order = 0;
+        all.into_iter().map(|t| t.publish).collect()
     }
 
-    /// Every report not yet acknowledged, forgotten (see the link's stop).
-    pub fn drain_reports(&mut self) -> Vec<u64> {
-        let mut v: Vec<u64> = self.waiting.drain(..).flatten().collect();
-        v.extend(self.by_pkid.drain().filter_map(|(_, t)| t));
-        v.extend(self.collided.take().and_then(|(_, t)| t));
-        v
-    }
-
-    /// Forgets everything (after the publishes were taken back).
-    pub fn clear(&mut self) {
-        self.waiting.clear();
-        self.by_pkid.clear();
-        self.collided = None;
-    }
-
+    /// Publishes handed over and not acknowledged.
     pub fn len(&self) -> usize {
-        self.waiting.len() + self.by_pkid.len()
+        self.waiting.len() + self.by_pkid.len() + self.collided.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,12 +103,20 @@ impl Inflight {
 mod tests {
     use super::*;
 
+    fn report(seq: u64) -> Publish {
+        Publish { topic: "r".into(), payload: format!("report {seq}").into_bytes(), report: Some(seq) }
+    }
+
+    fn telemetry() -> Publish {
+        Publish { topic: "t".into(), payload: b"reading".to_vec(), report: None }
+    }
+
     #[test]
     fn numbers_follow_the_order_publishes_were_handed_over() {
         let mut f = Inflight::default();
-        f.queued(Some(10));
-        f.queued(None); // telemetry
-        f.queued(Some(12));
+        f.queued(report(10));
+        f.queued(telemetry());
+        f.queued(report(12));
         f.sent(1);
         f.sent(2);
         f.sent(3);
@@ -109,28 +130,36 @@ mod tests {
     #[test]
     fn a_collision_takes_its_number_after_the_older_puback() {
         let mut f = Inflight::default();
-        f.queued(Some(1));
+        f.queued(report(1));
         f.sent(5);
-        f.queued(Some(2));
-        f.sent(5); // rumqttc resolved a collision: same number, older not acked yet
+        f.queued(report(2));
+        f.sent(5); // same number while the older one is not acknowledged yet
         assert_eq!(f.acked(5), Some(1));
         assert_eq!(f.acked(5), Some(2));
+        assert!(f.is_empty());
     }
 
     #[test]
-    fn taking_back_after_a_lost_connection() {
+    fn a_lost_connection_gives_back_every_unacknowledged_publish_whole_and_in_order() {
         let mut f = Inflight::default();
-        for r in [Some(1), Some(2), Some(3), Some(4)] {
-            f.queued(r);
+        for seq in 1..=6 {
+            f.queued(report(seq));
         }
         f.sent(7);
-        f.sent(8); // 9 was sent too, but its event went with the connection
-                   // rumqttc hands back: 7, 8, 9 (numbered), then the unsent one (0)
-        assert_eq!(f.take_back(7), Some(1));
-        assert_eq!(f.take_back(8), Some(2));
-        assert_eq!(f.take_back(9), Some(3));
-        assert_eq!(f.take_back(0), Some(4));
-        f.clear();
+        f.sent(8);
+        f.sent(7); // 3 collided with 1 (7 not acknowledged)
+        f.sent(9);
+        assert_eq!(f.acked(8), Some(2));
+        // 5 and 6: still in rumqttc's queue, or sent with their events lost
+        // with the connection: either way not acknowledged.
+        let back = f.lost();
+        assert_eq!(back, vec![report(1), report(3), report(4), report(5), report(6)]);
         assert!(f.is_empty());
+        // The next connection starts afresh: a stale number maps to nothing.
+        assert_eq!(f.acked(7), None);
+        assert_eq!(f.acked(9), None);
+        f.queued(report(7));
+        f.sent(7);
+        assert_eq!(f.acked(7), Some(7));
     }
 }

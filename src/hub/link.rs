@@ -8,7 +8,7 @@
 //! deduplicated by the journal instead. Acks are never sent on their own:
 //! rumqttc runs with manual acks and only this task calls it.
 
-use super::inflight::Inflight;
+use super::inflight::{self, Inflight};
 use super::{Dialect, HubCommand, HubEvent};
 use rumqttc::{AsyncClient, ConnectionError, Event, Packet, Publish, QoS};
 use std::collections::VecDeque;
@@ -99,17 +99,19 @@ pub async fn run(
                         }
                         client.try_ack(&ack_packet(*pkid)).map_err(|_| ())
                     }
-                    HubCommand::Publish { topic, payload, report } => {
-                        let r = client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone());
-                        if r.is_ok() {
-                            inflight.queued(*report);
-                        }
-                        r.map_err(|_| ())
+                    HubCommand::Publish { topic, payload, .. } => {
+                        client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone()).map_err(|_| ())
                     }
                 };
-                if r.is_err() {
-                    outbox.push_front(cmd);
-                    break;
+                match (r, cmd) {
+                    (Err(()), cmd) => {
+                        outbox.push_front(cmd);
+                        break;
+                    }
+                    (Ok(()), HubCommand::Publish { topic, payload, report }) => {
+                        inflight.queued(inflight::Publish { topic, payload, report })
+                    }
+                    (Ok(()), HubCommand::Ack { .. }) => {}
                 }
             }
         }
@@ -127,7 +129,6 @@ pub async fn run(
                 tracing::info!("renewing the SAS token: reconnecting with a new one");
                 refresh_credentials(&dialect, &mut eventloop);
                 eventloop.clean();
-                eventloop.state.events.clear();
                 reclaim_publishes(&mut eventloop, &mut outbox, &mut inflight);
                 connected_at = None;
                 renew_at = None;
@@ -171,9 +172,6 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    // Events read from the dead connection must not surface
-                    // after the next CONNACK: their packet ids are stale.
-                    eventloop.state.events.clear();
                     reclaim_publishes(&mut eventloop, &mut outbox, &mut inflight);
                     if let Some(at) = connected_at.take() {
                         renew_at = None;
@@ -199,8 +197,16 @@ pub async fn run(
     }
 }
 
-/// The end: the last acks and reports, then DISCONNECT, in that order.
-/// Returns the reports taken as done (see below).
+/// How long a stop waits for the hub's PUBACKs of the last reports.
+const STOP_WAIT_FOR_PUBACKS: Duration = Duration::from_secs(2);
+/// How long a stop waits for the DISCONNECT to go out.
+const STOP_WAIT_FOR_DISCONNECT: Duration = Duration::from_secs(1);
+
+/// The end: the last acks and reports, the hub's PUBACKs of the reports
+/// (for a while), then DISCONNECT. Returns the reports the hub
+/// acknowledged; only those are done. A report without its PUBACK (a
+/// half-open link swallows them) stays unreported in the journal and is
+/// sent again after the next start: the hub may get it twice, never not.
 async fn stop(
     client: &AsyncClient,
     eventloop: &mut rumqttc::EventLoop,
@@ -210,79 +216,90 @@ async fn stop(
     generation: u64,
     connected: bool,
 ) -> Vec<u64> {
-    // Last acks and reports first, then DISCONNECT, in that order.
     while let Ok(cmd) = commands.try_recv() {
         outbox.push_back(cmd);
     }
     if !connected {
         return Vec::new(); // reports not sent go out after the next start
     }
-    {
-        for cmd in outbox.drain(..) {
-            match cmd {
-                HubCommand::Ack { generation: g, pkid } if g == generation => {
-                    let _ = client.try_ack(&ack_packet(pkid));
+    for cmd in outbox.drain(..) {
+        match cmd {
+            HubCommand::Ack { generation: g, pkid } if g == generation => {
+                let _ = client.try_ack(&ack_packet(pkid));
+            }
+            HubCommand::Publish { topic, payload, report } => {
+                if client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone()).is_ok() {
+                    inflight.queued(inflight::Publish { topic, payload, report });
                 }
-                HubCommand::Publish { topic, payload, report } => {
-                    if client.try_publish(topic, QoS::AtLeastOnce, false, payload).is_ok() {
-                        inflight.queued(report);
-                    }
-                }
-                HubCommand::Ack { .. } => {}
+            }
+            HubCommand::Ack { .. } => {}
+        }
+    }
+    let mut reported = Vec::new();
+    let mut ended = false;
+    let deadline = Instant::now() + STOP_WAIT_FOR_PUBACKS;
+    while !inflight.is_empty() {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Err(_) => break,
+            Ok(Ok(ev)) => on_stop_event(ev, inflight, &mut reported),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "the hub connection ended while stopping");
+                ended = true;
+                break;
             }
         }
     }
-    let _ = client.try_disconnect();
-    // Let the DISCONNECT (and everything queued before it) go out.
-    // The reports written before it on this live connection are
-    // taken as done (their PUBACKs would come after we stop
-    // reading): a clean stop does not send them again.
-    let mut reported = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            let ev = match eventloop.poll().await {
-                Ok(ev) => ev,
-                Err(e) => {
-                    tracing::debug!(error = %e, "the hub connection ended while stopping");
-                    break;
+    if !ended {
+        // DISCONNECT goes after the acks queued before it.
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(STOP_WAIT_FOR_DISCONNECT, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(ev) => on_stop_event(ev, inflight, &mut reported),
                 }
-            };
-            match ev {
-                Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => inflight.sent(pkid),
-                Event::Incoming(Packet::PubAck(a)) => reported.extend(inflight.acked(a.pkid)),
-                Event::Outgoing(rumqttc::Outgoing::Disconnect) => {
-                    reported.extend(inflight.drain_reports());
-                    break;
-                }
-                _ => {}
             }
-        }
-    })
-    .await;
+        })
+        .await;
+    }
+    let unacknowledged = inflight.lost().iter().filter(|p| p.report.is_some()).count();
+    if unacknowledged > 0 {
+        tracing::warn!(
+            unacknowledged,
+            "the hub did not acknowledge the last result reports before the stop: they are sent again after the next start"
+        );
+    }
     reported
 }
 
-/// Takes back the publishes (result reports, telemetry) rumqttc kept from a
-/// dead connection, sent but not acknowledged or still queued, ahead of
-/// anything newer in the outbox. rumqttc itself resends them only when the
-/// next CONNACK says the session is present and drops them when it is not
-/// (a restarted broker, a hub failover): a report would be lost, while the
-/// journal already counts it as sent. Sent again they may arrive twice.
+fn on_stop_event(ev: Event, inflight: &mut Inflight, reported: &mut Vec<u64>) {
+    match ev {
+        Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => inflight.sent(pkid),
+        Event::Incoming(Packet::PubAck(a)) => reported.extend(inflight.acked(a.pkid)),
+        _ => {}
+    }
+}
+
+/// After a connection is lost: puts every publish (result report,
+/// telemetry) the hub did not acknowledge back at the head of the outbox,
+/// in the order it was first handed over, from the link's own copies.
+/// rumqttc's leftovers are dropped: its unacknowledged publishes and what
+/// was still in its queue (the same publishes, sent again from here), the
+/// publish it parked on a packet id collision (left there, it would stop
+/// every later request, acks included, on every later connection: rumqttc's
+/// `clean()` does not clear it), acks of the dead connection, its
+/// subscription (made again on CONNACK), pings. rumqttc itself would resend
+/// only when the next CONNACK says the session is present and drop them
+/// when it is not (a restarted broker, a hub failover), while the journal
+/// waits for their PUBACKs. Sent again they may arrive twice.
 fn reclaim_publishes(eventloop: &mut rumqttc::EventLoop, outbox: &mut VecDeque<HubCommand>, inflight: &mut Inflight) {
-    let kept: Vec<HubCommand> = eventloop
-        .pending
-        .drain(..)
-        .filter_map(|r| match r {
-            rumqttc::Request::Publish(p) => {
-                let report = inflight.take_back(p.pkid);
-                Some(HubCommand::Publish { topic: p.topic, payload: p.payload.to_vec(), report })
-            }
-            _ => None, // acks of the dead connection, its subscription (made again on CONNACK), pings
-        })
-        .collect();
-    inflight.clear();
-    for cmd in kept.into_iter().rev() {
-        outbox.push_front(cmd);
+    eventloop.pending.clear();
+    eventloop.state.collision = None;
+    // Events read from the dead connection must not surface after the
+    // next CONNACK: their packet ids are stale.
+    eventloop.state.events.clear();
+    for p in inflight.lost().into_iter().rev() {
+        outbox.push_front(HubCommand::Publish { topic: p.topic, payload: p.payload, report: p.report });
     }
 }
 

@@ -5,10 +5,12 @@
 pub mod azure;
 pub mod inflight;
 pub mod link;
+#[cfg(test)]
+mod link_tests;
 pub mod mqtt;
 pub mod tls;
 
-use crate::config::{Config, HubKind};
+use crate::config::{Config, HubKind, MissingId};
 use crate::message::Inbound;
 use rumqttc::MqttOptions;
 use std::time::Duration;
@@ -120,6 +122,20 @@ impl Dialect {
             Dialect::Azure(d) => d.describe(),
             Dialect::Mqtt(d) => d.describe(),
         }
+    }
+}
+
+/// Applies `hub.missing_id` to a message that carries no id (`what` names
+/// where the id would have been): with `reject`, the message is rejected
+/// (final, reported, acknowledged in its turn) rather than run without a
+/// way to recognise its redelivery. A message rejected already keeps its
+/// reason.
+pub fn apply_missing_id(m: &mut Inbound, policy: MissingId, what: &str) {
+    if policy == MissingId::Reject && m.id.is_none() && m.reject.is_none() {
+        m.reject = Some(format!(
+            "the message has no id ({what}), so a redelivery could not be recognised: \
+             rejected by hub.missing_id = \"reject\""
+        ));
     }
 }
 

@@ -5,7 +5,7 @@
 //! be recognised when the broker redelivers it (never dedupe by content: two
 //! identical commands sent on purpose must both run).
 
-use crate::config::{Config, Secret};
+use crate::config::{Config, MissingId, Secret};
 use crate::hub::{is_loopback, tls, HubError};
 use crate::message::Inbound;
 use rumqttc::MqttOptions;
@@ -26,6 +26,7 @@ pub struct MqttDialect {
     keep_alive: Duration,
     max_body: usize,
     default_device: Option<String>,
+    missing_id: MissingId,
 }
 
 /// Options both dialects share.
@@ -117,6 +118,7 @@ impl MqttDialect {
             keep_alive: *hub.keep_alive,
             max_body: hub.max_body,
             default_device: cfg.routing.default_device.clone(),
+            missing_id: hub.missing_id,
         })
     }
 
@@ -185,6 +187,7 @@ impl MqttDialect {
                 }
             }
         }
+        crate::hub::apply_missing_id(&mut m, self.missing_id, "no \"id\" in the body");
         Some(m)
     }
 
@@ -247,6 +250,28 @@ mod tests {
         assert!(d.inbound("gateway/boiler/c2d/x", b"{}").is_none());
         let m = d.inbound("gateway/panel/c2d", br#"{"id": "t1", "text": "HELLO"}"#).unwrap();
         assert_eq!(m.body, b"HELLO");
+    }
+
+    #[test]
+    fn a_body_without_id_runs_or_is_rejected_as_missing_id_says() {
+        let bodies: [&[u8]; 3] = [br#"{"point": "x", "value": 1}"#, br#"{"text": "HELLO"}"#, b"HELLO"];
+        let d = dialect("gateway/+/c2d");
+        for body in bodies {
+            let m = d.inbound("gateway/boiler/c2d", body).unwrap();
+            assert_eq!((m.id, m.reject), (None, None), "run by default");
+        }
+        let cfg: Config = toml::from_str(
+            "[hub]\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"t\"\nmissing_id = \"reject\"",
+        )
+        .unwrap();
+        let d = MqttDialect::from_config(&cfg).unwrap();
+        for body in bodies {
+            let m = d.inbound("gateway/boiler/c2d", body).unwrap();
+            let why = m.reject.unwrap_or_default();
+            assert!(why.contains("no \"id\" in the body") && why.contains("missing_id"), "{why}");
+        }
+        let m = d.inbound("gateway/boiler/c2d", br#"{"id": "a1", "point": "x", "value": 1}"#).unwrap();
+        assert_eq!(m.reject, None);
     }
 
     #[test]

@@ -113,9 +113,7 @@ impl Pipeline {
     /// messages stay in the journal and are dispatched again under the new
     /// map; nothing is dropped, nothing on the wire is cut.
     async fn reload(&mut self, mut new: Config, done: &mut mpsc::UnboundedReceiver<Done>) {
-        if format!("{:?}", new.hub) != format!("{:?}", self.cfg.hub)
-            || format!("{:?}", new.gateway) != format!("{:?}", self.cfg.gateway)
-        {
+        if self.cfg.needs_restart_for(&new) {
             tracing::warn!(
                 "[hub] and [gateway] changes take effect after a restart; applying buses, devices and routing now"
             );

@@ -120,6 +120,7 @@ points.position = {{ table = "holding", address = 20, type = "i16" }}
                 },
             )
             .unwrap()
+            .expect("the message id given")
     }
 
     /// Result reports published by the gateway: (message id, status, body).

@@ -35,6 +35,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -410,8 +411,9 @@ class Emulator:
         headers = {"iothub-ack": "full", "Content-Type": "application/octet-stream"}
         if device:
             headers["iothub-app-device"] = device
-        if message_id:
-            headers["iothub-messageid"] = message_id
+        # An id of our own: like IoT Hub, the emulator makes none up, and the
+        # tests find feedback and reports by it.
+        headers["iothub-messageid"] = message_id or str(uuid.uuid4())
         return self._http("POST", f"/devices/{self.device}/messages", body.encode(), headers)["message_id"]
 
     def feedback(self, message_id: str) -> list[dict]:

@@ -116,14 +116,33 @@ def test_message_ids_deduplicate_and_nothing_else_does(mqtt_gateway, modbus_devi
     wait_until(lambda: len(backend.all_reports()) >= before + 2, 10, what="2 reports of id-less messages")
     generated = backend.all_reports()[before:]
     assert len(generated) == 2
-    assert [(r["status"], r.get("id_generated")) for r in generated] == [("delivered", True)] * 2
+    assert [(r["status"], r.get("id_generated"), r.get("deduplicated")) for r in generated] == \
+        [("delivered", True, False)] * 2
     assert generated[0]["message_id"] != generated[1]["message_id"]
     assert all(r["message_id"] not in ("", None) for r in generated)
 
     assert without_t(device.wait_writes(5)) == [sp_write(7), sp_write(8), sp_write(8), sp_write(9), sp_write(9)]
     assert len(backend.all_reports()) == 6
-    # id-carrying reports never say id_generated
-    assert all("id_generated" not in r for i in ("dup-1", "dup-2", "dup-3") for r in backend.reports_for(i))
+    # id-carrying reports never say id_generated (nor that they were not deduplicated)
+    assert all("id_generated" not in r and "deduplicated" not in r
+               for i in ("dup-1", "dup-2", "dup-3") for r in backend.reports_for(i))
+
+
+def test_missing_id_reject_refuses_a_body_without_an_id(mosquitto, mqtt_gateway, modbus_device, backend):
+    """`[hub] missing_id = "reject"`: a body without an `id` is rejected with
+    the reason, reported, and completed at the broker in its turn; the one
+    after it, with an id, runs."""
+    device = modbus_device()
+    gw = mqtt_gateway(modbus_tcp_bus("plc", device.address) + BOILER, hub_extra='missing_id = "reject"')
+    backend.publish("boiler", {"point": "sp", "value": 5})
+    backend.publish("boiler", {"id": "has-id", "point": "sp", "value": 6})
+    assert backend.wait_report("has-id")["status"] == "delivered"
+    wait_until(lambda: len(backend.all_reports()) >= 2, 10, what="the report of the id-less message")
+    no_id = [r for r in backend.all_reports() if r["message_id"] != "has-id"]
+    assert [(r["status"], r.get("deduplicated")) for r in no_id] == [("rejected", False)], no_id
+    assert 'no "id" in the body' in no_id[0]["detail"] and "missing_id" in no_id[0]["detail"], no_id
+    assert without_t(device.wait_writes(1)) == [sp_write(6)]
+    wait_until(lambda: pubacks_from(mosquitto, gw.client_id) >= 2, 5, what="both completed at the broker")
 
 
 def test_sigterm_finishes_the_request_on_the_wire_and_exits_0(mosquitto, mqtt_gateway, modbus_device, backend):

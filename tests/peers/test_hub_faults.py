@@ -892,6 +892,63 @@ def test_report_in_flight_when_the_hub_restarts_without_the_session(emulator, ma
     assert_reports_consistent(reports, batch.ids)
 
 
+def acknowledged_reports(proxy: MqttProxy, from_conn: int = 1) -> Counter:
+    """Message id -> reports about it whose PUBACK the proxy forwarded to the
+    gateway, on connections `from_conn` and later (a swallowed PUBACK does
+    not count, unlike in `accepted_reports`)."""
+    pending, out = {}, Counter()
+    for r in proxy.packets():
+        if r["conn"] < from_conn:
+            continue
+        if r["dir"] == UP and r["type"] == "PUBLISH" and not is_c2d(r) and r["pkid"]:
+            try:
+                pending[(r["conn"], r["pkid"])] = json.loads(r["payload"]).get("message_id")
+            except (ValueError, AttributeError):
+                continue
+        elif r["dir"] == DOWN and r["type"] == "PUBACK" and r["forwarded"]:
+            mid = pending.pop((r["conn"], r["pkid"]), None)
+            if mid is not None:
+                out[mid] += 1
+    return out
+
+
+def test_reports_whose_puback_never_came_before_a_stop_are_sent_after_the_restart(emulator, make_proxy,
+                                                                                   modbus_device, gateway):
+    """A clean stop (SIGTERM) on a half-open link: the last reports reach the
+    hub, but its PUBACKs never come back (the proxy swallows them). Without
+    a PUBACK a report is not done: it stays in the journal, and after the
+    restart it goes out again and the hub acknowledges it."""
+    emu, proxy, device, gw = azure_rig(emulator, make_proxy, modbus_device, gateway)
+    batch = Batch("stop", 4)
+    first, last = batch.ids[:2], batch.ids[2:]
+    for mid in first:
+        emu.send(mid, "boiler", batch.body(mid))
+    wait_reports_accepted(proxy, first, 20, gw)
+    swallow = proxy.add_rule(DOWN, "PUBACK", "drop", count=1000)
+    for mid in last:
+        emu.send(mid, "boiler", batch.body(mid))
+    wait_until(lambda: {r["message_id"] for r in emu.reports()} >= set(batch.ids), 20,
+               what="the last reports in the hub's event store")
+    wait_until(lambda: swallow.fired >= len(last), 10, what="the hub's PUBACKs of the last reports swallowed")
+    assert not set(last) & set(acknowledged_reports(proxy)), "the gateway got no PUBACK of the last reports"
+    assert gw.terminate() == 0
+    proxy.rules.remove(swallow)
+    restarted_on = max(r["conn"] for r in proxy.packets()) + 1
+    gw.start()
+    try:
+        wait_until(lambda: set(last) <= set(acknowledged_reports(proxy, restarted_on)), 20,
+                   what="the unacknowledged reports sent again after the restart, and acknowledged")
+    except AssertionError as e:
+        raise AssertionError(f"reports without the hub's PUBACK were counted as done at the stop: {e}\n"
+                             + gw.log_text()[-3000:])
+    again = acknowledged_reports(proxy, restarted_on)
+    assert not set(first) & set(again), f"acknowledged reports must not be sent again: {again}"
+    stored = Counter(r["message_id"] for r in emu.reports())
+    assert all(stored[mid] == 2 for mid in last), stored  # before the stop, and again after it
+    assert_exactly_once(device, batch, gw)
+    assert_no_panic(gw)
+
+
 # ============================================== 3. SAS tokens ending mid-flight
 
 def test_sas_renewal_every_1_5_s_with_messages_in_flight(emulator, make_proxy, modbus_device, gateway):

@@ -22,6 +22,7 @@ C2D_HEADERS = [
     ("iothub-contentencoding", "utf-8"),
     ("iothub-app-color", "blue"),
     ("iothub-app-temperatureAlert", "true"),
+    ("iothub-expiry", "3600"),
 ]
 C2D_BODY = b'{"point": "setpoint", "value": 21.5}'
 
@@ -55,7 +56,7 @@ def test_sdk_receives_c2d_with_system_and_custom_properties_and_completes_it(hub
     assert m.content_encoding == "utf-8"
     assert m.ack == "full"
     assert m.user_id is None
-    # $.exp: absolute UTC expiry, default TTL 1 h (IoT Hub's format, 7 fractional digits)
+    # $.exp: absolute UTC expiry, 1 h as set by iothub-expiry (IoT Hub's format, 7 fractional digits)
     assert m.expiry_time_utc.endswith("Z"), m.expiry_time_utc
     exp = datetime.fromisoformat(m.expiry_time_utc)
     assert timedelta(minutes=59) < exp - sent_at < timedelta(minutes=61), m.expiry_time_utc
@@ -75,6 +76,23 @@ def test_sdk_receives_c2d_with_system_and_custom_properties_and_completes_it(hub
     # completed once: not delivered again
     with pytest.raises(queue.Empty):
         received.get(timeout=1.0)
+
+
+def test_a_message_the_back_end_gave_no_id_or_expiry_arrives_without_them(hub, sdk_client):
+    """The seeds' back end sets neither a message id nor an expiry: IoT Hub then
+    sends no `$.mid` and no `$.exp` (the message still ends after the default
+    TTL), and its feedback names no message."""
+    h, client, received = connected_receiver(hub, sdk_client)
+    r = h.post_c2d("dev1", C2D_BODY, [("iothub-ack", "full"), ("iothub-app-device", "boiler")])
+    assert r.status == 201, r
+    assert r.json() == {"message_id": None}
+    m = received.get(timeout=10)
+    assert m.data == C2D_BODY
+    assert m.message_id is None
+    assert m.expiry_time_utc is None
+    assert m.custom_properties == {"device": "boiler"}
+    fb = wait_until(lambda: h.feedback(), 10, what="feedback")
+    assert [(f["original_message_id"], f["status_code"]) for f in fb] == [("", "Success")]
 
 
 def test_custom_property_names_keep_their_case(hub, sdk_client):

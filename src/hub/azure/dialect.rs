@@ -4,7 +4,7 @@
 
 use super::connstr::{self, ConnectionString};
 use super::{propbag, sas};
-use crate::config::{Config, Transport};
+use crate::config::{Config, MissingId, Transport};
 use crate::hub::{is_loopback, tls, HubError};
 use crate::message::{unix_ms, Inbound};
 use rumqttc::MqttOptions;
@@ -23,6 +23,7 @@ pub struct AzureDialect {
     keep_alive: Duration,
     device_property: String,
     max_body: usize,
+    missing_id: MissingId,
 }
 
 /// Where the connection string comes from, in order: inline, file, the
@@ -93,6 +94,7 @@ impl AzureDialect {
             keep_alive: *hub.keep_alive,
             device_property: cfg.routing.device_property.clone(),
             max_body: hub.max_body,
+            missing_id: hub.missing_id,
         })
     }
 
@@ -143,6 +145,7 @@ impl AzureDialect {
         if m.reject.is_none() && payload.len() > self.max_body {
             m.reject = Some(format!("body of {} bytes exceeds max_body = {}", payload.len(), self.max_body));
         }
+        crate::hub::apply_missing_id(&mut m, self.missing_id, "no $.mid: the back end set no message id");
         Some(m)
     }
 
@@ -194,6 +197,22 @@ mod tests {
         assert_eq!(m.device.as_deref(), Some("boiler"));
         assert_eq!(m.expires_at, Some(1_893_456_000_000));
         assert!(m.reject.is_none());
+    }
+
+    #[test]
+    fn a_message_without_mid_runs_or_is_rejected_as_missing_id_says() {
+        let topic = "devices/gw/messages/devicebound/%24.to=%2Fdevices%2Fgw%2Fmessages%2Fdevicebound&device=boiler";
+        let m = dialect("").inbound(topic, b"{}").unwrap();
+        assert_eq!((m.id, m.reject, m.device.as_deref()), (None, None, Some("boiler")), "run by default");
+        let reject = dialect("missing_id = \"reject\"");
+        let m = reject.inbound(topic, b"{}").unwrap();
+        assert_eq!(m.id, None);
+        let why = m.reject.expect("rejected");
+        assert!(why.contains("no $.mid") && why.contains("hub.missing_id = \"reject\""), "{why}");
+        let m = reject.inbound("devices/gw/messages/devicebound/%24.mid=m1", b"{}").unwrap();
+        assert_eq!(m.reject, None, "an id is all it takes");
+        let m = reject.inbound("devices/gw/messages/devicebound/%zz=1", b"{}").unwrap();
+        assert!(m.reject.unwrap().contains("malformed"), "an earlier reason stays");
     }
 
     #[test]

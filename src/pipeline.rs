@@ -300,7 +300,7 @@ impl Pipeline {
         let arrived = Instant::now();
         let mut admitted = Vec::with_capacity(batch.len());
         for (generation, pkid, inbound) in batch {
-            match self.journal.admit(inbound, now) {
+            match self.journal.admit(inbound, self.cfg.routing.default_device.as_deref(), now) {
                 Ok(a) => admitted.push((generation, pkid, a)),
                 Err(e) => {
                     // Not journaled: not acknowledged; the hub delivers it again.
@@ -320,7 +320,7 @@ impl Pipeline {
         let after_journal = self.cfg.hub.complete == Complete::AfterJournal;
         for (generation, pkid, a) in admitted {
             match a {
-                Admitted::New(e) => {
+                Admitted::New(e) | Admitted::Conflict(e) => {
                     tracing::info!(message_id = %e.id, device = e.device.as_deref().unwrap_or(""), seq = e.seq, "received");
                     if e.state.is_final() {
                         tracing::warn!(message_id = %e.id, detail = %e.detail, "rejected");
@@ -367,6 +367,10 @@ impl Pipeline {
                         resent: false,
                         reject: None,
                         body_len: 0,
+                        fingerprint: None,
+                        conflict: false,
+                        acked: false,
+                        final_uptime: None,
                     };
                     self.slot(generation, pkid, u64::MAX, true, arrived);
                     self.send_report(&e);
@@ -449,24 +453,9 @@ impl Pipeline {
             .map_err(|err| err.to_string())?
             .ok_or_else(|| "the message body is missing from the journal".to_string())?;
         let request = router::command(&route, &body)?;
-        // Deadlines are wall-clock facts turned into monotonic instants now.
-        let now_wall = now_ms();
-        let now = Instant::now();
-        let mut deadline: Option<(Instant, String)> = None;
-        let mut consider = |at_ms: u64, why: String| {
-            let at = now + Duration::from_millis(at_ms.saturating_sub(now_wall));
-            if deadline.as_ref().is_none_or(|(d, _)| at < *d) {
-                deadline = Some((at, why));
-            }
-        };
-        if let Some(exp) = e.expires_at {
-            consider(exp, "message expiry ($.exp) reached".into());
-        }
-        let max_age = *route.config.max_age;
-        consider(
-            e.received_at + max_age.as_millis() as u64,
-            format!("max_age ({}) reached", humantime::format_duration(max_age)),
-        );
+        // $.exp is the hub's wall-clock time; max_age counts the age the journal measured (monotonic).
+        let (age, max_age) = (self.journal.age(e), *route.config.max_age);
+        let deadline = Some(crate::journal::clock::job_deadline(Instant::now(), now_ms(), e.expires_at, age, max_age));
         let job = Job {
             seq: e.seq,
             id: e.id.clone(),
@@ -579,8 +568,9 @@ impl Pipeline {
     }
 
     fn send_acks(&mut self) {
-        for (generation, pkid) in self.acks.pop_ready() {
+        for (generation, pkid, seq) in self.acks.pop_ready_slots() {
             let _ = self.hub.send(HubCommand::Ack { generation, pkid });
+            let _ = self.journal.acked(seq);
         }
     }
 

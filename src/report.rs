@@ -82,6 +82,10 @@ mod tests {
             resent: false,
             reject: None,
             body_len: 3,
+            fingerprint: None,
+            conflict: false,
+            acked: false,
+            final_uptime: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
         assert_eq!(v["message_id"], "m1");

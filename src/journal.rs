@@ -427,7 +427,8 @@ impl Journal {
     /// Makes room for a new body by forgetting the oldest finished entries
     /// whose report is done and whose PUBACK went out (their dedupe window
     /// is cut short, said in the log). An entry the hub may still deliver
-    /// again is never forgotten here. Returns why there is no room when
+    /// again is never forgotten here (entries of older versions, which
+    /// cannot tell, excepted). Returns why there is no room when
     /// what cannot be forgotten fills it.
     fn make_room(&self, idx: &mut Index, body_len: u64) -> Result<Option<String>, JournalError> {
         let b = self.inner.bounds;
@@ -442,7 +443,11 @@ impl Journal {
             }
             let (k, v) = kv?;
             let e: Entry = serde_json::from_slice(&v).map_err(|err| JournalError::Decode(seq_of(&k), err))?;
-            if e.state.is_final() && e.reported && (e.acked || idx.acked.contains(&e.seq)) {
+            // Entries of older versions (no fingerprint) never had the mark:
+            // evicted as they were, or an upgrade at the bound would refuse
+            // every new message for a whole dedupe window.
+            let puback_sent = e.acked || idx.acked.contains(&e.seq) || e.fingerprint.is_none();
+            if e.state.is_final() && e.reported && puback_sent {
                 let r = self.inner.messages.remove(&k);
                 self.wrote();
                 r?;

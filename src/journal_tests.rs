@@ -564,3 +564,20 @@ async fn the_age_of_a_queued_message_ignores_a_wall_clock_step() {
     clock.set_wall(t0 + 48 * 3_600_000);
     assert_eq!(j.age(&e), Duration::from_secs(605));
 }
+
+#[tokio::test]
+async fn entries_of_older_versions_are_evicted_as_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let b = Bounds { max_messages: 2, max_bytes: 1 << 20 };
+    {
+        let (j, _) = Journal::open(&dir, 1 << 20, b).unwrap();
+        let old = r#"{"seq":1,"id":"old","received_at":1,"state":"delivered","completed_at":2,"reported":true}"#;
+        j.inner.messages.insert(key(1), old.as_bytes()).unwrap();
+        j.flush().await.unwrap();
+    }
+    let (j, _) = Journal::open(&dir, 1 << 20, b).unwrap();
+    new_entry(j.admit(inbound(Some("n1"), b"1"), None, 3).unwrap());
+    new_entry(j.admit(inbound(Some("n2"), b"1"), None, 3).unwrap());
+    assert!(j.lookup("old").unwrap().is_none(), "no PUBACK mark to wait for: an upgrade at the bound goes on");
+}

@@ -78,3 +78,43 @@ async fn a_report_for_the_default_device_names_it() {
     assert_eq!(rig.dev.holding(1, 10), 4);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bound_never_forgets_a_message_whose_puback_waits_behind_an_older_one() {
+    // The hub redelivers what it has not seen acknowledged after 3 s.
+    let rig = Rig::new(Duration::from_secs(3)).await;
+    let slow = r#"
+[devices.slow]
+bus = "plc"
+unit = 3
+idempotent = true
+max_attempts = 1000
+points.mode = { table = "holding", address = 30, type = "u16" }
+"#;
+    let cfg = rig.config(slow).replace("[gateway]\n", "[gateway]\nmax_messages = 2\n");
+    let gw = Gateway::start(&cfg).await;
+    rig.dev.set_dead(3, true);
+    // A waits for its device at the head of the ack queue; B is delivered
+    // and reported, its own PUBACK waits behind A's.
+    rig.send("slow", "pa-a", r#"{"point": "mode", "value": 1}"#);
+    rig.send("boiler", "pa-b", r#"{"point": "mode", "value": 5}"#);
+    wait_until("B reported", T, || rig.report_for("pa-b").is_some()).await;
+    // The journal is at its bound (A, B): C must not push B out.
+    rig.send("boiler", "pa-c", r#"{"point": "mode", "value": 6}"#);
+    wait_until("C reported", T, || rig.report_for("pa-c").is_some()).await;
+    // The hub delivers B again (never acknowledged): recognised, not run.
+    wait_until("B redelivered and answered", T, || rig.reports().iter().filter(|r| r.0 == "pa-b").count() >= 2).await;
+    let fives = rig.dev.writes().iter().filter(|w| w.unit == 1 && w.address == 10 && w.registers == [5]).count();
+    assert_eq!(fives, 1, "B ran {fives} times");
+    let (status, body) = rig.report_for("pa-c").unwrap();
+    assert_eq!(status, "rejected", "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("journal full"), "{body}");
+    // A's device comes back: A is delivered, every ack goes out in order.
+    rig.dev.set_dead(3, false);
+    wait_until("A and B completed", T, || {
+        rig.feedback_for("pa-a").contains(&"Success".to_string()) && !rig.feedback_for("pa-b").is_empty()
+    })
+    .await;
+    assert_eq!(rig.report_for("pa-a").unwrap().0, "delivered");
+    gw.stop().await;
+}

@@ -720,6 +720,10 @@ impl Journal {
                 r?;
                 idx.remove(&e);
                 removed += 1;
+            } else if e.state.is_final() && e.final_uptime.is_none() {
+                // Written by an older version: it counts from this open, and
+                // from no later one (a gateway restarting daily must prune).
+                self.put(&Entry { final_uptime: Some(self.inner.open_uptime), ..e })?;
             }
         }
         self.save_uptime()?;

@@ -525,6 +525,11 @@ async fn a_gateway_restarting_daily_still_prunes() {
         if day == 0 {
             let e = new_entry(j.admit(inbound(Some("d"), b"x"), None, wall).unwrap());
             done_and_reported(&j, e.seq, wall);
+            // One written by an older version: no uptime recorded.
+            let old = format!(
+                r#"{{"seq":999,"id":"old","received_at":{wall},"state":"delivered","completed_at":{wall},"reported":true}}"#
+            );
+            j.inner.messages.insert(key(999), old.as_bytes()).unwrap();
         }
         for _ in 0..23 {
             clock.advance(HOUR);
@@ -536,7 +541,7 @@ async fn a_gateway_restarting_daily_still_prunes() {
             assert_eq!(pruned, 0, "day {day}: inside the window");
         }
     }
-    assert_eq!(pruned, 1, "pruned once 48 h of uptime passed");
+    assert_eq!(pruned, 2, "both pruned once 48 h of uptime passed");
 }
 
 #[tokio::test]

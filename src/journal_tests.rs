@@ -586,3 +586,18 @@ async fn entries_of_older_versions_are_evicted_as_before() {
     new_entry(j.admit(inbound(Some("n2"), b"1"), None, 3).unwrap());
     assert!(j.lookup("old").unwrap().is_none(), "no PUBACK mark to wait for: an upgrade at the bound goes on");
 }
+
+#[tokio::test]
+async fn forgetting_a_conflict_leaves_the_original_holding_its_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open(&tmp.path().join("j"));
+    let first = new_entry(j.admit(to("boiler", "k", b"one"), None, 1).unwrap());
+    let c = match j.admit(to("boiler", "k", b"two"), None, 2).unwrap() {
+        Admitted::Conflict(c) => c,
+        other => panic!("{other:?}"),
+    };
+    j.forget(c.seq).unwrap();
+    assert_eq!(j.lookup_key(Some("boiler"), "k").unwrap().map(|e| e.seq), Some(first.seq));
+    assert_eq!(j.stats().entries, 1);
+    assert!(matches!(j.admit(to("boiler", "k", b"one"), None, 3).unwrap(), Admitted::Duplicate(_)));
+}

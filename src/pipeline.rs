@@ -311,7 +311,7 @@ impl Pipeline {
         if let Err(e) = self.journal.flush().await {
             tracing::error!(error = %e, count = admitted.len(), "cannot flush the journal (disk full?): the messages are not acknowledged and will be redelivered");
             for (_, _, a) in admitted {
-                if let Admitted::New(e) = a {
+                if let Admitted::New(e) | Admitted::Conflict(e) = a {
                     let _ = self.journal.forget(e.seq);
                 }
             }

@@ -40,10 +40,16 @@ impl AckQueue {
 
     /// The acks that may go now: the ready slots at the front, in order.
     pub fn pop_ready(&mut self) -> Vec<(u64, u16)> {
+        self.pop_ready_slots().into_iter().map(|(g, p, _)| (g, p)).collect()
+    }
+
+    /// [`AckQueue::pop_ready`] with the journal entry of each slot:
+    /// (generation, packet id, sequence).
+    pub fn pop_ready_slots(&mut self) -> Vec<(u64, u16, u64)> {
         let mut out = Vec::new();
         while self.slots.front().is_some_and(|s| s.ready) {
             let s = self.slots.pop_front().expect("front exists");
-            out.push((s.generation, s.pkid));
+            out.push((s.generation, s.pkid, s.seq));
         }
         out
     }

@@ -2,18 +2,27 @@
 //! happens to it. All sled access in the crate is in this module.
 //!
 //! Layout: tree `messages` maps the arrival sequence (u64, big-endian, so
-//! key order is arrival order) to the entry as JSON; tree `bodies` maps the
-//! same key to the body bytes, removed once the message is final (only the
-//! outcome is needed to answer a redelivery). The id → sequence index is
-//! rebuilt in memory at open: the entries are the single source of truth, so
-//! no crash can leave two trees disagreeing about an id.
+//! key order is arrival order) to the entry as JSON; tree `bodies` holds the
+//! body bytes, removed once the message is final (only the outcome is needed
+//! to answer a redelivery): a body of up to [`BODY_CHUNK`] bytes under the
+//! same 8-byte key, a longer one in chunks under (sequence, chunk number).
+//! No stored item, and no sled page of them, reaches sled's blob threshold
+//! (about 128 KiB with 512 KiB segments): sled writes those to files under
+//! `blobs/` that it never fsyncs, so a power cut could take them. Tree
+//! `meta` holds the uptime clock (see `journal/clock.rs`).
+//!
+//! The (device, id) → sequence index is rebuilt in memory at open: the
+//! entries are the single source of truth, so no crash can leave two trees
+//! disagreeing about a key.
 
+pub mod clock;
 mod files;
 mod seal;
 pub mod space;
 
 use crate::message::{Entry, Inbound, Outcome, State};
-use std::collections::HashMap;
+use clock::Clock;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,10 +54,16 @@ pub struct Bounds {
 /// Result of offering a received message to the journal.
 #[derive(Debug)]
 pub enum Admitted {
-    /// First time this id is seen: stored (not yet flushed).
+    /// First time this (device, id) is seen: stored (not yet flushed).
     New(Entry),
-    /// The id is already journaled: do not run it again.
+    /// The (device, id) is already journaled with the same command: do not
+    /// run it again.
     Duplicate(Entry),
+    /// The (device, id) is already journaled with a *different* command.
+    /// Stored (not yet flushed) as an entry of its own, final `rejected`
+    /// ("message id ... was already used for a different command"), to be
+    /// acknowledged and reported like any rejection; never run.
+    Conflict(Entry),
     /// No room: the journal holds `max_messages` / `max_bytes` of unfinished work.
     /// The message is handed back (without its body) for its report.
     Full { detail: String, inbound: Inbound },
@@ -71,6 +86,12 @@ struct Inner {
     db: sled::Db,
     messages: sled::Tree,
     bodies: sled::Tree,
+    /// The uptime clock, saved now and then.
+    meta: sled::Tree,
+    clock: Arc<dyn Clock>,
+    /// The monotonic clock and the uptime clock at the open.
+    opened_mono: Duration,
+    open_uptime: u64,
     bounds: Bounds,
     index: Mutex<Index>,
     /// Counts writes; bumped after each one reaches sled.
@@ -91,12 +112,55 @@ struct Inner {
     failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
+/// The dedupe key: the device the message is for (as resolved at arrival;
+/// `None` in entries of older versions that named none) and its id.
+type Key = (Option<String>, String);
+
+fn key_of(e: &Entry) -> Key {
+    (e.device.clone(), e.id.clone())
+}
+
 #[derive(Default)]
 struct Index {
-    by_id: HashMap<String, u64>,
+    by_key: HashMap<Key, u64>,
+    /// Every entry, conflicts (not in `by_key`) included.
+    entries: usize,
     body_bytes: u64,
     unfinished: usize,
+    /// PUBACK sent in this run, not yet in the stored entry (written with
+    /// the entry's next change, or at the clean stop).
+    acked: HashSet<u64>,
+    /// Unfinished entries: uptime at receipt (earlier runs: estimated from
+    /// the wall clock at the open, so it may be before zero).
+    arrived: HashMap<u64, i64>,
 }
+
+impl Index {
+    /// Forgets a removed entry.
+    fn remove(&mut self, e: &Entry) {
+        let k = key_of(e);
+        if self.by_key.get(&k) == Some(&e.seq) {
+            self.by_key.remove(&k);
+        }
+        self.entries = self.entries.saturating_sub(1);
+        self.acked.remove(&e.seq);
+        self.arrived.remove(&e.seq);
+    }
+}
+
+/// Bodies longer than this are stored in chunks of this size. A sled leaf
+/// holds up to ~20 items before it splits and is written whole when it is
+/// consolidated: 20 chunks stay well under the blob threshold.
+pub const BODY_CHUNK: usize = 4096;
+
+/// The command's fingerprint: the first 64 bits of the body's SHA-256.
+pub fn fingerprint(body: &[u8]) -> u64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(body);
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+const UPTIME: &[u8] = b"uptime";
 
 /// What `open` had to do to get a usable store.
 #[derive(Debug, Default)]
@@ -111,6 +175,32 @@ fn key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
+fn chunk_key(seq: u64, n: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&seq.to_be_bytes());
+    k[8..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// Removes a body in either layout; says whether there was one. A body in
+/// one item (the usual case) goes with a plain remove: a sled batch costs
+/// a log reservation and a global write lock.
+fn remove_body(bodies: &sled::Tree, seq: u64) -> sled::Result<bool> {
+    if bodies.remove(key(seq))?.is_some() {
+        return Ok(true);
+    }
+    let mut batch = sled::Batch::default();
+    let mut any = false;
+    for k in bodies.scan_prefix(key(seq)).keys() {
+        batch.remove(k?);
+        any = true;
+    }
+    if any {
+        bodies.apply_batch(batch)?;
+    }
+    Ok(any)
+}
+
 fn seq_of(k: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     let n = k.len().min(8);
@@ -123,8 +213,18 @@ impl Journal {
     /// or read is moved aside, and an empty one is started in its place: the
     /// daemon keeps running and the operator finds the broken copy beside it.
     pub fn open(dir: &Path, cache_capacity: u64, bounds: Bounds) -> Result<(Journal, OpenReport), JournalError> {
+        Journal::open_with_clock(dir, cache_capacity, bounds, Arc::new(clock::SystemClock::default()))
+    }
+
+    /// [`Journal::open`] with the given clocks (tests step them).
+    pub fn open_with_clock(
+        dir: &Path,
+        cache_capacity: u64,
+        bounds: Bounds,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Journal, OpenReport), JournalError> {
         let mut report = OpenReport::default();
-        match open_guarded(dir, cache_capacity, bounds, &mut report.dropped_entries) {
+        match open_guarded(dir, cache_capacity, bounds, &clock, &mut report.dropped_entries) {
             Ok(j) => Ok((j, report)),
             // An I/O error (disk full, permissions, a read-only file system)
             // says nothing about the store's contents: moving it aside would
@@ -144,11 +244,12 @@ impl Journal {
                 tracing::error!(moved_to = %aside.display(), reason = %why, "the journal is unreadable: moving it aside");
                 report.moved_aside = Some((aside, why));
                 report.dropped_entries.clear();
-                let j =
-                    open_guarded(dir, cache_capacity, bounds, &mut report.dropped_entries).map_err(|f| match f {
+                let j = open_guarded(dir, cache_capacity, bounds, &clock, &mut report.dropped_entries).map_err(
+                    |f| match f {
                         OpenFailure::Io(e) => e,
                         OpenFailure::Broken(why) => JournalError::Unusable(why),
-                    })?;
+                    },
+                )?;
                 Ok((j, report))
             }
         }
@@ -160,20 +261,62 @@ impl Journal {
         self.inner.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stores a received message unless its id is known already. Call
-    /// [`Journal::flush`] before acting on the result.
-    pub fn admit(&self, inbound: Inbound, now_ms: u64) -> Result<Admitted, JournalError> {
+    /// Stores a received message unless its key is known already. The key
+    /// is (device, id): the device the message names, else
+    /// `default_device` (the one the router would pick); that resolved
+    /// device is what the entry records. Call [`Journal::flush`] before
+    /// acting on the result.
+    pub fn admit(&self, inbound: Inbound, default_device: Option<&str>, now_ms: u64) -> Result<Admitted, JournalError> {
         let mut idx = self.lock();
+        let named = inbound.device.is_some();
+        let device = inbound.device.clone().or_else(|| default_device.map(str::to_string));
+        let fp = fingerprint(&inbound.body);
         if let Some(id) = &inbound.id {
-            if let Some(&seq) = idx.by_id.get(id) {
-                return Ok(Admitted::Duplicate(self.get_locked(seq)?));
+            let found = idx.by_key.get(&(device.clone(), id.clone())).copied().or_else(|| {
+                // Older versions recorded no device for a message that
+                // named none (it went to the default device).
+                (!named && device.is_some()).then(|| idx.by_key.get(&(None, id.clone())).copied()).flatten()
+            });
+            if let Some(seq) = found {
+                let known = self.get_locked(seq)?;
+                if known.fingerprint.is_none_or(|f| f == fp) {
+                    return Ok(Admitted::Duplicate(known));
+                }
+                let seq = self.inner.db.generate_id()?;
+                let entry = Entry {
+                    seq,
+                    id: id.clone(),
+                    id_generated: false,
+                    device,
+                    correlation_id: inbound.correlation_id,
+                    expires_at: inbound.expires_at,
+                    received_at: now_ms,
+                    state: State::Rejected,
+                    attempts: 0,
+                    detail: format!("message id {id} was already used for a different command"),
+                    completed_at: Some(now_ms),
+                    handed_over: false,
+                    reported: false,
+                    resent_after_crash: false,
+                    resent: false,
+                    reject: None,
+                    body_len: 0,
+                    steps: Vec::new(),
+                    fingerprint: Some(fp),
+                    conflict: true,
+                    acked: false,
+                    final_uptime: Some(self.uptime()),
+                };
+                self.put(&entry)?;
+                idx.entries += 1;
+                return Ok(Admitted::Conflict(entry));
             }
         }
         let body_len = inbound.body.len() as u64;
         let needs_body = inbound.reject.is_none();
         if needs_body {
             if let Some(detail) = self.make_room(&mut idx, body_len)? {
-                let inbound = Inbound { body: Vec::new(), ..inbound };
+                let inbound = Inbound { body: Vec::new(), device, ..inbound };
                 return Ok(Admitted::Full { detail, inbound });
             }
         }
@@ -186,7 +329,7 @@ impl Journal {
             seq,
             id,
             id_generated,
-            device: inbound.device,
+            device,
             correlation_id: inbound.correlation_id,
             expires_at: inbound.expires_at,
             received_at: now_ms,
@@ -201,28 +344,105 @@ impl Journal {
             reject: inbound.reject,
             body_len,
             steps: Vec::new(),
+            fingerprint: Some(fp),
+            conflict: false,
+            acked: false,
+            final_uptime: None,
         };
         if let Some(why) = &entry.reject {
             entry.state = State::Rejected;
             entry.detail = why.clone();
             entry.completed_at = Some(now_ms);
+            entry.final_uptime = Some(self.uptime());
         } else {
-            let r = self.inner.bodies.insert(key(seq), inbound.body);
+            let r = self.put_body(seq, inbound.body);
             self.check(r)?;
             idx.body_bytes += body_len;
             idx.unfinished += 1;
+            idx.arrived.insert(seq, self.uptime() as i64);
         }
         self.put(&entry)?;
-        idx.by_id.insert(entry.id.clone(), seq);
+        idx.by_key.insert(key_of(&entry), seq);
+        idx.entries += 1;
         Ok(Admitted::New(entry))
     }
 
-    /// Makes room for a new body by forgetting the oldest finished and
-    /// reported entries (their dedupe window is cut short, said in the log).
-    /// Returns why there is no room when unfinished work alone fills it.
+    /// Stores a body: one item, or chunks of [`BODY_CHUNK`] in one batch.
+    fn put_body(&self, seq: u64, body: Vec<u8>) -> sled::Result<()> {
+        if body.len() <= BODY_CHUNK {
+            self.inner.bodies.insert(key(seq), body)?;
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (n, c) in body.chunks(BODY_CHUNK).enumerate() {
+            batch.insert(&chunk_key(seq, n as u32)[..], c);
+        }
+        self.inner.bodies.apply_batch(batch)
+    }
+
+    /// The uptime clock now: milliseconds the gateway has run with this
+    /// journal, across restarts.
+    fn uptime(&self) -> u64 {
+        let i = &self.inner;
+        i.open_uptime + i.clock.mono().saturating_sub(i.opened_mono).as_millis() as u64
+    }
+
+    /// Saves the uptime clock (written with the next flush).
+    fn save_uptime(&self) -> Result<(), JournalError> {
+        let r = self.inner.meta.insert(UPTIME, &self.uptime().to_be_bytes()[..]);
+        self.wrote();
+        self.check(r)?;
+        Ok(())
+    }
+
+    /// How old a message is, for its `max_age`: measured on the monotonic
+    /// clock from its receipt in this run (a wall-clock step since does
+    /// not change it); for a message of an earlier run, its wall-clock age
+    /// when the journal was opened plus the time since.
+    pub fn age(&self, e: &Entry) -> Duration {
+        let idx = self.lock();
+        match idx.arrived.get(&e.seq) {
+            Some(&at) => clock::since(self.uptime(), at),
+            None => Duration::from_millis(self.inner.clock.wall_ms().saturating_sub(e.received_at)),
+        }
+    }
+
+    /// The PUBACK of entry `seq` went to the hub: from now on it may be
+    /// forgotten early at the journal's bound (see [`Journal::admit`]);
+    /// until then only the dedupe window removes it, since the hub may
+    /// still deliver it again. The mark goes into the entry with its next
+    /// write; an entry that has none coming (final and reported) is
+    /// written now. Unknown sequences (pruned, or never journaled) are
+    /// ignored.
+    pub fn acked(&self, seq: u64) -> Result<(), JournalError> {
+        let mut idx = self.lock();
+        let mut e = match self.get_locked(seq) {
+            Ok(e) => e,
+            Err(JournalError::Missing(_)) => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        if e.acked {
+            return Ok(());
+        }
+        if e.state.is_final() && e.reported {
+            e.acked = true;
+            idx.acked.remove(&seq);
+            self.put(&e)
+        } else {
+            idx.acked.insert(seq);
+            Ok(())
+        }
+    }
+
+    /// Makes room for a new body by forgetting the oldest finished entries
+    /// whose report is done and whose PUBACK went out (their dedupe window
+    /// is cut short, said in the log). An entry the hub may still deliver
+    /// again is never forgotten here (entries of older versions, which
+    /// cannot tell, excepted). Returns why there is no room when
+    /// what cannot be forgotten fills it.
     fn make_room(&self, idx: &mut Index, body_len: u64) -> Result<Option<String>, JournalError> {
         let b = self.inner.bounds;
-        let over = |idx: &Index| idx.by_id.len() >= b.max_messages || idx.body_bytes + body_len > b.max_bytes;
+        let over = |idx: &Index| idx.entries >= b.max_messages || idx.body_bytes + body_len > b.max_bytes;
         if !over(idx) {
             return Ok(None);
         }
@@ -233,11 +453,15 @@ impl Journal {
             }
             let (k, v) = kv?;
             let e: Entry = serde_json::from_slice(&v).map_err(|err| JournalError::Decode(seq_of(&k), err))?;
-            if e.state.is_final() && e.reported {
+            // Entries of older versions (no fingerprint) never had the mark:
+            // evicted as they were, or an upgrade at the bound would refuse
+            // every new message for a whole dedupe window.
+            let puback_sent = e.acked || idx.acked.contains(&e.seq) || e.fingerprint.is_none();
+            if e.state.is_final() && e.reported && puback_sent {
                 let r = self.inner.messages.remove(&k);
                 self.wrote();
                 r?;
-                idx.by_id.remove(&e.id);
+                idx.remove(&e);
                 evicted += 1;
             }
         }
@@ -246,8 +470,12 @@ impl Journal {
         }
         if over(idx) {
             return Ok(Some(format!(
-                "journal full: {} unfinished messages, {} bytes of bodies (max_messages = {}, max_bytes = {})",
-                idx.unfinished, idx.body_bytes, b.max_messages, b.max_bytes
+                "journal full: {} unfinished messages, {} bytes of bodies, {} entries the hub may still redeliver or whose reports are pending (max_messages = {}, max_bytes = {})",
+                idx.unfinished,
+                idx.body_bytes,
+                idx.entries.saturating_sub(idx.unfinished),
+                b.max_messages,
+                b.max_bytes
             )));
         }
         Ok(None)
@@ -287,6 +515,17 @@ impl Journal {
     /// that it still holds what it holds now (see `journal/seal.rs`).
     pub async fn seal(&self) -> Result<(), JournalError> {
         let dir = &self.inner.dir;
+        {
+            // PUBACK marks still only in memory go into their entries.
+            let mut idx = self.lock();
+            for seq in std::mem::take(&mut idx.acked) {
+                if let Ok(mut e) = self.get_locked(seq) {
+                    e.acked = true;
+                    self.put(&e)?;
+                }
+            }
+            self.save_uptime()?;
+        }
         self.flush().await?;
         let _idx = self.lock();
         let entries = self.inner.messages.len() as u64;
@@ -339,16 +578,33 @@ impl Journal {
         serde_json::from_slice(&v).map_err(|e| JournalError::Decode(seq, e))
     }
 
+    /// The oldest entry with this id, for any device.
     pub fn lookup(&self, id: &str) -> Result<Option<Entry>, JournalError> {
         let idx = self.lock();
-        match idx.by_id.get(id) {
+        match idx.by_key.iter().filter(|((_, i), _)| i == id).map(|(_, &seq)| seq).min() {
+            Some(seq) => self.get_locked(seq).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The entry holding the dedupe key (device, id).
+    pub fn lookup_key(&self, device: Option<&str>, id: &str) -> Result<Option<Entry>, JournalError> {
+        let idx = self.lock();
+        match idx.by_key.get(&(device.map(str::to_string), id.to_string())) {
             Some(&seq) => self.get_locked(seq).map(Some),
             None => Ok(None),
         }
     }
 
+    /// The body of an unfinished message (either layout: one item, or chunks).
     pub fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, JournalError> {
-        Ok(self.inner.bodies.get(key(seq))?.map(|v| v.to_vec()))
+        let mut body = Vec::new();
+        let mut any = false;
+        for v in self.inner.bodies.scan_prefix(key(seq)).values() {
+            body.extend_from_slice(&v?);
+            any = true;
+        }
+        Ok(any.then_some(body))
     }
 
     fn put(&self, e: &Entry) -> Result<(), JournalError> {
@@ -367,11 +623,20 @@ impl Journal {
         f(&mut e);
         if !was_final && e.state.is_final() {
             idx.unfinished = idx.unfinished.saturating_sub(1);
-            if self.inner.bodies.remove(key(seq))?.is_some() {
+            idx.arrived.remove(&seq);
+            e.final_uptime = e.final_uptime.or(Some(self.uptime()));
+            if remove_body(&self.inner.bodies, seq)? {
                 idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
             }
         }
-        self.put(&e)?;
+        let acked = idx.acked.remove(&seq);
+        e.acked |= acked;
+        if let Err(err) = self.put(&e) {
+            if acked {
+                idx.acked.insert(seq);
+            }
+            return Err(err);
+        }
         Ok(e)
     }
 
@@ -434,13 +699,13 @@ impl Journal {
     pub fn forget(&self, seq: u64) -> Result<(), JournalError> {
         let mut idx = self.lock();
         if let Ok(e) = self.get_locked(seq) {
-            idx.by_id.remove(&e.id);
+            idx.remove(&e);
             if !e.state.is_final() {
                 idx.unfinished = idx.unfinished.saturating_sub(1);
                 idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
             }
         }
-        let r = self.inner.messages.remove(key(seq)).and_then(|_| self.inner.bodies.remove(key(seq)));
+        let r = self.inner.messages.remove(key(seq)).and_then(|_| remove_body(&self.inner.bodies, seq));
         self.wrote();
         self.check(r)?;
         Ok(())
@@ -469,22 +734,32 @@ impl Journal {
         Ok(out)
     }
 
-    /// Removes final, reported entries older than `window`. Returns how many.
+    /// Removes final, reported entries that have been final for `window`
+    /// by the wall clock (`now_ms`) *and* by the uptime clock (see
+    /// `journal/clock.rs`): a wall-clock step cannot prune early. Also
+    /// saves the uptime clock. Returns how many.
     pub fn prune(&self, now_ms: u64, window: Duration) -> Result<usize, JournalError> {
-        let cutoff = now_ms.saturating_sub(window.as_millis() as u64);
         let mut idx = self.lock();
+        let now_up = self.uptime();
         let mut removed = 0;
         for kv in self.inner.messages.iter() {
             let (k, v) = kv?;
             let e: Entry = serde_json::from_slice(&v).map_err(|err| JournalError::Decode(seq_of(&k), err))?;
-            if e.state.is_final() && e.reported && e.completed_at.unwrap_or(0) <= cutoff {
+            let past =
+                clock::past_window(now_ms, e.completed_at, now_up, e.final_uptime, self.inner.open_uptime, window);
+            if e.state.is_final() && e.reported && past {
                 let r = self.inner.messages.remove(&k);
                 self.wrote();
                 r?;
-                idx.by_id.remove(&e.id);
+                idx.remove(&e);
                 removed += 1;
+            } else if e.state.is_final() && e.final_uptime.is_none() {
+                // Written by an older version: it counts from this open, and
+                // from no later one (a gateway restarting daily must prune).
+                self.put(&Entry { final_uptime: Some(self.inner.open_uptime), ..e })?;
             }
         }
+        self.save_uptime()?;
         Ok(removed)
     }
 
@@ -500,7 +775,7 @@ impl Journal {
             .and_then(|k| self.get_locked(seq_of(&k)).ok())
             .map(|e| e.received_at);
         Stats {
-            entries: idx.by_id.len(),
+            entries: idx.entries,
             unfinished: idx.unfinished,
             body_bytes: idx.body_bytes,
             oldest_unfinished_ms: oldest,
@@ -570,9 +845,12 @@ fn open_guarded(
     dir: &Path,
     cache_capacity: u64,
     bounds: Bounds,
+    clock: &Arc<dyn Clock>,
     dropped: &mut Vec<String>,
 ) -> Result<Journal, OpenFailure> {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_inner(dir, cache_capacity, bounds, dropped)));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        open_inner(dir, cache_capacity, bounds, clock.clone(), dropped)
+    }));
     match r {
         Ok(Ok(j)) => Ok(j),
         Ok(Err(JournalError::Storage(sled::Error::Io(e)))) if in_use(&e) => {
@@ -593,6 +871,7 @@ fn open_inner(
     dir: &Path,
     cache_capacity: u64,
     bounds: Bounds,
+    clock: Arc<dyn Clock>,
     dropped: &mut Vec<String>,
 ) -> Result<Journal, JournalError> {
     if files::repair_torn_conf(dir).map_err(sled::Error::from)? {
@@ -603,7 +882,16 @@ fn open_inner(
     let watermark = files::check_watermark(dir, &db)?;
     let messages = db.open_tree("messages")?;
     let bodies = db.open_tree("bodies")?;
+    let meta = db.open_tree("meta")?;
+    let (opened_mono, opened_wall) = (clock.mono(), clock.wall_ms());
+    // The uptime clock goes on from where it was saved, and never behind a
+    // time an entry recorded (saves are periodic: a crash loses the rest).
+    let mut open_uptime = match meta.get(UPTIME)? {
+        Some(v) if v.len() == 8 => u64::from_be_bytes(v[..].try_into().expect("8 bytes")),
+        _ => 0,
+    };
     let mut idx = Index::default();
+    let mut unfinished_received = Vec::new();
     let sealed = seal::read(dir).map_err(JournalError::Unusable)?;
     let (mut found, mut newest) = (0u64, None);
     for kv in messages.iter() {
@@ -616,8 +904,13 @@ fn open_inner(
                 if !e.state.is_final() {
                     idx.unfinished += 1;
                     idx.body_bytes += e.body_len;
+                    unfinished_received.push((seq, e.received_at));
                 }
-                idx.by_id.insert(e.id, seq);
+                open_uptime = open_uptime.max(e.final_uptime.unwrap_or(0));
+                idx.entries += 1;
+                if !e.conflict {
+                    idx.by_key.insert(key_of(&e), seq);
+                }
             }
             Err(err) => {
                 dropped.push(format!("entry {seq}: {err}"));
@@ -636,10 +929,13 @@ fn open_inner(
         }
         seal::remove(dir).map_err(sled::Error::from)?;
     }
+    for (seq, received_at) in unfinished_received {
+        idx.arrived.insert(seq, clock::received_before_open(open_uptime, opened_wall, received_at));
+    }
     // Bodies without an unfinished entry are leftovers of a crash mid-write.
     for k in bodies.iter().keys() {
         let k = k?;
-        let keep = match messages.get(&k)? {
+        let keep = match messages.get(key(seq_of(&k)))? {
             Some(v) => serde_json::from_slice::<Entry>(&v).map(|e| !e.state.is_final()).unwrap_or(false),
             None => false,
         };
@@ -656,6 +952,10 @@ fn open_inner(
             db,
             messages,
             bodies,
+            meta,
+            clock,
+            opened_mono,
+            open_uptime,
             bounds,
             index: Mutex::new(idx),
             written,

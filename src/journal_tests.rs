@@ -1,4 +1,5 @@
 use super::*;
+use crate::journal::clock::TestClock;
 use crate::message::Outcome;
 
 fn inbound(id: Option<&str>, body: &[u8]) -> Inbound {
@@ -29,7 +30,7 @@ async fn admitted_messages_survive_reopen_in_arrival_order() {
     {
         let j = open(&dir);
         for i in 0..5 {
-            new_entry(j.admit(inbound(Some(&format!("m{i}")), b"{}"), 1000 + i).unwrap());
+            new_entry(j.admit(inbound(Some(&format!("m{i}")), b"{}"), None, 1000 + i).unwrap());
         }
         j.flush().await.unwrap();
     }
@@ -44,10 +45,10 @@ async fn admitted_messages_survive_reopen_in_arrival_order() {
 async fn a_known_id_is_a_duplicate_with_its_stored_outcome() {
     let tmp = tempfile::tempdir().unwrap();
     let j = open(&tmp.path().join("j"));
-    let e = new_entry(j.admit(inbound(Some("abc"), b"x"), 1).unwrap());
+    let e = new_entry(j.admit(inbound(Some("abc"), b"x"), None, 1).unwrap());
     j.mark_sending(e.seq, false).unwrap();
     j.finish(e.seq, &Outcome::delivered("wrote holding 1"), 2).unwrap();
-    match j.admit(inbound(Some("abc"), b"x"), 3).unwrap() {
+    match j.admit(inbound(Some("abc"), b"x"), None, 3).unwrap() {
         Admitted::Duplicate(d) => {
             assert_eq!(d.state, State::Delivered);
             assert_eq!(d.detail, "wrote holding 1");
@@ -64,8 +65,8 @@ async fn a_known_id_is_a_duplicate_with_its_stored_outcome() {
 async fn messages_without_id_get_distinct_ids_and_never_dedupe() {
     let tmp = tempfile::tempdir().unwrap();
     let j = open(&tmp.path().join("j"));
-    let a = new_entry(j.admit(inbound(None, b"same"), 1).unwrap());
-    let b = new_entry(j.admit(inbound(None, b"same"), 1).unwrap());
+    let a = new_entry(j.admit(inbound(None, b"same"), None, 1).unwrap());
+    let b = new_entry(j.admit(inbound(None, b"same"), None, 1).unwrap());
     assert_ne!(a.id, b.id);
     assert!(a.id_generated && b.id_generated);
 }
@@ -76,7 +77,7 @@ async fn rejected_at_arrival_is_final_and_keeps_no_body() {
     let j = open(&tmp.path().join("j"));
     let mut m = inbound(Some("bad"), b"zzz");
     m.reject = Some("malformed topic".into());
-    let e = new_entry(j.admit(m, 5).unwrap());
+    let e = new_entry(j.admit(m, None, 5).unwrap());
     assert_eq!(e.state, State::Rejected);
     assert_eq!(e.detail, "malformed topic");
     assert_eq!(j.body(e.seq).unwrap(), None);
@@ -87,47 +88,51 @@ async fn rejected_at_arrival_is_final_and_keeps_no_body() {
 #[tokio::test]
 async fn prune_removes_reported_outcomes_past_the_window() {
     let tmp = tempfile::tempdir().unwrap();
-    let j = open(&tmp.path().join("j"));
-    let e = new_entry(j.admit(inbound(Some("old"), b"x"), 0).unwrap());
+    let clock = TestClock::new(0);
+    let (j, _) = Journal::open_with_clock(&tmp.path().join("j"), 1 << 20, bounds(), clock.clone()).unwrap();
+    let e = new_entry(j.admit(inbound(Some("old"), b"x"), None, 0).unwrap());
+    clock.advance(Duration::from_secs(1));
     j.finish(e.seq, &Outcome::delivered("ok"), 1_000).unwrap();
     let window = Duration::from_secs(10);
+    clock.advance(Duration::from_secs(19));
     assert_eq!(j.prune(20_000, window).unwrap(), 0, "not reported yet: kept");
     j.update(e.seq, |e| e.reported = true).unwrap();
     assert_eq!(j.prune(5_000, window).unwrap(), 0, "inside the window");
     assert_eq!(j.prune(20_000, window).unwrap(), 1);
     assert!(j.lookup("old").unwrap().is_none());
-    new_entry(j.admit(inbound(Some("old"), b"x"), 30_000).unwrap());
+    new_entry(j.admit(inbound(Some("old"), b"x"), None, 30_000).unwrap());
 }
 
 #[tokio::test]
 async fn bounds_evict_old_outcomes_first_then_refuse() {
     let tmp = tempfile::tempdir().unwrap();
     let (j, _) = Journal::open(&tmp.path().join("j"), 1 << 20, Bounds { max_messages: 3, max_bytes: 1 << 20 }).unwrap();
-    let done = new_entry(j.admit(inbound(Some("a"), b"1"), 0).unwrap());
+    let done = new_entry(j.admit(inbound(Some("a"), b"1"), None, 0).unwrap());
     j.finish(done.seq, &Outcome::delivered("ok"), 1).unwrap();
     j.update(done.seq, |e| e.reported = true).unwrap();
-    new_entry(j.admit(inbound(Some("b"), b"1"), 2).unwrap());
-    new_entry(j.admit(inbound(Some("c"), b"1"), 3).unwrap());
+    j.acked(done.seq).unwrap();
+    new_entry(j.admit(inbound(Some("b"), b"1"), None, 2).unwrap());
+    new_entry(j.admit(inbound(Some("c"), b"1"), None, 3).unwrap());
     // Full: the finished "a" is forgotten to make room.
-    new_entry(j.admit(inbound(Some("d"), b"1"), 4).unwrap());
+    new_entry(j.admit(inbound(Some("d"), b"1"), None, 4).unwrap());
     assert!(j.lookup("a").unwrap().is_none());
-    match j.admit(inbound(Some("e"), b"1"), 5).unwrap() {
+    match j.admit(inbound(Some("e"), b"1"), None, 5).unwrap() {
         Admitted::Full { detail, .. } => assert!(detail.contains("journal full"), "{detail}"),
         other => panic!("{other:?}"),
     }
     let (j2, _) = Journal::open(&tmp.path().join("j2"), 1 << 20, Bounds { max_messages: 100, max_bytes: 10 }).unwrap();
-    new_entry(j2.admit(inbound(Some("a"), b"12345678"), 0).unwrap());
-    assert!(matches!(j2.admit(inbound(Some("b"), b"12345"), 0).unwrap(), Admitted::Full { .. }));
+    new_entry(j2.admit(inbound(Some("a"), b"12345678"), None, 0).unwrap());
+    assert!(matches!(j2.admit(inbound(Some("b"), b"12345"), None, 0).unwrap(), Admitted::Full { .. }));
 }
 
 #[tokio::test]
 async fn forget_lets_a_redelivery_in_as_new() {
     let tmp = tempfile::tempdir().unwrap();
     let j = open(&tmp.path().join("j"));
-    let e = new_entry(j.admit(inbound(Some("x"), b"1"), 0).unwrap());
+    let e = new_entry(j.admit(inbound(Some("x"), b"1"), None, 0).unwrap());
     j.forget(e.seq).unwrap();
     assert_eq!(j.stats(), Stats::default());
-    new_entry(j.admit(inbound(Some("x"), b"1"), 0).unwrap());
+    new_entry(j.admit(inbound(Some("x"), b"1"), None, 0).unwrap());
 }
 
 #[tokio::test]
@@ -137,7 +142,7 @@ async fn a_corrupt_store_is_moved_aside_and_an_empty_one_started() {
     {
         let j = open(&dir);
         for i in 0..50 {
-            j.admit(inbound(Some(&format!("m{i}")), &[7u8; 100]), i).unwrap();
+            j.admit(inbound(Some(&format!("m{i}")), &[7u8; 100]), None, i).unwrap();
         }
         j.flush().await.unwrap();
     }
@@ -154,7 +159,7 @@ async fn a_corrupt_store_is_moved_aside_and_an_empty_one_started() {
     assert!(aside.exists(), "{aside:?}");
     assert!(!why.is_empty());
     assert!(j.unfinished().unwrap().is_empty());
-    new_entry(j.admit(inbound(Some("new"), b"1"), 0).unwrap());
+    new_entry(j.admit(inbound(Some("new"), b"1"), None, 0).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +171,7 @@ async fn flushes_are_shared_and_skipped_when_nothing_changed() {
     j.flush().await.unwrap();
     assert_eq!(j.flushes(), base, "nothing written: no flush");
 
-    new_entry(j.admit(inbound(Some("a"), b"x"), 1).unwrap());
+    new_entry(j.admit(inbound(Some("a"), b"x"), None, 1).unwrap());
     let waiters: Vec<_> = (0..8)
         .map(|_| {
             let j = j.clone();
@@ -190,7 +195,7 @@ async fn a_journal_in_use_by_another_process_is_refused_not_moved_aside() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("journal");
     let first = open(&dir);
-    new_entry(first.admit(inbound(Some("kept"), b"{}"), 1).unwrap());
+    new_entry(first.admit(inbound(Some("kept"), b"{}"), None, 1).unwrap());
     first.flush().await.unwrap();
     let err = Journal::open(&dir, 1 << 20, bounds()).err().expect("a second open must fail");
     assert!(matches!(err, JournalError::InUse(_)), "{err}");
@@ -208,7 +213,7 @@ async fn a_sealed_store_that_lost_entries_is_unusable_and_moved_aside() {
     {
         let j = open(&dir);
         for i in 0..3 {
-            new_entry(j.admit(inbound(Some(&format!("m{i}")), b"{}"), 1).unwrap());
+            new_entry(j.admit(inbound(Some(&format!("m{i}")), b"{}"), None, 1).unwrap());
         }
         j.seal().await.unwrap();
     }
@@ -234,7 +239,7 @@ async fn requeue_keeps_the_confirmed_steps_across_a_reopen() {
     let dir = tmp.path().join("j");
     let seq = {
         let j = open(&dir);
-        let e = new_entry(j.admit(inbound(Some("multi"), b"{}"), 1).unwrap());
+        let e = new_entry(j.admit(inbound(Some("multi"), b"{}"), None, 1).unwrap());
         j.mark_sending(e.seq, false).unwrap();
         let q = j.requeue(e.seq, &["holding 10 = 1".to_string()]).unwrap();
         assert_eq!((q.state, q.attempts, q.steps.as_slice()), (State::Queued, 1, &["holding 10 = 1".to_string()][..]));
@@ -250,4 +255,373 @@ async fn requeue_keeps_the_confirmed_steps_across_a_reopen() {
     j.finish(seq, &Outcome::delivered("done"), 2).unwrap();
     let f = j.requeue(seq, &["x".into(), "y".into()]).unwrap();
     assert_eq!((f.state, f.steps), (State::Delivered, vec!["holding 10 = 1".to_string()]), "a final entry stays");
+}
+
+fn to(device: &str, id: &str, body: &[u8]) -> Inbound {
+    Inbound { device: Some(device.into()), ..inbound(Some(id), body) }
+}
+
+fn done_and_reported(j: &Journal, seq: u64, now: u64) {
+    j.finish(seq, &Outcome::delivered("ok"), now).unwrap();
+    j.update(seq, |e| e.reported = true).unwrap();
+}
+
+// Hole 1: the dedupe key is (device, id), and a reused key with another
+// command is a conflict.
+
+#[tokio::test]
+async fn the_same_id_for_another_device_is_another_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open(&tmp.path().join("j"));
+    let boiler = new_entry(j.admit(to("boiler", "1", br#"{"id": 1}"#), None, 1).unwrap());
+    done_and_reported(&j, boiler.seq, 2);
+    let pump = new_entry(j.admit(to("pump", "1", br#"{"id": 1}"#), None, 3).unwrap());
+    assert_eq!(pump.device.as_deref(), Some("pump"));
+    assert_eq!(pump.state, State::Queued);
+    assert_ne!(pump.seq, boiler.seq);
+    match j.admit(to("pump", "1", br#"{"id": 1}"#), None, 4).unwrap() {
+        Admitted::Duplicate(d) => assert_eq!(d.seq, pump.seq),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_command_is_a_conflict_never_a_duplicate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let first_seq;
+    {
+        let j = open(&dir);
+        let first = new_entry(j.admit(to("boiler", "m7", br#"{"point": "mode", "value": 1}"#), None, 1).unwrap());
+        first_seq = first.seq;
+        done_and_reported(&j, first.seq, 2);
+        let c = match j.admit(to("boiler", "m7", br#"{"point": "mode", "value": 2}"#), None, 3).unwrap() {
+            Admitted::Conflict(c) => c,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(c.state, State::Rejected);
+        assert_eq!(c.detail, "message id m7 was already used for a different command");
+        assert_eq!(c.device.as_deref(), Some("boiler"));
+        assert_ne!(c.seq, first.seq, "an entry of its own, reported under the same id");
+        assert!(!c.reported && c.completed_at == Some(3));
+        assert_eq!(j.body(c.seq).unwrap(), None, "never run: no body kept");
+        assert_eq!(j.unreported().unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), [c.seq]);
+        j.flush().await.unwrap();
+    }
+    // After a restart the original still holds the key: its redelivery is a
+    // duplicate, the other command still a conflict.
+    let j = open(&dir);
+    match j.admit(to("boiler", "m7", br#"{"point": "mode", "value": 1}"#), None, 4).unwrap() {
+        Admitted::Duplicate(d) => {
+            assert_eq!(d.seq, first_seq);
+            assert_eq!(d.state, State::Delivered);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        j.admit(to("boiler", "m7", br#"{"point": "mode", "value": 2}"#), None, 5).unwrap(),
+        Admitted::Conflict(_)
+    ));
+    assert_eq!(j.stats().entries, 3);
+}
+
+#[tokio::test]
+async fn a_message_naming_no_device_is_keyed_and_recorded_under_the_default_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open(&tmp.path().join("j"));
+    let unnamed = Inbound { device: None, ..inbound(Some("d1"), b"x") };
+    let e = new_entry(j.admit(unnamed.clone(), Some("panel"), 1).unwrap());
+    assert_eq!(e.device.as_deref(), Some("panel"), "the report names the device");
+    assert!(matches!(j.admit(to("panel", "d1", b"x"), None, 2).unwrap(), Admitted::Duplicate(_)));
+    assert!(matches!(j.admit(unnamed.clone(), Some("panel"), 2).unwrap(), Admitted::Duplicate(_)));
+    new_entry(j.admit(to("boiler", "d1", b"x"), Some("panel"), 3).unwrap());
+    // A full journal hands the message back with the device resolved.
+    let (full, _) = Journal::open(&tmp.path().join("full"), 1 << 20, Bounds { max_messages: 0, max_bytes: 0 }).unwrap();
+    match full.admit(unnamed, Some("panel"), 1).unwrap() {
+        Admitted::Full { inbound, .. } => assert_eq!(inbound.device.as_deref(), Some("panel")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn entries_of_older_versions_load_and_dedupe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    {
+        let j = open(&dir);
+        // As written before (device, fingerprint): no fingerprint, and no
+        // device when the message named none.
+        let old = [
+            (1u64, r#"{"seq":1,"id":"old-1","received_at":1,"state":"delivered","completed_at":2,"reported":true}"#),
+            (2u64, r#"{"seq":2,"id":"old-2","device":"boiler","received_at":1,"state":"queued","body_len":1}"#),
+        ];
+        for (seq, text) in old {
+            j.inner.messages.insert(key(seq), text.as_bytes()).unwrap();
+        }
+        j.inner.bodies.insert(key(2), &b"x"[..]).unwrap();
+        j.flush().await.unwrap();
+    }
+    let j = open(&dir);
+    assert_eq!(j.stats().entries, 2);
+    assert_eq!(j.stats().unfinished, 1);
+    // Routed to the default device then; with no fingerprint, any body is a duplicate.
+    match j.admit(Inbound { device: None, ..inbound(Some("old-1"), b"anything") }, Some("panel"), 5).unwrap() {
+        Admitted::Duplicate(d) => assert_eq!(d.seq, 1),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(j.admit(to("boiler", "old-2", b"other"), None, 5).unwrap(), Admitted::Duplicate(_)));
+    // Another device named explicitly is another message.
+    new_entry(j.admit(to("pump", "old-1", b"x"), Some("panel"), 6).unwrap());
+}
+
+// Hole 2: nothing the hub may still deliver again is evicted at the bound.
+
+#[tokio::test]
+async fn the_bound_never_evicts_an_entry_whose_puback_has_not_gone_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let b = Bounds { max_messages: 2, max_bytes: 1 << 20 };
+    let (j, _) = Journal::open(&dir, 1 << 20, b).unwrap();
+    // Final and reported (its report was PUBACKed), its own PUBACK still
+    // waiting behind an older slot.
+    let a = new_entry(j.admit(inbound(Some("a"), b"1"), None, 0).unwrap());
+    done_and_reported(&j, a.seq, 1);
+    new_entry(j.admit(inbound(Some("b"), b"1"), None, 2).unwrap());
+    match j.admit(inbound(Some("c"), b"1"), None, 3).unwrap() {
+        Admitted::Full { detail, .. } => assert!(detail.contains("journal full"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(j.lookup("a").unwrap().is_some(), "a redelivery of a is still recognised");
+    assert!(matches!(j.admit(inbound(Some("a"), b"1"), None, 4).unwrap(), Admitted::Duplicate(_)));
+    j.acked(a.seq).unwrap();
+    assert!(j.get(a.seq).unwrap().acked, "final and reported: written at once");
+    new_entry(j.admit(inbound(Some("c"), b"1"), None, 5).unwrap());
+    assert!(j.lookup("a").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_puback_mark_rides_on_the_next_write_and_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let b = Bounds { max_messages: 3, max_bytes: 1 << 20 };
+    let (x, y, z);
+    {
+        let (j, _) = Journal::open(&dir, 1 << 20, b).unwrap();
+        x = new_entry(j.admit(inbound(Some("x"), b"1"), None, 0).unwrap()).seq;
+        y = new_entry(j.admit(inbound(Some("y"), b"1"), None, 0).unwrap()).seq;
+        z = new_entry(j.admit(inbound(Some("z"), b"1"), None, 0).unwrap()).seq;
+        // x: acked while unfinished (handed over): no write of its own...
+        j.acked(x).unwrap();
+        assert!(!j.get(x).unwrap().acked);
+        // ...the mark goes in with the outcome.
+        j.finish(x, &Outcome::delivered("ok"), 1).unwrap();
+        assert!(j.get(x).unwrap().acked);
+        j.update(x, |e| e.reported = true).unwrap();
+        // y: acked once final, before its report's PUBACK: with that write.
+        j.finish(y, &Outcome::delivered("ok"), 1).unwrap();
+        j.acked(y).unwrap();
+        j.update(y, |e| e.reported = true).unwrap();
+        assert!(j.get(y).unwrap().acked);
+        // z: final and reported in this run, never acked.
+        done_and_reported(&j, z, 1);
+        j.seal().await.unwrap();
+    }
+    let (j, _) = Journal::open(&dir, 1 << 20, b).unwrap();
+    // An entry of the previous run without the mark stays; the marked go first.
+    new_entry(j.admit(inbound(Some("n1"), b"1"), None, 2).unwrap());
+    new_entry(j.admit(inbound(Some("n2"), b"1"), None, 2).unwrap());
+    assert!(j.lookup("x").unwrap().is_none() && j.lookup("y").unwrap().is_none());
+    assert!(matches!(j.admit(inbound(Some("n3"), b"1"), None, 2).unwrap(), Admitted::Full { .. }));
+    assert!(j.get(z).is_ok(), "never acked: kept for its dedupe window");
+}
+
+#[tokio::test]
+async fn a_clean_stop_writes_marks_still_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let seq;
+    {
+        let j = open(&dir);
+        seq = new_entry(j.admit(inbound(Some("h"), b"1"), None, 0).unwrap()).seq;
+        j.acked(seq).unwrap();
+        j.seal().await.unwrap();
+    }
+    assert!(open(&dir).get(seq).unwrap().acked);
+}
+
+// Hole 3: no item reaches sled's blob files (never fsynced by sled).
+
+fn blob_files(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir.join("blobs")) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_large_body_round_trips_without_a_blob_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let big: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    let seqs: Vec<u64>;
+    let b = Bounds { max_messages: 1000, max_bytes: 64 << 20 };
+    {
+        let (j, _) = Journal::open(&dir, 1 << 20, b).unwrap();
+        seqs =
+            (0..3).map(|i| new_entry(j.admit(inbound(Some(&format!("big{i}")), &big), None, 1).unwrap()).seq).collect();
+        // Many bodies at the default max_body (64 KiB) share sled pages.
+        for i in 0..40 {
+            new_entry(j.admit(inbound(Some(&format!("m{i}")), &big[..64 * 1024]), None, 1).unwrap());
+        }
+        j.flush().await.unwrap();
+        assert_eq!(j.body(seqs[0]).unwrap().as_deref(), Some(&big[..]));
+        assert_eq!(blob_files(&dir), Vec::<PathBuf>::new());
+    }
+    let (j, _) = Journal::open(&dir, 1 << 20, b).unwrap();
+    for s in &seqs {
+        assert_eq!(j.body(*s).unwrap().as_deref(), Some(&big[..]), "survives a reopen whole");
+    }
+    assert_eq!(blob_files(&dir), Vec::<PathBuf>::new());
+    j.finish(seqs[0], &Outcome::delivered("ok"), 2).unwrap();
+    assert_eq!(j.body(seqs[0]).unwrap(), None, "every chunk goes with the outcome");
+    assert_eq!(j.stats().body_bytes, 2 * big.len() as u64 + 40 * 64 * 1024);
+    j.forget(seqs[1]).unwrap();
+    assert_eq!(j.body(seqs[1]).unwrap(), None);
+    assert_eq!(j.inner.bodies.scan_prefix(key(seqs[1])).count(), 0);
+}
+
+#[tokio::test]
+async fn bodies_of_older_stores_still_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let old_body = vec![9u8; 100 * 1024];
+    let seq;
+    {
+        let j = open(&dir);
+        seq = new_entry(j.admit(inbound(Some("old"), b"x"), None, 1).unwrap()).seq;
+        // An older version stored any body as one item under the sequence.
+        j.inner.bodies.insert(key(seq), old_body.clone()).unwrap();
+        j.flush().await.unwrap();
+    }
+    let j = open(&dir);
+    assert_eq!(j.body(seq).unwrap(), Some(old_body));
+    j.finish(seq, &Outcome::delivered("ok"), 2).unwrap();
+    assert_eq!(j.body(seq).unwrap(), None);
+}
+
+// Hole 4: wall-clock steps.
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn open_clocked(dir: &Path, clock: &Arc<TestClock>) -> Journal {
+    Journal::open_with_clock(dir, 1 << 20, bounds(), clock.clone()).unwrap().0
+}
+
+#[tokio::test]
+async fn a_wall_clock_step_does_not_prune_the_dedupe_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = 1_700_000_000_000;
+    let clock = TestClock::new(t0);
+    let j = open_clocked(&tmp.path().join("j"), &clock);
+    let e = new_entry(j.admit(inbound(Some("w"), b"x"), None, clock.wall_ms()).unwrap());
+    done_and_reported(&j, e.seq, clock.wall_ms());
+    clock.advance(HOUR);
+    // NTP fixes the time: a year forward.
+    clock.set_wall(t0 + 365 * 24 * 3_600_000);
+    let window = 48 * HOUR;
+    assert_eq!(j.prune(clock.wall_ms(), window).unwrap(), 0);
+    assert!(matches!(j.admit(inbound(Some("w"), b"x"), None, clock.wall_ms()).unwrap(), Admitted::Duplicate(_)));
+    clock.advance(47 * HOUR);
+    assert_eq!(j.prune(clock.wall_ms(), window).unwrap(), 1, "final for 48 h by both clocks");
+}
+
+#[tokio::test]
+async fn a_gateway_restarting_daily_still_prunes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let mut wall = 1_700_000_000_000;
+    let window = 48 * HOUR;
+    let mut pruned = 0;
+    for day in 0..4 {
+        // A new process: its monotonic clock starts anew.
+        let clock = TestClock::new(wall);
+        let j = open_clocked(&dir, &clock);
+        if day == 0 {
+            let e = new_entry(j.admit(inbound(Some("d"), b"x"), None, wall).unwrap());
+            done_and_reported(&j, e.seq, wall);
+            // One written by an older version: no uptime recorded.
+            let old = format!(
+                r#"{{"seq":999,"id":"old","received_at":{wall},"state":"delivered","completed_at":{wall},"reported":true}}"#
+            );
+            j.inner.messages.insert(key(999), old.as_bytes()).unwrap();
+        }
+        for _ in 0..23 {
+            clock.advance(HOUR);
+            pruned += j.prune(clock.wall_ms(), window).unwrap();
+        }
+        j.seal().await.unwrap();
+        wall = clock.wall_ms() + HOUR.as_millis() as u64;
+        if day < 2 {
+            assert_eq!(pruned, 0, "day {day}: inside the window");
+        }
+    }
+    assert_eq!(pruned, 2, "both pruned once 48 h of uptime passed");
+}
+
+#[tokio::test]
+async fn the_age_of_a_queued_message_ignores_a_wall_clock_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let t0 = 1_700_000_000_000;
+    let clock = TestClock::new(t0);
+    let seq;
+    {
+        let j = open_clocked(&dir, &clock);
+        let e = new_entry(j.admit(inbound(Some("q"), b"x"), None, clock.wall_ms()).unwrap());
+        seq = e.seq;
+        clock.advance(Duration::from_secs(60));
+        clock.set_wall(t0 + 24 * 3_600_000);
+        assert_eq!(j.age(&e), Duration::from_secs(60), "a day's step of the wall clock does not age it");
+        j.seal().await.unwrap();
+    }
+    // A restart: the time it was down is only known from the wall clock.
+    let clock = TestClock::new(t0 + 10 * 60_000);
+    let j = open_clocked(&dir, &clock);
+    let e = j.get(seq).unwrap();
+    assert_eq!(j.age(&e), Duration::from_secs(600));
+    clock.advance(Duration::from_secs(5));
+    clock.set_wall(t0 + 48 * 3_600_000);
+    assert_eq!(j.age(&e), Duration::from_secs(605));
+}
+
+#[tokio::test]
+async fn entries_of_older_versions_are_evicted_as_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let b = Bounds { max_messages: 2, max_bytes: 1 << 20 };
+    {
+        let (j, _) = Journal::open(&dir, 1 << 20, b).unwrap();
+        let old = r#"{"seq":1,"id":"old","received_at":1,"state":"delivered","completed_at":2,"reported":true}"#;
+        j.inner.messages.insert(key(1), old.as_bytes()).unwrap();
+        j.flush().await.unwrap();
+    }
+    let (j, _) = Journal::open(&dir, 1 << 20, b).unwrap();
+    new_entry(j.admit(inbound(Some("n1"), b"1"), None, 3).unwrap());
+    new_entry(j.admit(inbound(Some("n2"), b"1"), None, 3).unwrap());
+    assert!(j.lookup("old").unwrap().is_none(), "no PUBACK mark to wait for: an upgrade at the bound goes on");
+}
+
+#[tokio::test]
+async fn forgetting_a_conflict_leaves_the_original_holding_its_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open(&tmp.path().join("j"));
+    let first = new_entry(j.admit(to("boiler", "k", b"one"), None, 1).unwrap());
+    let c = match j.admit(to("boiler", "k", b"two"), None, 2).unwrap() {
+        Admitted::Conflict(c) => c,
+        other => panic!("{other:?}"),
+    };
+    j.forget(c.seq).unwrap();
+    assert_eq!(j.lookup_key(Some("boiler"), "k").unwrap().map(|e| e.seq), Some(first.seq));
+    assert_eq!(j.stats().entries, 1);
+    assert!(matches!(j.admit(to("boiler", "k", b"one"), None, 3).unwrap(), Admitted::Duplicate(_)));
 }

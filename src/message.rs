@@ -131,6 +131,27 @@ pub struct Entry {
     /// journal resumes after them, so no confirmed step is sent twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<String>,
+    /// Fingerprint of the command (64 bits of the SHA-256 of the body): a
+    /// redelivery carries the same one, an id reused for another command
+    /// does not. `None`: written by an older version (deduplicated by key
+    /// alone). Short name on disk: the entry is rewritten at every change.
+    #[serde(default, rename = "fp", skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<u64>,
+    /// Rejected at arrival because its (device, id) was already used for a
+    /// different command: it does not take the key over from the original.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub conflict: bool,
+    /// Its PUBACK went to the hub: the hub will not deliver it again, so it
+    /// may be forgotten early at the journal's bound. Absent (older entries,
+    /// or a mark lost in a crash): kept for the whole dedupe window.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub acked: bool,
+    /// The journal's uptime clock (milliseconds the gateway has run, counted
+    /// monotonically across restarts) when the entry became final: the
+    /// dedupe window is measured on it as well as on the wall clock, so a
+    /// wall-clock step cannot prune early.
+    #[serde(default, rename = "fin_up", skip_serializing_if = "Option::is_none")]
+    pub final_uptime: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -179,6 +200,10 @@ mod entry_encoding {
             reject: None,
             body_len: 25,
             steps: Vec::new(),
+            fingerprint: None,
+            conflict: false,
+            acked: false,
+            final_uptime: None,
         }
     }
 
@@ -209,6 +234,10 @@ mod entry_encoding {
             resent: true,
             reject: Some("bad".into()),
             steps: vec!["holding 10 = 1".into(), "coil 7 = true".into()],
+            fingerprint: Some(u64::MAX),
+            conflict: true,
+            acked: true,
+            final_uptime: Some(12),
             ..entry()
         };
         assert_eq!(serde_json::from_slice::<Entry>(&serde_json::to_vec(&e).unwrap()).unwrap(), e);

@@ -93,6 +93,10 @@ mod tests {
             reject: None,
             body_len: 3,
             steps: Vec::new(),
+            fingerprint: None,
+            conflict: false,
+            acked: false,
+            final_uptime: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
         assert_eq!(v["message_id"], "m1");
@@ -127,6 +131,10 @@ mod tests {
             reject: None,
             body_len: 2,
             steps: Vec::new(),
+            fingerprint: None,
+            conflict: false,
+            acked: false,
+            final_uptime: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
         assert_eq!(v["deduplicated"], false);

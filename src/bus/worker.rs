@@ -450,7 +450,7 @@ mod tests {
             body: b"{}".to_vec(),
             ..Default::default()
         };
-        let seq = match journal.admit(inbound, 1).unwrap() {
+        let seq = match journal.admit(inbound, None, 1).unwrap() {
             crate::journal::Admitted::New(e) => e.seq,
             other => panic!("{other:?}"),
         };

@@ -122,8 +122,9 @@ pub enum Action {
     Flush,
     /// Give the entry to its bus.
     Dispatch(u64),
-    /// PUBACK this packet of this connection.
-    Ack { generation: u64, pkid: u16 },
+    /// PUBACK this packet of this connection (it carried entry `seq`: the
+    /// journal notes that the hub will not deliver it again).
+    Ack { generation: u64, pkid: u16, seq: u64 },
     /// Publish the result report of this entry.
     Report(u64),
     /// Publish this report of a message that was never journaled.
@@ -493,7 +494,11 @@ impl Core {
     }
 
     fn pop_acks(&mut self) -> Vec<Action> {
-        self.acks.pop_ready().into_iter().map(|(generation, pkid)| Action::Ack { generation, pkid }).collect()
+        self.acks
+            .pop_ready_slots()
+            .into_iter()
+            .map(|(generation, pkid, seq)| Action::Ack { generation, pkid, seq })
+            .collect()
     }
 }
 

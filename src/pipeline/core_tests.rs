@@ -36,7 +36,7 @@ fn nothing_is_dispatched_or_acknowledged_before_the_admission_is_flushed() {
     assert_eq!(c.admitted(vec![(1, 1, new(10))]), vec![Action::Flush]);
     assert_eq!(c.flushed(true, t), vec![Action::Dispatch(10)]);
     let done = Finished { seq: 10, state: State::Delivered, durable: true, reported: false };
-    assert_eq!(c.finished(vec![done]), vec![Action::Report(10), Action::Ack { generation: 1, pkid: 1 }]);
+    assert_eq!(c.finished(vec![done]), vec![Action::Report(10), Action::Ack { generation: 1, pkid: 1, seq: 10 }]);
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn an_outcome_not_yet_durable_waits_for_its_flush() {
     c.flushed(true, t);
     let done = Finished { seq: 10, state: State::Rejected, durable: false, reported: false };
     assert_eq!(c.finished(vec![done]), vec![Action::Flush]);
-    assert_eq!(c.flushed(true, t), vec![Action::Report(10), Action::Ack { generation: 1, pkid: 1 }]);
+    assert_eq!(c.flushed(true, t), vec![Action::Report(10), Action::Ack { generation: 1, pkid: 1, seq: 10 }]);
 }
 
 #[test]
@@ -91,7 +91,7 @@ fn a_redelivery_of_a_final_message_is_acknowledged_with_its_stored_outcome() {
     let t = Instant::now();
     let dup = Admission::Duplicate { seq: 7, state: State::Delivered, handed_over: false, reported: true };
     c.admitted(vec![(1, 1, dup)]);
-    assert_eq!(c.flushed(true, t), vec![Action::Report(7), Action::Ack { generation: 1, pkid: 1 }]);
+    assert_eq!(c.flushed(true, t), vec![Action::Report(7), Action::Ack { generation: 1, pkid: 1, seq: 7 }]);
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn slow_messages_are_handed_over_in_order_after_a_flush() {
     );
     assert_eq!(
         c.flushed(true, later),
-        vec![Action::Ack { generation: 1, pkid: 1 }, Action::Ack { generation: 1, pkid: 2 }]
+        vec![Action::Ack { generation: 1, pkid: 1, seq: 10 }, Action::Ack { generation: 1, pkid: 2, seq: 11 }]
     );
 }
 

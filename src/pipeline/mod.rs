@@ -306,8 +306,9 @@ impl Pipeline {
                     Vec::new()
                 }
                 Action::Dispatch(seq) => self.dispatch(seq),
-                Action::Ack { generation, pkid } => {
+                Action::Ack { generation, pkid, seq } => {
                     let _ = self.hub.send(HubCommand::Ack { generation, pkid });
+                    let _ = self.journal.acked(seq);
                     Vec::new()
                 }
                 Action::Report(seq) => {
@@ -338,8 +339,10 @@ impl Pipeline {
         let now = now_ms();
         let mut out = Vec::with_capacity(batch.len());
         for Arrival { generation, pkid, inbound } in batch {
-            let admission = match self.journal.admit(inbound, now) {
-                Ok(Admitted::New(e)) => {
+            let admission = match self.journal.admit(inbound, self.cfg.routing.default_device.as_deref(), now) {
+                // A conflict is journaled already final (rejected): it takes
+                // the same way as a message refused on arrival.
+                Ok(Admitted::New(e) | Admitted::Conflict(e)) => {
                     tracing::info!(message_id = %e.id, device = e.device.as_deref().unwrap_or(""), seq = e.seq, "received");
                     Admission::New { seq: e.seq, state: e.state }
                 }
@@ -416,24 +419,10 @@ impl Pipeline {
             .map_err(|err| err.to_string())?
             .ok_or_else(|| "the message body is missing from the journal".to_string())?;
         let request = router::command(&route, &body)?;
-        // Deadlines are wall-clock facts turned into monotonic instants now.
-        let now_wall = now_ms();
-        let now = Instant::now();
-        let mut deadline: Option<(Instant, String)> = None;
-        let mut consider = |at_ms: u64, why: String| {
-            let at = now + Duration::from_millis(at_ms.saturating_sub(now_wall));
-            if deadline.as_ref().is_none_or(|(d, _)| at < *d) {
-                deadline = Some((at, why));
-            }
-        };
-        if let Some(exp) = e.expires_at {
-            consider(exp, "message expiry ($.exp) reached".into());
-        }
-        let max_age = *route.config.max_age;
-        consider(
-            e.received_at + max_age.as_millis() as u64,
-            format!("max_age ({}) reached", humantime::format_duration(max_age)),
-        );
+        // $.exp is the hub's wall-clock time; max_age counts the age the
+        // journal measured (monotonic: a wall-clock step does not move it).
+        let (age, max_age) = (self.journal.age(e), *route.config.max_age);
+        let deadline = Some(crate::journal::clock::job_deadline(Instant::now(), now_ms(), e.expires_at, age, max_age));
         let job = Job {
             seq: e.seq,
             id: e.id.clone(),
@@ -554,5 +543,9 @@ fn unjournaled(inbound: Inbound, detail: String, now: u64) -> Entry {
         reject: None,
         body_len: 0,
         steps: Vec::new(),
+        fingerprint: None,
+        conflict: false,
+        acked: false,
+        final_uptime: None,
     }
 }

@@ -205,7 +205,7 @@ impl World {
                     w.queue.push_back(seq);
                     vec![]
                 }
-                Action::Ack { generation, pkid } => {
+                Action::Ack { generation, pkid, .. } => {
                     self.hub_ack(generation, pkid);
                     vec![]
                 }
@@ -247,9 +247,27 @@ impl World {
             if let Some(seq) = Journal::by_key(&self.journal.live, k) {
                 let e = &self.journal.live[&seq];
                 if e.body != body {
-                    let mut r = entry_stub(k);
-                    r.state = State::Rejected;
-                    return Admission::Refused(Box::new(r));
+                    // A conflict: journaled, already rejected, and with a
+                    // refused copy now and then (the journal full).
+                    if self.rng.u8(..8) == 0 {
+                        return Admission::Refused(Box::new(entry_stub(k)));
+                    }
+                    self.journal.next_seq += 1;
+                    let seq = self.journal.next_seq;
+                    let c = MEntry {
+                        seq,
+                        key: None,
+                        device: device.clone(),
+                        body,
+                        steps: 1,
+                        state: State::Rejected,
+                        handed_over: false,
+                        reported: false,
+                        progress: 0,
+                        resent: false,
+                    };
+                    self.journal.live.insert(seq, c);
+                    return Admission::New { seq, state: State::Rejected };
                 }
                 // The stored outcome may be reported once more.
                 self.reports.entry(seq).or_insert((0, 0)).1 += 1;
@@ -717,6 +735,10 @@ fn entry_stub(key: &Key) -> Entry {
         reject: None,
         body_len: 0,
         steps: Vec::new(),
+        fingerprint: None,
+        conflict: true,
+        acked: false,
+        final_uptime: None,
     }
 }
 

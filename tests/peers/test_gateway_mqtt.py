@@ -145,6 +145,42 @@ def test_missing_id_reject_refuses_a_body_without_an_id(mosquitto, mqtt_gateway,
     wait_until(lambda: pubacks_from(mosquitto, gw.client_id) >= 2, 5, what="both completed at the broker")
 
 
+PUMP = """
+[devices.pump]
+bus = "plc"
+unit = 2
+points.speed = { table = "holding", address = 20, type = "u16" }
+"""
+
+
+def test_the_dedupe_key_is_device_and_id_and_a_reused_id_is_rejected(mqtt_gateway, modbus_device, backend):
+    """`{"id": 1}` to the boiler, then `{"id": 1}` to the pump: two messages,
+    both run, each report names its device. The same id to the same device
+    with another command: `rejected`, never run, never a false `delivered`."""
+    device = modbus_device(units=(1, 2))
+    gw = mqtt_gateway(modbus_tcp_bus("plc", device.address) + BOILER + PUMP)
+
+    backend.publish("boiler", {"id": 1, "point": "sp", "value": 7})
+    backend.wait_report("1")
+    backend.publish("pump", {"id": 1, "point": "speed", "value": 1500})
+    both = backend.wait_report("1", count=2) and backend.reports_for("1")
+    assert [(r["device"], r["status"]) for r in both] == [("boiler", "delivered"), ("pump", "delivered")], both
+    assert without_t(device.wait_writes(2)) == [sp_write(7), {"unit": 2, "fc": 6, "address": 20, "values": [1500]}]
+
+    backend.publish("boiler", {"id": 1, "point": "sp", "value": 8})
+    backend.wait_report("1", count=3)
+    third = backend.reports_for("1")[2]
+    assert (third["device"], third["status"]) == ("boiler", "rejected"), third
+    assert third["detail"] == "message id 1 was already used for a different command"
+    # the original command once more: a duplicate, its stored outcome reported
+    backend.publish("boiler", {"id": 1, "point": "sp", "value": 7})
+    backend.wait_report("1", count=4)
+    assert backend.reports_for("1")[3] == both[0]
+    time.sleep(0.5)
+    assert len(device.writes()) == 2, "nothing else ran"
+    assert log_lines(gw, r"panicked") == []
+
+
 def test_sigterm_finishes_the_request_on_the_wire_and_exits_0(mosquitto, mqtt_gateway, modbus_device, backend):
     device = modbus_device(delay_ms=800)
     gw = mqtt_gateway(modbus_tcp_bus("plc", device.address, timeout="3s") + BOILER)

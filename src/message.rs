@@ -79,6 +79,15 @@ pub struct Inbound {
     pub reject: Option<String>,
 }
 
+/// A reading of one device's telemetry points.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub device: String,
+    pub at_ms: u64,
+    /// Point name → value, in the configured order.
+    pub values: Vec<(String, serde_json::Value)>,
+}
+
 /// One message in the journal. Stored as JSON; fields at their default are
 /// left out (the entry is rewritten at each state change, and every byte
 /// counts on an SD card), and read back as defaults.

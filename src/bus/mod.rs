@@ -11,7 +11,7 @@ pub mod worker;
 use crate::config::{BusKind, Config};
 use crate::journal::Journal;
 use crate::message::Outcome;
-use crate::router::modbus::Write;
+pub use crate::router::Request;
 use modbus::{ModbusLink, Target};
 use port::{rtu_gap, serial_opener};
 use serial::SerialLink;
@@ -19,13 +19,6 @@ use std::collections::HashMap;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use worker::{BusHandle, BusSettings, Link};
-
-/// What to do on the wire for one message.
-#[derive(Debug, Clone)]
-pub enum Request {
-    Modbus(Vec<Write>),
-    Serial(Vec<u8>),
-}
 
 /// One message handed to a bus worker.
 #[derive(Debug)]
@@ -66,7 +59,7 @@ pub struct Poll {
     pub device: String,
     pub unit: u8,
     pub reads: Vec<(String, crate::config::PointConfig)>,
-    pub reply: tokio::sync::mpsc::UnboundedSender<crate::telemetry::Reading>,
+    pub reply: tokio::sync::mpsc::UnboundedSender<crate::message::Reading>,
 }
 
 /// A message a bus worker has finished with.

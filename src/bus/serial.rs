@@ -19,15 +19,7 @@ const ETX: u8 = 0x03;
 /// A reply longer than this without a frame end is garbage.
 const MAX_REPLY: usize = 4096;
 
-/// With `framing = "raw"` a reply has no end marker: it ends when the line
-/// has been idle this long after its last byte. 10 character times of 11
-/// bits at the bus's baud, at least 30 ms (USB serial adapters hand on
-/// received bytes in bursts up to 16 ms apart). Matching `ack` / `nack`
-/// on a reply still arriving would take "E" of "ERR" for an ack.
-pub fn raw_idle(baud: u32) -> Duration {
-    let chars = if baud == 0 { Duration::ZERO } else { Duration::from_secs_f64(10.0 * 11.0 / f64::from(baud)) };
-    chars.max(Duration::from_millis(30))
-}
+pub use crate::config::raw_idle;
 
 pub struct Patterns {
     pub ack: Option<Regex>,

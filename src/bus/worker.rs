@@ -161,7 +161,7 @@ async fn poll(link: &mut Link, p: Poll) {
     for (name, point) in &p.reads {
         match l.read(p.unit, point.table, point.address, point.ty.width()).await {
             Ok((words, bits)) => {
-                if let Some(v) = crate::telemetry::decode(point, &words, &bits) {
+                if let Some(v) = crate::router::encode::decode(point, &words, &bits) {
                     values.push((name.clone(), v));
                 }
             }
@@ -172,7 +172,7 @@ async fn poll(link: &mut Link, p: Poll) {
         }
     }
     let at_ms = crate::message::now_ms();
-    let _ = p.reply.send(crate::telemetry::Reading { device: p.device, at_ms, values });
+    let _ = p.reply.send(crate::message::Reading { device: p.device, at_ms, values });
 }
 
 /// Records the outcome in the journal; it reaches the pipeline with the next

@@ -7,6 +7,8 @@
 //! checked in `validate.rs`; `load.rs` drives parsing and checking and
 //! reports every problem with its line. Tests of both are in `tests.rs`.
 
+pub mod alert;
+mod doc;
 mod load;
 mod validate;
 
@@ -411,7 +413,7 @@ pub struct TelemetryConfig {
     /// Application properties computed from the reading, e.g.
     /// `temperatureAlert = "temperature > 30"` → `"true"` / `"false"`.
     #[serde(default)]
-    pub alerts: BTreeMap<String, String>,
+    pub alerts: BTreeMap<String, alert::Alert>,
 }
 
 fn default_max_attempts() -> u32 {
@@ -475,4 +477,14 @@ pub struct PointConfig {
     /// Limits on the engineering value, enforced before anything is sent.
     pub min: Option<f64>,
     pub max: Option<f64>,
+}
+
+/// With `framing = "raw"` a reply has no end marker: it ends when the line
+/// has been idle this long after its last byte. 10 character times of 11
+/// bits at the bus's baud, at least 30 ms (USB serial adapters hand on
+/// received bytes in bursts up to 16 ms apart). Matching `ack` / `nack`
+/// on a reply still arriving would take "E" of "ERR" for an ack.
+pub fn raw_idle(baud: u32) -> Duration {
+    let chars = if baud == 0 { Duration::ZERO } else { Duration::from_secs_f64(10.0 * 11.0 / f64::from(baud)) };
+    chars.max(Duration::from_millis(30))
 }

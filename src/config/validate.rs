@@ -4,7 +4,7 @@
 //! key or table at fault. No message quotes a secret or the hub URL (which
 //! may carry a password).
 
-use super::load::{dotted, Doc, Parts, Report};
+use super::doc::{dotted, Doc, Parts, Report};
 use super::{BusConfig, BusKind, DeviceConfig, GatewayConfig, HubConfig, HubKind, PointType};
 use super::{RoutingConfig, Table};
 use std::collections::BTreeMap;
@@ -255,7 +255,7 @@ fn bus(c: &mut Checker, name: &str, b: &BusConfig) {
         c.value(&p("breaker_after"), "must be at least 1");
     }
     if b.kind == BusKind::Serial && b.framing == super::Framing::Raw && b.baud > 0 {
-        let idle = crate::bus::serial::raw_idle(b.baud);
+        let idle = super::raw_idle(b.baud);
         if !b.timeout.is_zero() && *b.timeout <= idle {
             c.value(
                 &p("timeout"),
@@ -346,13 +346,13 @@ fn telemetry(c: &mut Checker, dev: &str, d: &DeviceConfig, t: &crate::config::Te
             c.value(&p("points"), format!("device {dev:?} has no point {name:?}"));
         }
     }
-    for (alert, expr) in &t.alerts {
-        match crate::telemetry::Alert::parse(alert, expr) {
-            Err(e) => c.value(&["devices", dev, "telemetry", "alerts", alert], e),
-            Ok(a) if !t.points.contains(&a.point) => c.value(
-                &["devices", dev, "telemetry", "alerts", alert],
-                format!("point {:?} is not among the telemetry points", a.point),
-            ),
+    for (name, alert) in &t.alerts {
+        let at = ["devices", dev, "telemetry", "alerts", name];
+        match &alert.rule {
+            Err(e) => c.value(&at, e.to_string()),
+            Ok(rule) if !t.points.contains(&rule.point) => {
+                c.value(&at, format!("point {:?} is not among the telemetry points", rule.point))
+            }
             Ok(_) => {}
         }
     }

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::hub::{Dialect, HubCommand, HubEvent};
 use crate::journal::{Admitted, Journal};
 use crate::message::{now_ms, Entry, Inbound, Outcome, State};
-use crate::telemetry::{self, Alert, Reading};
+use crate::telemetry::{self, Reading};
 use crate::{report, router};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -484,11 +484,7 @@ impl Pipeline {
             .get(&r.device)
             .and_then(|d| d.telemetry.as_ref())
             .map(|t| {
-                t.alerts
-                    .iter()
-                    .filter_map(|(name, expr)| Alert::parse(name, expr).ok())
-                    .filter_map(|a| a.eval(&r.values).map(|v| (a.name, v)))
-                    .collect()
+                t.alerts.iter().filter_map(|(name, rule)| rule.eval(&r.values).map(|v| (name.clone(), v))).collect()
             })
             .unwrap_or_default();
         let topic = self.dialect.telemetry_topic(&r.device, &alerts);

@@ -1,9 +1,10 @@
-//! Numeric encoding of point values into Modbus holding registers.
+//! Numeric encoding of point values into Modbus registers, and back.
 //!
 //! Pure arithmetic, no I/O: the engineering value from a C2D body becomes the
-//! raw words a point of a given type, `scale` and `word_order` holds. Kept
-//! apart from body parsing (`modbus.rs`) so the bit-level rules are tested on
-//! their own and telemetry decoding can reuse the word-order helpers.
+//! raw words a point of a given type, `scale` and `word_order` holds, and
+//! the words a read returns become the value again (telemetry). Kept apart
+//! from body parsing (`modbus.rs`) so the bit-level rules are tested on
+//! their own.
 //!
 //! Conventions (design.md, "C2D bodies"): each register is a `u16` sent
 //! big-endian on the wire; 32-bit values take two registers, high word first
@@ -12,7 +13,8 @@
 //! = raw * scale, so the raw value written is value / scale, rounded to the
 //! nearest integer for integer types.
 
-use crate::config::{PointType, WordOrder};
+use crate::config::{PointConfig, PointType, WordOrder};
+use serde_json::Value;
 
 /// Why a number cannot be encoded for a point type. `modbus.rs` turns it into
 /// an operator-facing message naming the point.
@@ -109,9 +111,34 @@ pub fn encode_number(ty: PointType, value: f64, scale: Option<f64>, order: WordO
     })
 }
 
+/// Registers (or bits) read from a point → its engineering value.
+pub fn decode(point: &PointConfig, words: &[u16], bits: &[bool]) -> Option<Value> {
+    let scale = point.scale.unwrap_or(1.0);
+    let num = |x: f64| {
+        let v = x * scale;
+        // Through f32's shortest text so 0.1 stays 0.1 rather than 0.100000001.
+        let v = if point.ty == PointType::F32 { format!("{}", v as f32).parse().unwrap_or(v) } else { v };
+        serde_json::Number::from_f64(v).map(Value::Number)
+    };
+    match point.ty {
+        PointType::Bool => bits.first().map(|b| Value::Bool(*b)),
+        PointType::U16 => num(f64::from(*words.first()?)),
+        PointType::I16 => num(f64::from(*words.first()? as i16)),
+        PointType::U32 | PointType::I32 | PointType::F32 => {
+            let raw = join_words([*words.first()?, *words.get(1)?], point.word_order);
+            match point.ty {
+                PointType::U32 => num(f64::from(raw)),
+                PointType::I32 => num(f64::from(raw as i32)),
+                _ => num(f64::from(f32::from_bits(raw))),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use PointType::*;
     use WordOrder::{Big, Little};
 
@@ -184,5 +211,22 @@ mod tests {
         assert_eq!(encode_number(Bool, 1.0, None, Big), Err(EncodeError::NotRegisters));
         assert_eq!(range_text(U16), "0..=65535");
         assert_eq!(range_text(I32), "-2147483648..=2147483647");
+    }
+
+    fn pt(ty: &str, extra: &str) -> PointConfig {
+        toml::from_str(&format!("table = \"holding\"\naddress = 0\ntype = \"{ty}\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn decoding_follows_type_scale_and_word_order() {
+        assert_eq!(decode(&pt("f32", ""), &[0x41AC, 0], &[]), Some(json!(21.5)));
+        assert_eq!(decode(&pt("f32", "word_order = \"little\""), &[0, 0x41AC], &[]), Some(json!(21.5)));
+        assert_eq!(decode(&pt("i16", ""), &[0xFFFE], &[]), Some(json!(-2.0)));
+        assert_eq!(decode(&pt("u16", "scale = 0.1"), &[215], &[]), Some(json!(21.5)));
+        assert_eq!(decode(&pt("i32", ""), &[0xFFFF, 0xFFFE], &[]), Some(json!(-2.0)));
+        assert_eq!(decode(&pt("u32", ""), &[1, 0], &[]), Some(json!(65536.0)));
+        let coil: PointConfig = toml::from_str("table = \"coil\"\naddress = 0\ntype = \"bool\"").unwrap();
+        assert_eq!(decode(&coil, &[], &[true]), Some(json!(true)));
+        assert_eq!(decode(&pt("u32", ""), &[1], &[]), None, "short read");
     }
 }

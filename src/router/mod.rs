@@ -5,8 +5,15 @@
 pub mod encode;
 pub mod modbus;
 
-use crate::bus::Request;
 use crate::config::{BusConfig, BusKind, Config, DeviceConfig, Framing};
+use modbus::Write;
+
+/// What to do on the wire for one message.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Modbus(Vec<Write>),
+    Serial(Vec<u8>),
+}
 
 /// A routed message: device name, its config and its bus's.
 pub struct Route<'a> {

@@ -231,10 +231,11 @@ impl Journal {
             // throw away acknowledged messages and the dedupe history. Fail;
             // the service manager starts us again once the cause is gone.
             Err(OpenFailure::Io(e)) => Err(e),
-            // sled may fail in other ways when it cannot write (it rewrites
-            // its files at open): only a store on a writable disk is judged.
-            Err(OpenFailure::Broken(_)) if let Err(e) = space_probe(dir) => Err(JournalError::Storage(e.into())),
             Err(OpenFailure::Broken(why)) => {
+                // sled may fail in other ways when it cannot write (it
+                // rewrites its files at open): only a store on a writable
+                // disk is judged.
+                space_probe(dir).map_err(|e| JournalError::Storage(e.into()))?;
                 let stamp = crate::message::now_ms();
                 let aside = dir.with_file_name(format!(
                     "{}.corrupt-{stamp}",

@@ -151,3 +151,29 @@ fn packets_of_an_earlier_connection_get_no_ack() {
     let done = Finished { seq: 10, state: State::Delivered, durable: true, reported: false };
     assert_eq!(c.finished(vec![done]), vec![Action::Report(10)]);
 }
+
+#[test]
+fn memory_stays_bounded_while_a_device_is_dead_and_the_hub_floods() {
+    let mut c = core();
+    let t = Instant::now();
+    // A broker with an in-flight window of 20 sends whenever one is acked;
+    // the device never answers, so only handovers free the window.
+    let mut window: std::collections::VecDeque<u16> = Default::default();
+    for seq in 1..=100_000u64 {
+        assert!(window.len() < 20, "the window stays full: the flood stalled at {seq}");
+        let pkid = (seq % 60_000) as u16 + 1;
+        window.push_back(pkid);
+        let out = c.on_received(vec![arrival(pkid)], true);
+        assert!(matches!(&out[..], [Action::Admit(_)]));
+        let mut queue: std::collections::VecDeque<Action> = c.admitted(vec![(1, pkid, new(seq))]).into();
+        while let Some(a) = queue.pop_front() {
+            match a {
+                Action::Flush => queue.extend(c.flushed(true, t)),
+                Action::Ack { pkid, .. } => assert_eq!(window.pop_front(), Some(pkid), "acks in order"),
+                _ => {}
+            }
+        }
+        let (slots, held, reports) = c.footprint();
+        assert!(slots <= 10 + 1 && held == 0 && reports == 0, "after {seq}: {slots} slots, {held} held");
+    }
+}

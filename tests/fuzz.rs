@@ -291,7 +291,7 @@ points.d = { table = "holding", address = 6, type = "u16", scale = 0.1, max = 10
     };
     for (point, value) in [("a", "10.06"), ("a", "10.059"), ("b", "3"), ("b", "499999"), ("c", "-10.06")] {
         let err = write(point, value).expect_err(value);
-        assert!(err.0.contains("outside its limits"), "{point} = {value}: {err}");
+        assert!(err.to_string().contains("outside its limits"), "{point} = {value}: {err}");
     }
     // Values that round onto the grid inside the limits still go through,
     // limits that are multiples of the scale included (no float noise).

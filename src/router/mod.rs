@@ -4,6 +4,7 @@
 
 pub mod encode;
 pub mod modbus;
+mod reject;
 
 use crate::config::{BusConfig, BusKind, Config, DeviceConfig, Framing};
 use modbus::Write;
@@ -41,7 +42,7 @@ pub enum RouteError {
 
 /// Why a body can never be sent to its device: a rejection, with this text
 /// in the result report.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]
     Modbus(#[from] modbus::Reject),

@@ -20,12 +20,14 @@ pub enum DaemonError {
     Config(String),
     #[error("{0}")]
     Runtime(String),
+    #[error("{0}")]
+    Buses(#[from] crate::bus::SpawnError),
 }
 
 impl DaemonError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            DaemonError::Config(_) => EXIT_CONFIG,
+            DaemonError::Config(_) | DaemonError::Buses(_) => EXIT_CONFIG,
             DaemonError::Runtime(_) => 1,
         }
     }
@@ -183,7 +185,7 @@ pub async fn run(
         space,
     };
     let mut pipeline = Pipeline::new(cfg.clone(), parts);
-    pipeline.start_buses().map_err(DaemonError::Config)?;
+    pipeline.start_buses()?;
     pipeline.recover().await.map_err(|e| DaemonError::Runtime(format!("journal recovery failed: {e}")))?;
 
     let link_task = tokio::spawn(link::run(link_dialect, hub_events_tx, hub_cmd_rx, hub_stop_rx));

@@ -93,13 +93,37 @@ pub enum Wire {
     Unconfirmed { reason: String, timeout: bool },
 }
 
+/// Why a bus cannot be reached. Nothing was sent; connecting is tried
+/// again before the next request.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {address} timed out after {after:?}")]
+    TimedOut { address: String, after: std::time::Duration },
+    #[error("cannot connect to {address}: {source}")]
+    Tcp { address: String, source: std::io::Error },
+    /// Setting up a connected TCP socket failed.
+    #[error("{0}")]
+    Socket(std::io::Error),
+    /// The bus's serial port (or other stream) did not open; the opener's
+    /// error names the port.
+    #[error("{0}")]
+    Open(std::io::Error),
+}
+
+/// Why the buses of a configuration cannot be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("bus {bus}: {source}")]
+    Serial { bus: String, source: serial::PatternError },
+}
+
 /// Starts one worker per configured bus.
 pub fn spawn_all(
     cfg: &Config,
     journal: &Journal,
     done: &mpsc::UnboundedSender<Done>,
     shutdown: &watch::Receiver<bool>,
-) -> Result<HashMap<String, BusHandle>, String> {
+) -> Result<HashMap<String, BusHandle>, SpawnError> {
     let mut buses = HashMap::new();
     for (name, bus) in &cfg.buses {
         let link = match bus.kind {
@@ -111,9 +135,10 @@ pub fn spawn_all(
                 Target::Rtu { opener: serial_opener(bus), gap: rtu_gap(bus.baud) },
                 *bus.timeout,
             )),
-            BusKind::Serial => {
-                Link::Serial(SerialLink::new(serial_opener(bus), bus).map_err(|e| format!("bus {name}: {e}"))?)
-            }
+            BusKind::Serial => Link::Serial(
+                SerialLink::new(serial_opener(bus), bus)
+                    .map_err(|source| SpawnError::Serial { bus: name.clone(), source })?,
+            ),
         };
         let settings =
             BusSettings { timeout: *bus.timeout, breaker_after: bus.breaker_after, breaker_max: *bus.breaker_max };

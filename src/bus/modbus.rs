@@ -5,7 +5,7 @@
 //! failed is rebuilt before the next request.
 
 use super::port::{Counted, Opener};
-use super::Wire;
+use super::{ConnectError, Wire};
 use crate::router::modbus::Write;
 use std::borrow::Cow;
 use std::io;
@@ -113,7 +113,7 @@ impl ModbusLink {
     }
 
     /// Makes sure a connection is up. An error means nothing was sent.
-    pub async fn connect(&mut self) -> Result<(), String> {
+    pub async fn connect(&mut self) -> Result<(), ConnectError> {
         if let Some(c) = &self.conn {
             if let Some(peek) = &c.peek {
                 let mut b = [0u8; 1];
@@ -133,18 +133,18 @@ impl ModbusLink {
             Target::Tcp { address } => {
                 let s = timeout(t, TcpStream::connect(address.as_str()))
                     .await
-                    .map_err(|_| format!("connecting to {address} timed out after {t:?}"))?
-                    .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+                    .map_err(|_| ConnectError::TimedOut { address: address.clone(), after: t })?
+                    .map_err(|source| ConnectError::Tcp { address: address.clone(), source })?;
                 let _ = s.set_nodelay(true);
-                let std = s.into_std().map_err(|e| e.to_string())?;
+                let std = s.into_std().map_err(ConnectError::Socket)?;
                 let peek = std.try_clone().ok();
-                let s = TcpStream::from_std(std).map_err(|e| e.to_string())?;
+                let s = TcpStream::from_std(std).map_err(ConnectError::Socket)?;
                 let (counted, written) = Counted::new(s);
                 let eof = counted.eof_flag();
                 Conn { ctx: tokio_modbus::client::tcp::attach(counted), written, stale: None, eof, peek }
             }
             Target::Rtu { opener, .. } => {
-                let port = opener().map_err(|e| e.to_string())?;
+                let port = opener().map_err(ConnectError::Open)?;
                 // A reply that comes after its request timed out stays in the
                 // port; read as the answer to the next request it would
                 // confirm the wrong command. Dropped before each request.
@@ -166,7 +166,7 @@ impl ModbusLink {
         count: u16,
     ) -> Result<(Vec<u16>, Vec<bool>), String> {
         use crate::config::Table;
-        self.connect().await?;
+        self.connect().await.map_err(|e| e.to_string())?;
         if let (Target::Rtu { gap, .. }, Some(end)) = (&self.target, self.last_frame_end) {
             wait_until_precisely(end + *gap).await;
         }
@@ -209,7 +209,7 @@ impl ModbusLink {
     /// Performs one write on unit `unit`. Call [`ModbusLink::connect`] first.
     pub async fn write(&mut self, unit: u8, w: &Write) -> Wire {
         if let Err(e) = self.connect().await {
-            return Wire::NotSent(e);
+            return Wire::NotSent(e.to_string());
         }
         if let (Target::Rtu { gap, .. }, Some(end)) = (&self.target, self.last_frame_end) {
             wait_until_precisely(end + *gap).await;

@@ -5,7 +5,7 @@
 //! the line has gone quiet after it (see [`raw_idle`]).
 
 use super::port::{Counted, Opener};
-use super::Wire;
+use super::{ConnectError, Wire};
 use crate::config::{BusConfig, Framing};
 use regex_lite::Regex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,15 +21,22 @@ const MAX_REPLY: usize = 4096;
 
 pub use crate::config::raw_idle;
 
+/// Why a serial bus's `ack` / `nack` pattern cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PatternError {
+    #[error("bad {which} pattern: {source}")]
+    Invalid { which: &'static str, source: regex_lite::Error },
+}
+
 pub struct Patterns {
     pub ack: Option<Regex>,
     pub nack: Option<Regex>,
 }
 
 impl Patterns {
-    pub fn from_config(cfg: &BusConfig) -> Result<Self, String> {
-        let compile = |p: &Option<String>, what: &str| {
-            p.as_deref().map(Regex::new).transpose().map_err(|e| format!("bad {what} pattern: {e}"))
+    pub fn from_config(cfg: &BusConfig) -> Result<Self, PatternError> {
+        let compile = |p: &Option<String>, which: &'static str| {
+            p.as_deref().map(Regex::new).transpose().map_err(|source| PatternError::Invalid { which, source })
         };
         Ok(Patterns { ack: compile(&cfg.ack, "ack")?, nack: compile(&cfg.nack, "nack")? })
     }
@@ -102,7 +109,7 @@ pub struct SerialLink {
 }
 
 impl SerialLink {
-    pub fn new(opener: Opener, cfg: &BusConfig) -> Result<Self, String> {
+    pub fn new(opener: Opener, cfg: &BusConfig) -> Result<Self, PatternError> {
         Ok(SerialLink {
             opener,
             port: None,
@@ -114,9 +121,9 @@ impl SerialLink {
         })
     }
 
-    pub async fn connect(&mut self) -> Result<(), String> {
+    pub async fn connect(&mut self) -> Result<(), ConnectError> {
         if self.port.is_none() {
-            let p = (self.opener)().map_err(|e| e.to_string())?;
+            let p = (self.opener)().map_err(ConnectError::Open)?;
             self.port = Some(Counted::new(p));
         }
         Ok(())
@@ -125,7 +132,7 @@ impl SerialLink {
     /// Sends one framed body and waits for the verdict.
     pub async fn send(&mut self, body: &[u8]) -> Wire {
         if let Err(e) = self.connect().await {
-            return Wire::NotSent(e);
+            return Wire::NotSent(e.to_string());
         }
         let (port, written) = self.port.as_mut().expect("connected above");
         // Drop whatever the device said since the last exchange.

@@ -21,7 +21,7 @@ pub enum Link {
 }
 
 impl Link {
-    async fn connect(&mut self) -> Result<(), String> {
+    async fn connect(&mut self) -> Result<(), super::ConnectError> {
         match self {
             Link::Modbus(l) => l.connect().await,
             Link::Serial(l) => l.connect().await,
@@ -285,7 +285,7 @@ async fn attempt(
     // Connecting sends nothing: its failures cost no attempt.
     if let Err(e) = link.connect().await {
         tracing::debug!(device = %job.device, error = %e, "cannot reach the device");
-        job.last_error = Some(e);
+        job.last_error = Some(e.to_string());
         return Step::Retry { timeout: false };
     }
     if let Err(e) = journal.mark_sending(job.seq, job.unconfirmed) {

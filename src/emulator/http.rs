@@ -50,25 +50,38 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// Why the headers of a send are refused (a 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("header {name} is not valid text")]
+    NotText { name: String },
+    #[error("iothub-ack must be none, positive, negative or full, not {value:?}")]
+    BadAck { value: String },
+    #[error("iothub-expiry must be a number of seconds between 1 and 172800, not {value:?}")]
+    BadExpiry { value: String },
+    #[error("iothub-properties: {0}")]
+    BadProperties(#[from] crate::hub::azure::propbag::PropBagError),
+}
+
 /// Builds the request from the headers; an invalid header is a 400.
-pub fn request_from_headers(headers: &HeaderMap, body: Vec<u8>) -> Result<C2dRequest, String> {
-    let text = |name: &str| -> Result<Option<String>, String> {
+pub fn request_from_headers(headers: &HeaderMap, body: Vec<u8>) -> Result<C2dRequest, HeaderError> {
+    let text = |name: &str| -> Result<Option<String>, HeaderError> {
         headers
             .get(name)
-            .map(|v| v.to_str().map(str::to_string).map_err(|_| format!("header {name} is not valid text")))
+            .map(|v| v.to_str().map(str::to_string).map_err(|_| HeaderError::NotText { name: name.into() }))
             .transpose()
     };
     let ack = text("iothub-ack")?;
     if let Some(a) = &ack {
         if !["none", "positive", "negative", "full"].contains(&a.as_str()) {
-            return Err(format!("iothub-ack must be none, positive, negative or full, not {a:?}"));
+            return Err(HeaderError::BadAck { value: a.clone() });
         }
     }
     let ttl = match text("iothub-expiry")? {
         None => None,
         Some(s) => match s.trim().parse::<u64>() {
             Ok(n) if n > 0 && n <= 2 * 86400 => Some(Duration::from_secs(n)),
-            _ => return Err(format!("iothub-expiry must be a number of seconds between 1 and 172800, not {s:?}")),
+            _ => return Err(HeaderError::BadExpiry { value: s }),
         },
     };
     let mut properties = Vec::new();
@@ -76,12 +89,12 @@ pub fn request_from_headers(headers: &HeaderMap, body: Vec<u8>) -> Result<C2dReq
     // `iothub-properties` carries a property bag (`k=v&k=v`, percent-encoded)
     // that keeps it.
     if let Some(bag) = text("iothub-properties")? {
-        let parsed = crate::hub::azure::propbag::parse(&bag).map_err(|e| format!("iothub-properties: {e}"))?;
+        let parsed = crate::hub::azure::propbag::parse(&bag)?;
         properties.extend(parsed.into_iter().map(|(k, v)| (k, v.unwrap_or_default())));
     }
     for (name, value) in headers {
         if let Some(key) = name.as_str().strip_prefix("iothub-app-") {
-            let v = value.to_str().map_err(|_| format!("header {name} is not valid text"))?;
+            let v = value.to_str().map_err(|_| HeaderError::NotText { name: name.to_string() })?;
             properties.push((key.to_string(), v.to_string()));
         }
     }
@@ -100,7 +113,7 @@ pub fn request_from_headers(headers: &HeaderMap, body: Vec<u8>) -> Result<C2dReq
 async fn send(State(sh): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     let req = match request_from_headers(&headers, body.to_vec()) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     match sh.send(&id, req) {
         Ok(mid) => (StatusCode::CREATED, Json(json!({"message_id": mid}))).into_response(),

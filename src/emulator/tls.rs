@@ -10,32 +10,38 @@ pub struct Certs {
     pub server: Arc<rustls::ServerConfig>,
 }
 
-pub fn generate(host_name: &str) -> Result<Certs, String> {
-    let err = |e: rcgen::Error| format!("certificate generation failed: {e}");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+/// Why the emulator's certificates could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{0}")]
+    Tls(#[from] rustls::Error),
+}
+
+pub fn generate(host_name: &str) -> Result<Certs, CertError> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(DnType::CommonName, "c2d-gateway hub emulator CA");
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca_key = KeyPair::generate().map_err(err)?;
-    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
 
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     if !names.iter().any(|n| n == host_name) {
         names.push(host_name.to_string());
     }
-    let mut leaf = CertificateParams::new(names).map_err(err)?;
+    let mut leaf = CertificateParams::new(names)?;
     leaf.distinguished_name.push(DnType::CommonName, host_name);
-    let leaf_key = KeyPair::generate().map_err(err)?;
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(err)?;
+    let leaf_key = KeyPair::generate()?;
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
 
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(vec![leaf_cert.der().clone(), ca_cert.der().clone()], key)
-        .map_err(|e| e.to_string())?;
+        .with_single_cert(vec![leaf_cert.der().clone(), ca_cert.der().clone()], key)?;
     Ok(Certs { ca_pem: ca_cert.pem(), server: Arc::new(server) })
 }

@@ -38,21 +38,36 @@ pub fn common_options(o: &mut MqttOptions, keep_alive: Duration) {
     o.set_inflight(100);
 }
 
+/// Why a broker URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("url {url:?} must start with mqtt:// or mqtts://")]
+    Scheme { url: String },
+    #[error("url {url:?}: no ']' after an IPv6 address")]
+    UnclosedIpv6 { url: String },
+    #[error("url {url:?}: bad port {port:?}")]
+    BadPort { url: String, port: String },
+    #[error("url {url:?}: write an IPv6 address in brackets, e.g. mqtt://[::1]:1883")]
+    BareIpv6 { url: String },
+    #[error("url {url:?} has no host")]
+    NoHost { url: String },
+}
+
 /// `mqtt://host:port` / `mqtts://host:port` → (tls, host, port).
-pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
+pub fn parse_url(url: &str) -> Result<(bool, String, u16), UrlError> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
         (true, r)
     } else if let Some(r) = url.strip_prefix("mqtt://") {
         (false, r)
     } else {
-        return Err(format!("url {url:?} must start with mqtt:// or mqtts://"));
+        return Err(UrlError::Scheme { url: url.into() });
     };
     let rest = rest.trim_end_matches('/');
     let default_port = if tls { 8883 } else { 1883 };
-    let bad_port = |p: &str| format!("url {url:?}: bad port {p:?}");
+    let bad_port = |p: &str| UrlError::BadPort { url: url.into(), port: p.into() };
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
         // [IPv6] or [IPv6]:PORT
-        let (h, after) = v6.split_once(']').ok_or_else(|| format!("url {url:?}: no ']' after an IPv6 address"))?;
+        let (h, after) = v6.split_once(']').ok_or_else(|| UrlError::UnclosedIpv6 { url: url.into() })?;
         let host = format!("[{h}]");
         match after {
             "" => (host, default_port),
@@ -64,12 +79,12 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
     } else {
         match rest.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse::<u16>().map_err(|_| bad_port(p))?),
-            Some(_) => return Err(format!("url {url:?}: write an IPv6 address in brackets, e.g. mqtt://[::1]:1883")),
+            Some(_) => return Err(UrlError::BareIpv6 { url: url.into() }),
             None => (rest.to_string(), default_port),
         }
     };
     if host.is_empty() {
-        return Err(format!("url {url:?} has no host"));
+        return Err(UrlError::NoHost { url: url.into() });
     }
     Ok((tls, host, port))
 }
@@ -79,7 +94,7 @@ impl MqttDialect {
         let hub = &cfg.hub;
         let url =
             hub.url.as_deref().ok_or_else(|| HubError::Config("hub.url is required with kind = \"mqtt\"".into()))?;
-        let (tls, host, port) = parse_url(url).map_err(HubError::Config)?;
+        let (tls, host, port) = parse_url(url).map_err(|e| HubError::Config(e.to_string()))?;
         if !tls && !is_loopback(&host) && hub.password.is_some() {
             tracing::warn!(%host, "sending a password over plain MQTT to a remote broker: use mqtts://");
         }

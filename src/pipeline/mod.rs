@@ -82,7 +82,7 @@ impl Pipeline {
     }
 
     /// Starts a worker per configured bus and the telemetry schedules.
-    pub fn start_buses(&mut self) -> Result<(), String> {
+    pub fn start_buses(&mut self) -> Result<(), crate::bus::SpawnError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         self.buses = crate::bus::spawn_all(&self.cfg, &self.journal, &self.done_tx, &stop_rx)?;
         let senders = self.buses.iter().map(|(k, b)| (k.clone(), b.jobs.clone())).collect();
@@ -412,13 +412,13 @@ impl Pipeline {
 
     /// The job for an entry and the name of the bus it goes to.
     fn make_job(&self, e: &Entry) -> Result<(String, Job), String> {
-        let route = router::route(&self.cfg, e.device.as_deref())?;
+        let route = router::route(&self.cfg, e.device.as_deref()).map_err(|e| e.to_string())?;
         let body = self
             .journal
             .body(e.seq)
             .map_err(|err| err.to_string())?
             .ok_or_else(|| "the message body is missing from the journal".to_string())?;
-        let request = router::command(&route, &body)?;
+        let request = router::command(&route, &body).map_err(|e| e.to_string())?;
         // $.exp is the hub's wall-clock time; max_age counts the age the
         // journal measured (monotonic: a wall-clock step does not move it).
         let (age, max_age) = (self.journal.age(e), *route.config.max_age);

@@ -4,6 +4,7 @@
 
 pub mod encode;
 pub mod modbus;
+mod reject;
 
 use crate::config::{BusConfig, BusKind, Config, DeviceConfig, Framing};
 use modbus::Write;
@@ -23,46 +24,94 @@ pub struct Route<'a> {
     pub bus: &'a BusConfig,
 }
 
+/// How many configured devices an "unknown device" message lists.
+const LIST_DEVICES: usize = 10;
+
+/// Why a message has no device to go to: a rejection, with this text in the
+/// result report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("the message names no device (application property `{property}`) and routing.default_device is not set")]
+    NoDevice { property: String },
+    /// `known` lists at most [`LIST_DEVICES`] of the configured devices.
+    #[error("unknown device {name:?} (configured: {})", .known.join(", "))]
+    UnknownDevice { name: String, known: Vec<String> },
+    #[error("device {device:?} is on bus {bus:?}, which is not configured")]
+    UnknownBus { device: String, bus: String },
+}
+
+/// Why a body can never be sent to its device: a rejection, with this text
+/// in the result report.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Modbus(#[from] modbus::Reject),
+    #[error("empty body: nothing to send to the serial device")]
+    EmptySerialBody,
+    #[error("the body contains {0}, which would split it into several frames")]
+    SplitsFrame(FrameBreak),
+}
+
+/// What in a serial body would end its frame early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameBreak {
+    /// `line` framing: a CR or LF inside the body.
+    LineBreak,
+    /// `line` framing: the bus's `line_ending` seen before the body's end.
+    LineEnding,
+    /// `stx-etx` framing: an STX or ETX byte inside the body.
+    StxEtx,
+}
+
+impl std::fmt::Display for FrameBreak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FrameBreak::LineBreak => "a line break",
+            FrameBreak::LineEnding => "the bus's line_ending",
+            FrameBreak::StxEtx => "an STX or ETX byte",
+        })
+    }
+}
+
 /// Finds the device: the one the message names, else the default device.
-pub fn route<'a>(cfg: &'a Config, named: Option<&str>) -> Result<Route<'a>, String> {
+pub fn route<'a>(cfg: &'a Config, named: Option<&str>) -> Result<Route<'a>, RouteError> {
     let name = match named {
         Some(n) => n,
-        None => cfg.routing.default_device.as_deref().ok_or_else(|| {
-            format!(
-                "the message names no device (application property `{}`) and routing.default_device is not set",
-                cfg.routing.device_property
-            )
-        })?,
+        None => cfg
+            .routing
+            .default_device
+            .as_deref()
+            .ok_or_else(|| RouteError::NoDevice { property: cfg.routing.device_property.clone() })?,
     };
-    let (device, config) = cfg.devices.get_key_value(name).ok_or_else(|| {
-        let known: Vec<&str> = cfg.devices.keys().map(String::as_str).take(10).collect();
-        format!("unknown device {name:?} (configured: {})", known.join(", "))
+    let (device, config) = cfg.devices.get_key_value(name).ok_or_else(|| RouteError::UnknownDevice {
+        name: name.to_string(),
+        known: cfg.devices.keys().take(LIST_DEVICES).cloned().collect(),
     })?;
     let (bus_name, bus) = cfg
         .buses
         .get_key_value(&config.bus)
-        .ok_or_else(|| format!("device {name:?} is on bus {:?}, which is not configured", config.bus))?;
+        .ok_or_else(|| RouteError::UnknownBus { device: name.to_string(), bus: config.bus.clone() })?;
     Ok(Route { device, config, bus_name, bus })
 }
 
 /// Turns the body into the request for the device's bus.
-pub fn command(route: &Route<'_>, body: &[u8]) -> Result<Request, String> {
+pub fn command(route: &Route<'_>, body: &[u8]) -> Result<Request, CommandError> {
     match route.bus.kind {
         BusKind::ModbusRtu | BusKind::ModbusTcp => {
-            modbus::parse_body(body, route.device, route.config).map(Request::Modbus).map_err(|r| r.to_string())
+            Ok(Request::Modbus(modbus::parse_body(body, route.device, route.config)?))
         }
         BusKind::Serial => {
             if body.is_empty() {
-                return Err("empty body: nothing to send to the serial device".into());
+                return Err(CommandError::EmptySerialBody);
             }
             let bad = match route.bus.framing {
-                Framing::Line if body.iter().any(|b| *b == b'\n' || *b == b'\r') => Some("a line break"),
-                Framing::Line => ends_early(body, route.bus.line_ending.as_bytes()).then_some("the bus's line_ending"),
-                Framing::StxEtx => body.iter().any(|b| *b == 0x02 || *b == 0x03).then_some("an STX or ETX byte"),
+                Framing::Line if body.iter().any(|b| *b == b'\n' || *b == b'\r') => Some(FrameBreak::LineBreak),
+                Framing::Line => ends_early(body, route.bus.line_ending.as_bytes()).then_some(FrameBreak::LineEnding),
+                Framing::StxEtx => body.iter().any(|b| *b == 0x02 || *b == 0x03).then_some(FrameBreak::StxEtx),
                 Framing::Raw => None,
             };
             if let Some(what) = bad {
-                return Err(format!("the body contains {what}, which would split it into several frames"));
+                return Err(CommandError::SplitsFrame(what));
             }
             Ok(Request::Serial(body.to_vec()))
         }

@@ -18,6 +18,7 @@
 //! Nothing is written unless the whole body is valid.
 
 use super::encode::{self, EncodeError};
+pub use super::reject::{Limits, RawValue, Reject};
 use crate::config::{DeviceConfig, PointConfig, PointType, Table};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -34,9 +35,6 @@ const LIST_POINTS: usize = 10;
 const DESCRIBE_VALUES: usize = 10;
 /// Longest rendering of a body fragment quoted in a message.
 const QUOTE_CHARS: usize = 60;
-
-const POINT_EXAMPLE: &str = r#"{"point": "NAME", "value": 21.5}"#;
-const POINTS_EXAMPLE: &str = r#"{"points": {"NAME": 21.5, "OTHER": true}}"#;
 
 /// One Modbus write request.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -122,24 +120,6 @@ fn list<T: fmt::Display>(values: &[T]) -> String {
     s
 }
 
-/// Why a body can never succeed: becomes a `rejected` outcome with this text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reject(pub String);
-
-impl fmt::Display for Reject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Reject {}
-
-macro_rules! reject {
-    ($($arg:tt)*) => {
-        return Err(Reject(format!($($arg)*)))
-    };
-}
-
 /// Turns a C2D body into the writes to perform on `device`, in order.
 ///
 /// `device_name` is only used in messages. Either every write of the body is
@@ -147,45 +127,40 @@ macro_rules! reject {
 pub fn parse_body(body: &[u8], device_name: &str, device: &DeviceConfig) -> Result<Vec<Write>, Reject> {
     let text = match std::str::from_utf8(body) {
         Ok(t) => t,
-        Err(e) => reject!(
-            "body is not UTF-8 text (invalid byte at offset {}); expected JSON such as {POINT_EXAMPLE}",
-            e.valid_up_to()
-        ),
+        Err(e) => return Err(Reject::NotUtf8 { offset: e.valid_up_to() }),
     };
     if text.trim().is_empty() {
-        reject!("body is empty; expected JSON such as {POINT_EXAMPLE}");
+        return Err(Reject::Empty);
     }
     let json: Json = match serde_json::from_str(text) {
         Ok(j) => j,
-        Err(e) => reject!("body is not valid JSON ({e}); expected e.g. {POINT_EXAMPLE}"),
+        Err(e) => return Err(Reject::NotJson { error: e.to_string() }),
     };
     let entries = match json {
         Json::Object(entries) => entries,
-        other => reject!("body must be a JSON object such as {POINT_EXAMPLE}, got {} ({})", show(&other), kind(&other)),
+        other => return Err(Reject::NotObject { got: show(&other), kind: kind(&other) }),
     };
     let body = Body::new(&entries)?;
 
     if body.get("fc").is_some() {
         if let Some(k) = ["point", "points"].into_iter().find(|k| body.get(k).is_some()) {
-            reject!("body mixes a raw Modbus write (\"fc\") with a point write ({k:?}); send one or the other");
+            return Err(Reject::RawAndPoint { key: k });
         }
         if !device.allow_raw {
-            reject!("raw Modbus bodies are not allowed for device {device_name} (allow_raw = false)");
+            return Err(Reject::RawNotAllowed { device: device_name.to_string() });
         }
         return parse_raw(&body);
     }
     match (body.get("point"), body.get("points")) {
-        (Some(_), Some(_)) => {
-            reject!("body has both \"point\" and \"points\"; use either {POINT_EXAMPLE} or {POINTS_EXAMPLE}")
-        }
+        (Some(_), Some(_)) => Err(Reject::PointAndPoints),
         (Some(name), None) => {
             body.only(&["point", "value"], "a point write takes only \"point\" and \"value\"")?;
             let name = match name {
                 Json::Other(Value::String(s)) => s,
-                other => reject!("\"point\" must be a point name (a string), got {} ({})", show(other), kind(other)),
+                other => return Err(Reject::PointNotString { got: show(other), kind: kind(other) }),
             };
             let Some(value) = body.get("value") else {
-                reject!("body names point {} but has no \"value\"", quote(name));
+                return Err(Reject::NoValue { point: quote(name) });
             };
             let point = lookup(name, device_name, device)?;
             Ok(vec![encode_point(name, point, value)?])
@@ -194,17 +169,13 @@ pub fn parse_body(body: &[u8], device_name: &str, device: &DeviceConfig) -> Resu
             body.only(&["points"], "a multi-point write takes only \"points\", with each value inside it")?;
             let points = match points {
                 Json::Object(p) => p,
-                other => reject!(
-                    "\"points\" must be an object of point names and values such as {POINTS_EXAMPLE}, got {} ({})",
-                    show(other),
-                    kind(other)
-                ),
+                other => return Err(Reject::PointsNotObject { got: show(other), kind: kind(other) }),
             };
             if points.is_empty() {
-                reject!("\"points\" is empty; name at least one point, e.g. {POINTS_EXAMPLE}");
+                return Err(Reject::PointsEmpty);
             }
             if let Some(dup) = first_duplicate(points) {
-                reject!("point {} appears twice in \"points\"", quote(dup));
+                return Err(Reject::DuplicatePoint { point: quote(dup) });
             }
             // Look every name up before encoding, so an unknown name is
             // reported as such even after an invalid value.
@@ -216,18 +187,18 @@ pub fn parse_body(body: &[u8], device_name: &str, device: &DeviceConfig) -> Resu
         }
         (None, None) => {
             if entries.is_empty() {
-                reject!("body is an empty JSON object; expected e.g. {POINT_EXAMPLE}");
+                return Err(Reject::EmptyObject);
             }
             if body.get("value").is_some() {
-                reject!("body has a \"value\" but no \"point\" naming what to write, e.g. {POINT_EXAMPLE}");
+                return Err(Reject::ValueWithoutPoint);
             }
             if body.get("address").is_some() || body.get("values").is_some() {
-                reject!("body looks like a raw Modbus write but has no \"fc\" (function code 5, 6, 15 or 16)");
+                return Err(Reject::RawWithoutFc);
             }
-            reject!(
-                "body is neither a point write ({POINT_EXAMPLE} or {POINTS_EXAMPLE}) nor a raw Modbus write ({{\"fc\": 6, \"address\": 100, \"value\": 7}}); it has the key(s) {}",
-                key_list(&entries)
-            )
+            Err(Reject::NeitherWrite {
+                keys: entries.iter().take(LIST_POINTS).map(|(k, _)| quote(k)).collect(),
+                total: entries.len(),
+            })
         }
     }
 }
@@ -240,7 +211,7 @@ struct Body<'a> {
 impl<'a> Body<'a> {
     fn new(entries: &'a [(String, Json)]) -> Result<Self, Reject> {
         if let Some(dup) = first_duplicate(entries) {
-            reject!("key {} appears twice in the body", quote(dup));
+            return Err(Reject::DuplicateKey { key: quote(dup) });
         }
         Ok(Body { entries })
     }
@@ -251,9 +222,9 @@ impl<'a> Body<'a> {
 
     /// Refuses the first key not in `allowed`. `id` is always allowed: with
     /// a plain MQTT broker it carries the message id (read by the hub link).
-    fn only(&self, allowed: &[&str], hint: &str) -> Result<(), Reject> {
+    fn only(&self, allowed: &[&str], hint: &'static str) -> Result<(), Reject> {
         match self.entries.iter().find(|(k, _)| k != "id" && !allowed.contains(&k.as_str())) {
-            Some((k, _)) => reject!("unknown key {} in the body ({hint})", quote(k)),
+            Some((k, _)) => Err(Reject::UnknownKey { key: quote(k), hint }),
             None => Ok(()),
         }
     }
@@ -264,117 +235,76 @@ fn first_duplicate<V>(entries: &[(String, V)]) -> Option<&str> {
     entries.iter().map(|(k, _)| k.as_str()).find(|k| !seen.insert(*k))
 }
 
-fn key_list(entries: &[(String, Json)]) -> String {
-    let mut names: Vec<String> = entries.iter().take(LIST_POINTS).map(|(k, _)| quote(k)).collect();
-    if entries.len() > LIST_POINTS {
-        names.push(format!("and {} more", entries.len() - LIST_POINTS));
-    }
-    names.join(", ")
-}
-
 /// The device's point called `name`, or a message listing the known ones.
 fn lookup<'d>(name: &str, device_name: &str, device: &'d DeviceConfig) -> Result<&'d PointConfig, Reject> {
     if let Some(p) = device.points.get(name) {
         return Ok(p);
     }
     if device.points.is_empty() {
-        reject!("device {device_name} has no point {}: it has no points configured", quote(name));
+        return Err(Reject::NoPoints { device: device_name.to_string(), point: quote(name) });
     }
-    let known: Vec<&str> = device.points.keys().take(LIST_POINTS).map(String::as_str).collect();
-    let more = device.points.len().saturating_sub(LIST_POINTS);
-    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
-    reject!("device {device_name} has no point {} (known points: {}{more})", quote(name), known.join(", "))
+    Err(Reject::UnknownPoint {
+        device: device_name.to_string(),
+        point: quote(name),
+        known: device.points.keys().take(LIST_POINTS).cloned().collect(),
+        more: device.points.len().saturating_sub(LIST_POINTS),
+    })
 }
 
 /// The write for one point and its JSON value.
 fn encode_point(name: &str, point: &PointConfig, value: &Json) -> Result<Write, Reject> {
     let qname = quote(name);
     match point.table {
-        Table::Input => {
-            reject!("point {qname} is in the read-only input table and cannot be written")
-        }
-        Table::Discrete => {
-            reject!("point {qname} is in the read-only discrete input table and cannot be written")
-        }
-        Table::Coil if point.ty != PointType::Bool => reject!(
-            "point {qname} has type {} but is in the coil table; only bool points can be coils",
-            type_name(point.ty)
-        ),
-        Table::Holding if point.ty == PointType::Bool => {
-            reject!("point {qname} has type bool but is in the holding table; bool points must be coils")
-        }
+        Table::Input => return Err(Reject::InputTable { point: qname }),
+        Table::Discrete => return Err(Reject::DiscreteTable { point: qname }),
+        Table::Coil if point.ty != PointType::Bool => return Err(Reject::CoilNotBool { point: qname, ty: point.ty }),
+        Table::Holding if point.ty == PointType::Bool => return Err(Reject::BoolNotCoil { point: qname }),
         Table::Coil | Table::Holding => {}
     }
     let width = u32::from(point.ty.width());
     if u32::from(point.address) + width - 1 > u32::from(u16::MAX) {
-        reject!(
-            "point {qname} at address {} needs {width} registers and runs past the last address 65535",
-            point.address
-        );
+        return Err(Reject::PointPastEnd { point: qname, address: point.address, width });
     }
 
     if point.ty == PointType::Bool {
         return match value {
             Json::Other(Value::Bool(b)) => Ok(Write::SingleCoil { address: point.address, value: *b }),
-            other => {
-                reject!("point {qname} is a coil and expects true or false, got {} ({})", show(other), kind(other))
-            }
+            other => return Err(Reject::NotBool { point: qname, got: show(other), kind: kind(other) }),
         };
     }
 
     let number = match value {
         Json::Other(Value::Number(n)) => n,
-        other => reject!(
-            "point {qname} (type {}) expects a number, got {} ({})",
-            type_name(point.ty),
-            show(other),
-            kind(other)
-        ),
+        other => return Err(Reject::NotNumber { point: qname, ty: point.ty, got: show(other), kind: kind(other) }),
     };
     // JSON numbers are finite; serde_json only yields None for
     // arbitrary-precision numbers, which this crate does not enable.
     let Some(v) = number.as_f64() else {
-        reject!("point {qname}: value {number} is not a number this gateway can handle");
+        return Err(Reject::UnusableNumber { point: qname, number: number.clone() });
     };
 
     // Limits apply to the engineering value, before anything else.
-    let limits = || match (point.min, point.max) {
-        (Some(lo), Some(hi)) => format!("allowed {lo} to {hi}"),
-        (Some(lo), None) => format!("allowed at least {lo}"),
-        (None, Some(hi)) => format!("allowed at most {hi}"),
-        (None, None) => String::new(),
-    };
-    if let Some(lo) = point.min {
-        if v < lo {
-            reject!("value {number} for point {qname} is below its minimum {lo} ({})", limits());
+    let limits = Limits { min: point.min, max: point.max };
+    if let Some(min) = point.min {
+        if v < min {
+            return Err(Reject::BelowMin { point: qname, number: number.clone(), min, limits });
         }
     }
-    if let Some(hi) = point.max {
-        if v > hi {
-            reject!("value {number} for point {qname} is above its maximum {hi} ({})", limits());
+    if let Some(max) = point.max {
+        if v > max {
+            return Err(Reject::AboveMax { point: qname, number: number.clone(), max, limits });
         }
     }
 
-    let ty = type_name(point.ty);
-    let scaled = || match point.scale {
-        Some(s) => format!(" with scale {s}"),
-        None => String::new(),
-    };
+    let (ty, scale) = (point.ty, point.scale);
     let values = match encode::encode_number(point.ty, v, point.scale, point.word_order) {
         Ok(values) => values,
-        Err(EncodeError::NotInteger) => {
-            reject!("point {qname} (type {ty}) expects an integer, got {number}")
-        }
-        Err(EncodeError::NotFinite) => {
-            reject!("value {number} for point {qname}{} gives no finite raw value", scaled())
-        }
+        Err(EncodeError::NotInteger) => return Err(Reject::NotInteger { point: qname, ty, number: number.clone() }),
+        Err(EncodeError::NotFinite) => return Err(Reject::NoFiniteRaw { point: qname, number: number.clone(), scale }),
         Err(EncodeError::OutOfRange { raw }) => {
-            let raw = if point.scale.is_some() { format!(" (raw {raw}{})", scaled()) } else { String::new() };
-            reject!("value {number} for point {qname}{raw} does not fit type {ty} ({})", encode::range_text(point.ty))
+            return Err(Reject::DoesNotFit { point: qname, number: number.clone(), raw, scale, ty })
         }
-        Err(EncodeError::NotRegisters) => {
-            reject!("point {qname} has type {ty}, which is not a register type")
-        }
+        Err(EncodeError::NotRegisters) => return Err(Reject::NotRegisterType { point: qname, ty }),
     };
     // With a scale the raw value is rounded, so the value the device ends up
     // with (raw * scale) can lie past a limit that is not a multiple of the
@@ -393,28 +323,13 @@ fn encode_point(name: &str, point: &PointConfig, value: &Json) -> Result<Write, 
             }
         };
         if point.max.is_some_and(|hi| past(hi, true)) || point.min.is_some_and(|lo| past(lo, false)) {
-            reject!(
-                "value {number} for point {qname} would be written as raw {raw} (= {} with scale {s}), outside its limits ({})",
-                raw * s,
-                limits()
-            );
+            return Err(Reject::RoundedPastLimit { point: qname, number: number.clone(), raw, scale: s, limits });
         }
     }
     Ok(match values.as_slice() {
         [one] => Write::SingleRegister { address: point.address, value: *one },
         _ => Write::MultipleRegisters { address: point.address, values },
     })
-}
-
-fn type_name(ty: PointType) -> &'static str {
-    match ty {
-        PointType::Bool => "bool",
-        PointType::U16 => "u16",
-        PointType::I16 => "i16",
-        PointType::U32 => "u32",
-        PointType::I32 => "i32",
-        PointType::F32 => "f32",
-    }
 }
 
 /// A raw `{"fc": ..}` body (the caller checked `allow_raw`).
@@ -426,21 +341,19 @@ fn parse_raw(body: &Body) -> Result<Vec<Write>, Reject> {
     let fc_json = body.get("fc").unwrap_or(&Json::Other(Value::Null));
     let fc = match integer(fc_json) {
         Some(fc) => fc,
-        None => reject!("\"fc\" must be a Modbus function code (5, 6, 15 or 16), got {}", show(fc_json)),
+        None => return Err(Reject::BadFc { got: show(fc_json) }),
     };
-    match fc {
-        5 | 6 | 15 | 16 => {}
-        1..=4 => {
-            reject!("fc {fc} is a read function; only writes are accepted (fc 5, 6, 15 or 16)")
-        }
-        _ => reject!("fc {fc} is not supported; use fc 5, 6, 15 or 16"),
-    }
+    let fc: u8 = match fc {
+        5 | 6 | 15 | 16 => fc as u8,
+        1..=4 => return Err(Reject::ReadFc { fc }),
+        _ => return Err(Reject::UnsupportedFc { fc }),
+    };
 
     let address = match body.get("address") {
-        None => reject!("raw write fc {fc} needs an \"address\" (0..=65535)"),
+        None => return Err(Reject::NoAddress { fc }),
         Some(a) => match integer(a) {
             Some(n) if (0..=i128::from(u16::MAX)).contains(&n) => n as u16,
-            _ => reject!("\"address\" must be an integer 0..=65535, got {}", show(a)),
+            _ => return Err(Reject::BadAddress { got: show(a) }),
         },
     };
 
@@ -453,45 +366,45 @@ fn parse_raw(body: &Body) -> Result<Vec<Write>, Reject> {
             15 => "fc 15 writes coils from a \"values\" array; use fc 5 with \"value\" for one",
             _ => "fc 16 writes registers from a \"values\" array; use fc 6 with \"value\" for one",
         };
-        reject!("unexpected key {other:?} ({hint})");
+        return Err(Reject::WrongValueKey { key: other, hint });
     }
     let Some(payload) = body.get(want) else {
-        reject!("raw write fc {fc} needs {want:?}");
+        return Err(Reject::NoValues { fc, key: want });
     };
 
     match fc {
-        5 => Ok(vec![Write::SingleCoil { address, value: coil(payload, "fc 5 \"value\"")? }]),
-        6 => Ok(vec![Write::SingleRegister { address, value: register(payload, "fc 6 \"value\"")? }]),
+        5 => Ok(vec![Write::SingleCoil { address, value: coil(payload, RawValue { fc, index: None })? }]),
+        6 => Ok(vec![Write::SingleRegister { address, value: register(payload, RawValue { fc, index: None })? }]),
         _ => {
             let items = match payload {
                 Json::Other(Value::Array(items)) => items,
-                other => reject!("\"values\" of fc {fc} must be an array, got {} ({})", show(other), kind(other)),
+                other => return Err(Reject::ValuesNotArray { fc, got: show(other), kind: kind(other) }),
             };
             let max = if fc == 15 { MAX_WRITE_COILS } else { MAX_WRITE_REGISTERS };
             let what = if fc == 15 { "coils" } else { "registers" };
             if items.is_empty() {
-                reject!("\"values\" of fc {fc} is empty; give at least one value");
+                return Err(Reject::ValuesEmpty { fc });
             }
             if items.len() > max {
-                reject!("\"values\" of fc {fc} has {} {what}, more than the {max} one request can carry", items.len());
+                return Err(Reject::TooManyValues { fc, count: items.len(), what, max });
             }
             let last = u32::from(address) + items.len() as u32 - 1;
             if last > u32::from(u16::MAX) {
-                reject!("fc {fc} at address {address} with {} values runs past the last address 65535", items.len());
+                return Err(Reject::RawPastEnd { fc, address, count: items.len() });
             }
-            let at = |i: usize| format!("fc {fc} \"values\"[{i}]");
+            let at = |i: usize| RawValue { fc, index: Some(i) };
             if fc == 15 {
                 let values = items
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| coil(&Json::Other(v.clone()), &at(i)))
+                    .map(|(i, v)| coil(&Json::Other(v.clone()), at(i)))
                     .collect::<Result<_, _>>()?;
                 Ok(vec![Write::MultipleCoils { address, values }])
             } else {
                 let values = items
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| register(&Json::Other(v.clone()), &at(i)))
+                    .map(|(i, v)| register(&Json::Other(v.clone()), at(i)))
                     .collect::<Result<_, _>>()?;
                 Ok(vec![Write::MultipleRegisters { address, values }])
             }
@@ -500,18 +413,18 @@ fn parse_raw(body: &Body) -> Result<Vec<Write>, Reject> {
 }
 
 /// A raw coil value: JSON `true`/`false` only.
-fn coil(v: &Json, what: &str) -> Result<bool, Reject> {
+fn coil(v: &Json, at: RawValue) -> Result<bool, Reject> {
     match v {
         Json::Other(Value::Bool(b)) => Ok(*b),
-        other => reject!("{what} must be true or false (numbers such as 0/1 are not accepted), got {}", show(other)),
+        other => Err(Reject::NotCoilValue { at, got: show(other) }),
     }
 }
 
 /// A raw register value: an integer 0..=65535.
-fn register(v: &Json, what: &str) -> Result<u16, Reject> {
+fn register(v: &Json, at: RawValue) -> Result<u16, Reject> {
     match integer(v) {
         Some(n) if (0..=i128::from(u16::MAX)).contains(&n) => Ok(n as u16),
-        _ => reject!("{what} must be an integer 0..=65535, got {}", show(v)),
+        _ => Err(Reject::NotRegisterValue { at, got: show(v) }),
     }
 }
 

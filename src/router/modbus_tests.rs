@@ -62,7 +62,8 @@ fn ok(body: &str) -> Vec<Write> {
 fn rejected(body: &str, needles: &[&str]) -> String {
     match parse(body) {
         Ok(w) => panic!("{body} accepted: {w:?}"),
-        Err(Reject(msg)) => {
+        Err(e) => {
+            let msg = e.to_string();
             for n in needles {
                 assert!(msg.contains(n), "{body}: message {msg:?} lacks {n:?}");
             }
@@ -282,10 +283,10 @@ fn unknown_point_lists_all_of_a_small_device() {
     )
     .unwrap();
     let e = parse_body(br#"{"point": "pmup", "value": true}"#, "boiler", &d).unwrap_err();
-    assert_eq!(e.0, "device boiler has no point \"pmup\" (known points: pump, setpoint)");
+    assert_eq!(e.to_string(), "device boiler has no point \"pmup\" (known points: pump, setpoint)");
     let empty: DeviceConfig = toml::from_str("bus = \"b\"").unwrap();
     let e = parse_body(br#"{"point": "pump", "value": true}"#, "boiler", &empty).unwrap_err();
-    assert!(e.0.contains("no points configured"), "{e}");
+    assert!(e.to_string().contains("no points configured"), "{e}");
 }
 
 // ---- body-level rejects ----
@@ -293,8 +294,8 @@ fn unknown_point_lists_all_of_a_small_device() {
 #[test]
 fn body_rejects() {
     let e = parse_body(b"{\"point\": \"a\xff\"}", "boiler", device()).unwrap_err();
-    assert!(e.0.starts_with("body is not UTF-8"), "{e}");
-    assert!(e.0.contains("offset 12"), "{e}");
+    assert!(e.to_string().starts_with("body is not UTF-8"), "{e}");
+    assert!(e.to_string().contains("offset 12"), "{e}");
     rejected("", &["body is empty"]);
     rejected("  \n", &["body is empty"]);
     rejected("{\"point\": ", &["not valid JSON", "EOF"]);
@@ -350,7 +351,7 @@ fn raw_needs_allow_raw() {
         r#"{"fc": 16, "address": 100, "values": "junk"}"#,
     ] {
         let e = parse_body(body.as_bytes(), "boiler", no_raw_device()).unwrap_err();
-        assert_eq!(e.0, "raw Modbus bodies are not allowed for device boiler (allow_raw = false)");
+        assert_eq!(e.to_string(), "raw Modbus bodies are not allowed for device boiler (allow_raw = false)");
     }
     // Point bodies still work without allow_raw.
     let w = parse_body(point("count", "3").as_bytes(), "boiler", no_raw_device()).unwrap();
@@ -438,7 +439,7 @@ fn write_describe_and_function_code() {
     assert_eq!(top.describe(), "holding 65535..65536 = [1, 2]");
     let empty = Write::MultipleCoils { address: 3, values: vec![] };
     assert_eq!(empty.describe(), "coil 3 = []");
-    assert_eq!(Reject("x".into()).to_string(), "x");
+    assert_eq!(Reject::ValuesEmpty { fc: 16 }.to_string(), "\"values\" of fc 16 is empty; give at least one value");
 }
 
 // ---- property tests ----
@@ -654,7 +655,7 @@ proptest! {
         for d in [device(), no_raw_device()] {
             match parse_body(&bytes, "boiler", d) {
                 Ok(w) => check_writes(&w),
-                Err(e) => prop_assert!(!e.0.is_empty()),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
             }
         }
     }
@@ -669,7 +670,7 @@ proptest! {
                         prop_assert!(!text.contains("\"fc\""), "raw accepted: {text}");
                     }
                 }
-                Err(e) => prop_assert!(!e.0.is_empty() && e.0.len() < 1000, "{e}"),
+                Err(e) => prop_assert!(!e.to_string().is_empty() && e.to_string().len() < 1000, "{e}"),
             }
         }
     }

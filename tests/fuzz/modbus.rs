@@ -444,7 +444,9 @@ fn bodies(ctx: &Ctx) -> Result<(), String> {
                         let _ = w.describe();
                     }
                 }
-                Err(e) => prop_assert!(e.0.len() < 2000, "reject reason of {} bytes: {}", e.0.len(), e.0),
+                Err(e) => {
+                    prop_assert!(e.to_string().len() < 2000, "reject reason of {} bytes: {e}", e.to_string().len())
+                }
             }
         }
         if let Ok(writes) = &r_strict {
@@ -462,7 +464,7 @@ fn bodies(ctx: &Ctx) -> Result<(), String> {
         }
         match (&r_lax, &r_strict) {
             (Ok(writes), Err(e)) => {
-                prop_assert!(e.0.contains("allow_raw = false"), "strict reason: {}", e.0);
+                prop_assert!(e.to_string().contains("allow_raw = false"), "strict reason: {e}");
                 prop_assert_eq!(writes.len(), 1);
                 let w = &writes[0];
                 let max = match w {
@@ -473,7 +475,7 @@ fn bodies(ctx: &Ctx) -> Result<(), String> {
                 prop_assert!((1..=max).contains(&w.count()), "{w:?}: count {}", w.count());
                 prop_assert!(usize::from(w.address()) + w.count() <= 65536, "{w:?} runs past 65535");
             }
-            (Err(a), Err(b)) => prop_assert!(a == b || b.0.contains("allow_raw = false"), "{a} / {b}"),
+            (Err(a), Err(b)) => prop_assert!(a == b || b.to_string().contains("allow_raw = false"), "{a} / {b}"),
             _ => {}
         }
         Ok(())

@@ -186,7 +186,7 @@ fn exchange(ctx: &Ctx) -> Result<(), String> {
         let (ours, mut dev) = tokio::io::duplex(1 << 16);
         let mut port = Some(Box::new(ours) as BoxStream);
         let opener: Opener = Box::new(move || port.take().ok_or_else(|| std::io::Error::other("used")));
-        let mut link = SerialLink::new(opener, &bus).map_err(TestCaseError::fail)?;
+        let mut link = SerialLink::new(opener, &bus).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let wire = frame(e.framing, "\r\n", &e.body);
         let (result, received) = RT.with(|rt| {
             rt.block_on(async {
@@ -222,7 +222,7 @@ fn exchange(ctx: &Ctx) -> Result<(), String> {
             }
             return Ok(());
         }
-        let patterns = Patterns::from_config(&bus).map_err(TestCaseError::fail)?;
+        let patterns = Patterns::from_config(&bus).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let frames = take_frames(e.framing, &mut reply.clone());
         let want = match frames.iter().find_map(|f| patterns.classify(f).map(|ok| (ok, f))) {
             Some((true, f)) => Wire::Acked(format!("device replied {:?}", truncate(f, 120))),

@@ -155,6 +155,11 @@ pub struct Core {
     flushes_done: u64,
     /// Reports handed to the link and not yet acknowledged by the hub.
     reports_out: HashSet<u64>,
+    /// Reports of messages refused without being journaled, by the number
+    /// they go under (counting down from `u64::MAX`, far from the journal's
+    /// sequence numbers), and the last number given.
+    refused_out: HashSet<u64>,
+    refused_seq: u64,
     /// The bus workers run. While they are stopped (a reload) nothing is
     /// dispatched: [`Core::recover`] dispatches everything unfinished once
     /// they run again, and a message dispatched twice would run twice.
@@ -173,12 +178,10 @@ impl Core {
             flushes_asked: 0,
             flushes_done: 0,
             reports_out: HashSet::new(),
+            refused_out: HashSet::new(),
+            refused_seq: u64::MAX,
             buses_running: false,
         }
-    }
-
-    pub fn settings(&self) -> Settings {
-        self.settings
     }
 
     /// A reload changed the configuration; what is in flight stays.
@@ -190,18 +193,15 @@ impl Core {
         self.connected
     }
 
-    /// Slots waiting for their PUBACK, messages held: for checks of bounds.
+    /// Slots waiting for their PUBACK, messages held, reports waiting for
+    /// theirs: for checks of bounds.
     pub fn footprint(&self) -> (usize, usize, usize) {
-        (self.acks.len(), self.held.len(), self.reports_out.len())
+        (self.acks.len(), self.held.len(), self.reports_out.len() + self.refused_out.len())
     }
 
     #[cfg(test)]
     pub fn debug_slots(&self) -> String {
         format!("{:?} gated {:?}", self.acks, self.gated)
-    }
-
-    pub fn reports_out(&self) -> usize {
-        self.reports_out.len()
     }
 
     /// The bus workers stopped (a reload): their queues are gone.
@@ -323,6 +323,10 @@ impl Core {
 
     /// The hub acknowledged the report of `seq`.
     pub fn report_acked(&mut self, seq: u64) -> Vec<Action> {
+        if self.refused_out.remove(&seq) {
+            self.acks.mark_ready(seq);
+            return self.pop_acks();
+        }
         self.reports_out.remove(&seq);
         // An outcome still waiting for a flush needs no report any more.
         for (_, g) in &mut self.gated {
@@ -378,9 +382,8 @@ impl Core {
     /// disk has room again, retries what waits for a failed flush.
     pub fn tick(&mut self, now: Instant, room: bool) -> Vec<Action> {
         let mut out = Vec::new();
-        if !self.held.is_empty() {
-            out.extend(self.on_received(Vec::new(), room));
-        }
+        // Handovers first: a held redelivery of a message handed over now
+        // must find it handed over when it is admitted.
         let overdue = self.acks.overdue(now, self.settings.handover_after);
         out.extend(self.hand_over(overdue, "not finished within handover_after"));
         if self.gated.iter().any(|(t, _)| *t == RETRY) {
@@ -389,6 +392,9 @@ impl Core {
                 *t = ticket;
             }
             out.extend(self.ask_flush());
+        }
+        if !self.held.is_empty() {
+            out.extend(self.on_received(Vec::new(), room));
         }
         out
     }
@@ -425,9 +431,17 @@ impl Core {
                     self.report(seq, state, out);
                 }
             }
-            Admission::Refused(entry) => {
-                self.slot(generation, pkid, u64::MAX, true, now);
-                if report::wanted(self.settings.reports, entry.state) {
+            Admission::Refused(mut entry) => {
+                // Not journaled: the report is all the back end will hear of
+                // it, so the PUBACK waits for the hub to have the report (a
+                // crash before that: the hub delivers the message again).
+                let wanted = report::wanted(self.settings.reports, entry.state);
+                self.refused_seq -= 1;
+                let seq = self.refused_seq;
+                self.slot(generation, pkid, seq, !wanted, now);
+                if wanted {
+                    entry.seq = seq;
+                    self.refused_out.insert(seq);
                     out.push(Action::ReportRefused(entry));
                 }
             }

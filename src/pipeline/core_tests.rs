@@ -177,3 +177,39 @@ fn memory_stays_bounded_while_a_device_is_dead_and_the_hub_floods() {
         assert!(slots <= 10 + 1 && held == 0 && reports == 0, "after {seq}: {slots} slots, {held} held");
     }
 }
+
+#[test]
+fn a_message_refused_unjournaled_is_acknowledged_only_once_the_hub_has_its_report() {
+    let mut c = core();
+    let t = Instant::now();
+    let refused = crate::pipeline::unjournaled(arrival(1).inbound, "journal full".into(), 0);
+    c.admitted(vec![(1, 1, Admission::Refused(Box::new(refused))), (1, 2, new(10))]);
+    let out = c.flushed(true, t);
+    let seq = match &out[..] {
+        [Action::ReportRefused(e), Action::Dispatch(10)] => e.seq,
+        other => panic!("{other:?}"),
+    };
+    assert!(seq > u64::MAX / 2, "its own number, far from the journal's");
+    let done = Finished { seq: 10, state: State::Delivered, durable: true, reported: false };
+    assert_eq!(c.finished(vec![done]), vec![Action::Report(10)], "both PUBACKs wait behind the refused one");
+    assert_eq!(
+        c.report_acked(seq),
+        vec![Action::Ack { generation: 1, pkid: 1, seq }, Action::Ack { generation: 1, pkid: 2, seq: 10 }]
+    );
+}
+
+#[test]
+fn a_held_redelivery_of_a_message_handed_over_in_the_same_tick_is_acknowledged_with_it() {
+    let mut c = core();
+    let t = Instant::now();
+    c.admitted(vec![(1, 1, new(10))]);
+    c.flushed(true, t);
+    // The disk fills; the hub sends the same message again (same key).
+    assert_eq!(c.on_received(vec![arrival(2)], false), vec![]);
+    let later = t + Duration::from_secs(41);
+    let out = c.tick(later, true);
+    assert!(
+        matches!(&out[..], [Action::HandOver { seq: 10, .. }, Action::Flush, Action::Admit(_)]),
+        "handover written before the redelivery is admitted: {out:?}"
+    );
+}

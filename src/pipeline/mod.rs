@@ -319,7 +319,8 @@ impl Pipeline {
                     Vec::new()
                 }
                 Action::ReportRefused(e) => {
-                    self.send_report(&e, None);
+                    // Traced under its own number: its PUBACK releases the message's.
+                    self.send_report(&e, Some(e.seq));
                     Vec::new()
                 }
                 Action::MarkReported(seq) => {
@@ -517,7 +518,7 @@ fn log_final(e: &Entry) {
 }
 
 /// The report entry of a message rejected without being journaled.
-fn unjournaled(inbound: Inbound, detail: String, now: u64) -> Entry {
+pub(crate) fn unjournaled(inbound: Inbound, detail: String, now: u64) -> Entry {
     let id_generated = inbound.id.is_none();
     let id = inbound.id.unwrap_or_else(|| format!("unjournaled-{now}-{:08x}", fastrand::u32(..)));
     Entry {

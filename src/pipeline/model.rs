@@ -39,6 +39,8 @@ struct MEntry {
     /// Steps the device confirmed (journaled with requeue and `sending`).
     progress: usize,
     resent: bool,
+    /// The back end's message that created it (`Inbound::correlation_id`).
+    origin: usize,
 }
 
 #[derive(Default)]
@@ -110,6 +112,8 @@ struct World {
     /// have its stored outcome reported once more).
     reports: HashMap<u64, (u32, u32)>,
     crashes: u32,
+    /// Back-end messages refused without a journal entry (reported only).
+    refused: std::collections::HashSet<usize>,
     flush_fails: bool,
     /// What happened, kept only when replaying one seed (`C2D_MODEL_SEED`).
     log: Log,
@@ -155,6 +159,7 @@ impl World {
             device_log: HashMap::new(),
             reports: HashMap::new(),
             crashes: 0,
+            refused: Default::default(),
             flush_fails: false,
             log: Log { on: std::env::var("C2D_MODEL_SEED").is_ok(), lines: Vec::new() },
         };
@@ -193,7 +198,11 @@ impl World {
                     vec![]
                 }
                 Action::HandOver { seq, .. } => {
-                    self.journal.live.get_mut(&seq).expect("handover: entry exists").handed_over = true;
+                    // A refused message has no entry (its slot waits for its report).
+                    match self.journal.live.get_mut(&seq) {
+                        Some(e) => e.handed_over = true,
+                        None => assert!(seq > u64::MAX / 2, "handover of entry {seq}, which does not exist"),
+                    }
                     vec![]
                 }
                 Action::Dispatch(seq) => {
@@ -221,7 +230,10 @@ impl World {
                     self.hub.reports_unacked.push_back(seq);
                     vec![]
                 }
-                Action::ReportRefused(_) => vec![],
+                Action::ReportRefused(e) => {
+                    self.hub.reports_unacked.push_back(e.seq);
+                    vec![]
+                }
                 Action::MarkReported(seq) => {
                     let state = self.journal.live[&seq].state;
                     assert!(
@@ -241,6 +253,7 @@ impl World {
 
     fn admit(&mut self, inbound: Inbound) -> Admission {
         let device = inbound.device.clone().expect("model messages name their device");
+        let origin: usize = inbound.correlation_id.as_deref().and_then(|c| c.parse().ok()).expect("origin");
         let body = inbound.body[0];
         let key = inbound.id.clone().map(|id| (device.clone(), id));
         if let Some(k) = &key {
@@ -250,6 +263,7 @@ impl World {
                     // A conflict: journaled, already rejected, and with a
                     // refused copy now and then (the journal full).
                     if self.rng.u8(..8) == 0 {
+                        self.refused.insert(origin);
                         return Admission::Refused(Box::new(entry_stub(k)));
                     }
                     self.journal.next_seq += 1;
@@ -265,6 +279,7 @@ impl World {
                         reported: false,
                         progress: 0,
                         resent: false,
+                        origin,
                     };
                     self.journal.live.insert(seq, c);
                     return Admission::New { seq, state: State::Rejected };
@@ -288,6 +303,7 @@ impl World {
             reported: false,
             progress: 0,
             resent: false,
+            origin,
         };
         self.journal.live.insert(seq, e);
         Admission::New { seq, state: State::Queued }
@@ -423,6 +439,7 @@ impl World {
                 id: msg.id.clone(),
                 device: Some(msg.device.clone()),
                 body: vec![msg.body],
+                correlation_id: Some(m.to_string()),
                 ..Inbound::default()
             };
             batch.push(Arrival { generation: self.hub.generation, pkid, inbound });
@@ -645,14 +662,14 @@ impl World {
             if !self.hub.acked[m] {
                 continue;
             }
-            if let Some(id) = &msg.id {
-                let key = (msg.device.clone(), id.clone());
-                assert!(
-                    Journal::by_key(&self.journal.durable, &key).is_some()
-                        || Journal::by_key(&self.journal.live, &key).is_some(),
-                    "message #{m} {key:?} was acknowledged and the journal lost it"
-                );
-            }
+            let kept = match &msg.id {
+                Some(id) => Journal::by_key(&self.journal.durable, &(msg.device.clone(), id.clone())).is_some(),
+                None => self.journal.durable.values().any(|e| e.origin == m),
+            };
+            assert!(
+                kept || self.refused.contains(&m),
+                "message #{m} was acknowledged and is not in what a crash keeps"
+            );
         }
     }
 

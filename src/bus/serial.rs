@@ -185,6 +185,19 @@ impl SerialLink {
                     }
                 }
                 Err(_) => {
+                    // `raw`: a reply whose last byte came too close to the
+                    // deadline for a whole idle gap is judged as it stands
+                    // (a complete "OK" must not become `uncertain`).
+                    if last_byte.is_some() {
+                        let reply = String::from_utf8_lossy(&buf).into_owned();
+                        match self.patterns.classify(&reply) {
+                            Some(true) => return Wire::Acked(format!("device replied {:?}", truncate(&reply, 120))),
+                            Some(false) => {
+                                return Wire::Refused(format!("device refused: {:?}", truncate(&reply, 120)))
+                            }
+                            None => {}
+                        }
+                    }
                     let heard = if seen.is_empty() && buf.is_empty() {
                         "no reply".to_string()
                     } else {
@@ -320,6 +333,28 @@ mod tests {
         let took = started.elapsed();
         assert!(took >= raw_idle(9600) && took < Duration::from_millis(500), "{took:?}");
         assert_eq!(link.send(b"SET 3").await, Wire::Refused("device refused: \"ERR 2\"".into()));
+        device.abort();
+        let _ = device.await;
+    }
+
+    /// A raw reply that ends less than an idle gap before the timeout is
+    /// judged at the deadline as it stands, not taken for no answer.
+    #[tokio::test]
+    async fn a_raw_reply_ending_just_before_the_timeout_is_still_judged() {
+        let (ours, mut dev) = tokio_serial::SerialStream::pair().unwrap();
+        let cfg: BusConfig =
+            toml::from_str("kind = \"serial\"\nport = \"/x\"\nframing = \"raw\"\nack = \"^OK\"\ntimeout = \"200ms\"")
+                .unwrap();
+        let mut link = SerialLink::new(pair_opener(ours), &cfg).unwrap();
+        let device = tokio::spawn(async move {
+            let mut cmd = [0u8; 64];
+            let _ = dev.read(&mut cmd).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(185)).await;
+            dev.write_all(b"OK").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(dev);
+        });
+        assert_eq!(link.send(b"SET 1").await, Wire::Acked("device replied \"OK\"".into()));
         device.abort();
         let _ = device.await;
     }

@@ -121,11 +121,17 @@ impl Pipeline {
             new.gateway = self.cfg.gateway.clone();
         }
         self.stop_buses(done).await;
-        self.cfg = Arc::new(new);
-        self.core.set_settings(Settings::from_config(&self.cfg));
+        let old = std::mem::replace(&mut self.cfg, Arc::new(new));
         if let Err(e) = self.start_buses() {
-            tracing::error!(error = %e, "cannot start the buses of the new configuration");
+            // Back to the old map: with no bus running, every queued message
+            // would be rejected as "bus not running".
+            tracing::error!(error = %e, "cannot start the buses of the new configuration: keeping the running one");
+            self.cfg = old;
+            if let Err(e) = self.start_buses() {
+                tracing::error!(error = %e, "cannot start the buses again");
+            }
         }
+        self.core.set_settings(Settings::from_config(&self.cfg));
         match self.recover().await {
             Ok(()) => {
                 tracing::info!(buses = self.cfg.buses.len(), devices = self.cfg.devices.len(), "configuration reloaded")

@@ -163,6 +163,37 @@ pub struct Entry {
     pub final_uptime: Option<u64>,
 }
 
+impl Entry {
+    /// An entry with every optional field at its default (build the rest
+    /// with `Entry { field, ..Entry::new(...) }`).
+    pub fn new(seq: u64, id: String, received_at: u64, state: State) -> Entry {
+        Entry {
+            seq,
+            id,
+            id_generated: false,
+            device: None,
+            correlation_id: None,
+            expires_at: None,
+            received_at,
+            state,
+            attempts: 0,
+            detail: String::new(),
+            completed_at: None,
+            handed_over: false,
+            reported: false,
+            resent_after_crash: false,
+            resent: false,
+            reject: None,
+            body_len: 0,
+            steps: Vec::new(),
+            fingerprint: None,
+            conflict: false,
+            acked: false,
+            final_uptime: None,
+        }
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }

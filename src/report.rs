@@ -75,28 +75,12 @@ mod tests {
     #[test]
     fn report_body_has_the_contract_fields() {
         let e = Entry {
-            seq: 1,
-            id: "m1".into(),
-            id_generated: false,
             device: Some("boiler".into()),
-            correlation_id: None,
-            expires_at: None,
-            received_at: 0,
-            state: State::Delivered,
             attempts: 1,
             detail: "holding 100..101".into(),
             completed_at: Some(1500),
-            handed_over: false,
-            reported: false,
-            resent_after_crash: false,
-            resent: false,
-            reject: None,
             body_len: 3,
-            steps: Vec::new(),
-            fingerprint: None,
-            conflict: false,
-            acked: false,
-            final_uptime: None,
+            ..Entry::new(1, "m1".into(), 0, State::Delivered)
         };
         let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
         assert_eq!(v["message_id"], "m1");
@@ -113,28 +97,11 @@ mod tests {
     #[test]
     fn a_message_without_id_is_reported_as_not_deduplicated() {
         let e = Entry {
-            seq: 2,
-            id: "gw-0000000000000002-0badf00d".into(),
             id_generated: true,
-            device: None,
-            correlation_id: None,
-            expires_at: None,
-            received_at: 0,
-            state: State::Delivered,
             attempts: 1,
-            detail: String::new(),
             completed_at: Some(1),
-            handed_over: false,
-            reported: false,
-            resent_after_crash: false,
-            resent: false,
-            reject: None,
             body_len: 2,
-            steps: Vec::new(),
-            fingerprint: None,
-            conflict: false,
-            acked: false,
-            final_uptime: None,
+            ..Entry::new(2, "gw-0000000000000002-0badf00d".into(), 0, State::Delivered)
         };
         let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
         assert_eq!(v["deduplicated"], false);

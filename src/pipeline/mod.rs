@@ -528,27 +528,13 @@ pub(crate) fn unjournaled(inbound: Inbound, detail: String, now: u64) -> Entry {
     let id_generated = inbound.id.is_none();
     let id = inbound.id.unwrap_or_else(|| format!("unjournaled-{now}-{:08x}", fastrand::u32(..)));
     Entry {
-        seq: u64::MAX,
-        id,
         id_generated,
         device: inbound.device,
         correlation_id: inbound.correlation_id,
         expires_at: inbound.expires_at,
-        received_at: now,
-        state: State::Rejected,
-        attempts: 0,
         detail,
         completed_at: Some(now),
-        handed_over: false,
         reported: true,
-        resent_after_crash: false,
-        resent: false,
-        reject: None,
-        body_len: 0,
-        steps: Vec::new(),
-        fingerprint: None,
-        conflict: false,
-        acked: false,
-        final_uptime: None,
+        ..Entry::new(u64::MAX, id, now, State::Rejected)
     }
 }

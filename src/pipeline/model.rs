@@ -734,28 +734,10 @@ impl World {
 
 fn entry_stub(key: &Key) -> Entry {
     Entry {
-        seq: u64::MAX,
-        id: key.1.clone(),
-        id_generated: false,
         device: Some(key.0.clone()),
-        correlation_id: None,
-        expires_at: None,
-        received_at: 0,
-        state: State::Rejected,
-        attempts: 0,
         detail: "conflict".into(),
-        completed_at: None,
-        handed_over: false,
         reported: true,
-        resent_after_crash: false,
-        resent: false,
-        reject: None,
-        body_len: 0,
-        steps: Vec::new(),
-        fingerprint: None,
-        conflict: true,
-        acked: false,
-        final_uptime: None,
+        ..Entry::new(u64::MAX, key.1.clone(), 0, State::Rejected)
     }
 }
 

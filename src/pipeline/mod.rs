@@ -351,6 +351,9 @@ impl Pipeline {
                 // the same way as a message refused on arrival.
                 Ok(Admitted::New(e) | Admitted::Conflict(e)) => {
                     tracing::info!(message_id = %e.id, device = e.device.as_deref().unwrap_or(""), seq = e.seq, "received");
+                    if e.state.is_final() {
+                        log_final(&e);
+                    }
                     Admission::New { seq: e.seq, state: e.state }
                 }
                 Ok(Admitted::Duplicate(e)) => {
@@ -392,6 +395,7 @@ impl Pipeline {
             let outcome = Outcome::rejected(why);
             match this.journal.finish(seq, &outcome, now_ms()) {
                 Ok(e) => {
+                    log_final(&e);
                     this.core.finished(vec![Finished { seq, state: e.state, durable: false, reported: e.reported }])
                 }
                 Err(err) => {

@@ -436,7 +436,9 @@ impl Pipeline {
             progress: e.steps.len(),
             acked: e.steps.clone(),
             last_error: None,
-            unconfirmed: false,
+            // An unconfirmed attempt before a reload or restart: the next
+            // one is a resend (the journal's `sending` mark says so too).
+            unconfirmed: e.unconfirmed,
         };
         Ok((route.bus_name.to_string(), job))
     }
@@ -536,6 +538,7 @@ fn unjournaled(inbound: Inbound, detail: String, now: u64) -> Entry {
         reported: true,
         resent_after_crash: false,
         resent: false,
+        unconfirmed: false,
         reject: None,
         body_len: 0,
         steps: Vec::new(),

@@ -732,6 +732,7 @@ fn entry_stub(key: &Key) -> Entry {
         reported: true,
         resent_after_crash: false,
         resent: false,
+        unconfirmed: false,
         reject: None,
         body_len: 0,
         steps: Vec::new(),

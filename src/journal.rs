@@ -11,9 +11,10 @@
 //! `blobs/` that it never fsyncs, so a power cut could take them. Tree
 //! `meta` holds the uptime clock (see `journal/clock.rs`).
 //!
-//! The (device, id) → sequence index is rebuilt in memory at open: the
-//! entries are the single source of truth, so no crash can leave two trees
-//! disagreeing about a key.
+//! The (device, id) → sequence index, and the index of conflict entries by
+//! (device, id, fingerprint), are rebuilt in memory at open: the entries are
+//! the single source of truth, so no crash can leave two trees disagreeing
+//! about a key.
 
 pub mod clock;
 mod files;
@@ -57,15 +58,20 @@ pub enum Admitted {
     /// First time this (device, id) is seen: stored (not yet flushed).
     New(Entry),
     /// The (device, id) is already journaled with the same command: do not
-    /// run it again.
+    /// run it again. Also a repeat of a conflict (the same different
+    /// command again): its first conflict entry, already rejected.
     Duplicate(Entry),
     /// The (device, id) is already journaled with a *different* command.
     /// Stored (not yet flushed) as an entry of its own, final `rejected`
     /// ("message id ... was already used for a different command"), to be
-    /// acknowledged and reported like any rejection; never run.
+    /// acknowledged and reported like any rejection; never run. It counts
+    /// in the bound like any entry.
     Conflict(Entry),
-    /// No room: the journal holds `max_messages` / `max_bytes` of unfinished work.
-    /// The message is handed back (without its body) for its report.
+    /// No room: the journal holds `max_messages` entries it may not forget
+    /// yet (unfinished, or the hub may still deliver them again), or a new
+    /// body would take the bodies of unfinished messages past `max_bytes`.
+    /// Conflicts and messages rejected on arrival count too. The message is
+    /// handed back (without its body) for its report.
     Full { detail: String, inbound: Inbound },
 }
 
@@ -110,6 +116,10 @@ struct Inner {
     watermark: Mutex<Option<u64>>,
     /// The first write or flush error (see [`Journal::failed`]).
     failure: tokio::sync::watch::Sender<Option<String>>,
+    /// Tests: [`Journal::update`] stops after its first write, as a power
+    /// cut between its two writes would.
+    #[cfg(test)]
+    cut_update: std::sync::atomic::AtomicBool,
 }
 
 /// The dedupe key: the device the message is for (as resolved at arrival;
@@ -123,7 +133,10 @@ fn key_of(e: &Entry) -> Key {
 #[derive(Default)]
 struct Index {
     by_key: HashMap<Key, u64>,
-    /// Every entry, conflicts (not in `by_key`) included.
+    /// Conflict entries (not in `by_key`) by (key, fingerprint of the
+    /// conflicting command): a redelivery of it is their duplicate.
+    conflicts: HashMap<(Key, u64), u64>,
+    /// Every entry, conflicts included.
     entries: usize,
     body_bytes: u64,
     unfinished: usize,
@@ -139,7 +152,14 @@ impl Index {
     /// Forgets a removed entry.
     fn remove(&mut self, e: &Entry) {
         let k = key_of(e);
-        if self.by_key.get(&k) == Some(&e.seq) {
+        if e.conflict {
+            if let Some(fp) = e.fingerprint {
+                let ck = (k, fp);
+                if self.conflicts.get(&ck) == Some(&e.seq) {
+                    self.conflicts.remove(&ck);
+                }
+            }
+        } else if self.by_key.get(&k) == Some(&e.seq) {
             self.by_key.remove(&k);
         }
         self.entries = self.entries.saturating_sub(1);
@@ -273,15 +293,25 @@ impl Journal {
         let device = inbound.device.clone().or_else(|| default_device.map(str::to_string));
         let fp = fingerprint(&inbound.body);
         if let Some(id) = &inbound.id {
-            let found = idx.by_key.get(&(device.clone(), id.clone())).copied().or_else(|| {
+            let key = (device.clone(), id.clone());
+            let found = idx.by_key.get(&key).copied().or_else(|| {
                 // Older versions recorded no device for a message that
                 // named none (it went to the default device).
                 (!named && device.is_some()).then(|| idx.by_key.get(&(None, id.clone())).copied()).flatten()
             });
-            if let Some(seq) = found {
-                let known = self.get_locked(seq)?;
-                if known.fingerprint.is_none_or(|f| f == fp) {
-                    return Ok(Admitted::Duplicate(known));
+            let known = found.map(|seq| self.get_locked(seq)).transpose()?;
+            if let Some(known) = known.as_ref().filter(|k| k.fingerprint.is_none_or(|f| f == fp)) {
+                return Ok(Admitted::Duplicate(known.clone()));
+            }
+            // This command was a conflict before: answered as then, even
+            // if the original has been pruned or evicted since.
+            if let Some(&seq) = idx.conflicts.get(&(key.clone(), fp)) {
+                return Ok(Admitted::Duplicate(self.get_locked(seq)?));
+            }
+            if known.is_some() {
+                if let Some(detail) = self.make_room(&mut idx, 0)? {
+                    let inbound = Inbound { body: Vec::new(), device, ..inbound };
+                    return Ok(Admitted::Full { detail, inbound });
                 }
                 let seq = self.inner.db.generate_id()?;
                 let entry = Entry {
@@ -300,6 +330,7 @@ impl Journal {
                     reported: false,
                     resent_after_crash: false,
                     resent: false,
+                    unconfirmed: false,
                     reject: None,
                     body_len: 0,
                     steps: Vec::new(),
@@ -309,17 +340,17 @@ impl Journal {
                     final_uptime: Some(self.uptime()),
                 };
                 self.put(&entry)?;
+                idx.conflicts.insert((key, fp), seq);
                 idx.entries += 1;
                 return Ok(Admitted::Conflict(entry));
             }
         }
+        // A message rejected on arrival keeps no body, but its entry counts.
         let body_len = inbound.body.len() as u64;
         let needs_body = inbound.reject.is_none();
-        if needs_body {
-            if let Some(detail) = self.make_room(&mut idx, body_len)? {
-                let inbound = Inbound { body: Vec::new(), device, ..inbound };
-                return Ok(Admitted::Full { detail, inbound });
-            }
+        if let Some(detail) = self.make_room(&mut idx, if needs_body { body_len } else { 0 })? {
+            let inbound = Inbound { body: Vec::new(), device, ..inbound };
+            return Ok(Admitted::Full { detail, inbound });
         }
         let seq = self.inner.db.generate_id()?;
         let (id, id_generated) = match inbound.id {
@@ -342,6 +373,7 @@ impl Journal {
             reported: false,
             resent_after_crash: false,
             resent: false,
+            unconfirmed: false,
             reject: inbound.reject,
             body_len,
             steps: Vec::new(),
@@ -435,51 +467,56 @@ impl Journal {
         }
     }
 
-    /// Makes room for a new body by forgetting the oldest finished entries
-    /// whose report is done and whose PUBACK went out (their dedupe window
-    /// is cut short, said in the log). An entry the hub may still deliver
-    /// again is never forgotten here (entries of older versions, which
-    /// cannot tell, excepted). Returns why there is no room when
-    /// what cannot be forgotten fills it.
+    /// Makes room for a new entry (with a body of `body_len` bytes; 0 for
+    /// one that keeps none) by forgetting the oldest finished entries whose
+    /// report is done and whose PUBACK went out (their dedupe window is cut
+    /// short, said in the log). An entry the hub may still deliver again is
+    /// never forgotten here (entries of older versions, which cannot tell,
+    /// excepted). Only the entry count is helped by forgetting: a final
+    /// entry holds no body, so when the bodies are what is over there is
+    /// no room and nothing is forgotten. Returns why there is no room.
     fn make_room(&self, idx: &mut Index, body_len: u64) -> Result<Option<String>, JournalError> {
         let b = self.inner.bounds;
-        let over = |idx: &Index| idx.entries >= b.max_messages || idx.body_bytes + body_len > b.max_bytes;
-        if !over(idx) {
+        let count_over = |idx: &Index| idx.entries >= b.max_messages;
+        let bytes_over = |idx: &Index| body_len > 0 && idx.body_bytes + body_len > b.max_bytes;
+        if !count_over(idx) && !bytes_over(idx) {
             return Ok(None);
         }
-        let mut evicted = 0usize;
-        for kv in self.inner.messages.iter() {
-            if !over(idx) {
-                break;
+        if !bytes_over(idx) {
+            let mut evicted = 0usize;
+            for kv in self.inner.messages.iter() {
+                if !count_over(idx) {
+                    break;
+                }
+                let (k, v) = kv?;
+                let e: Entry = serde_json::from_slice(&v).map_err(|err| JournalError::Decode(seq_of(&k), err))?;
+                // Entries of older versions (no fingerprint) never had the mark:
+                // evicted as they were, or an upgrade at the bound would refuse
+                // every new message for a whole dedupe window.
+                let puback_sent = e.acked || idx.acked.contains(&e.seq) || e.fingerprint.is_none();
+                if e.state.is_final() && e.reported && puback_sent {
+                    let r = self.inner.messages.remove(&k);
+                    self.wrote();
+                    self.check(r)?;
+                    idx.remove(&e);
+                    evicted += 1;
+                }
             }
-            let (k, v) = kv?;
-            let e: Entry = serde_json::from_slice(&v).map_err(|err| JournalError::Decode(seq_of(&k), err))?;
-            // Entries of older versions (no fingerprint) never had the mark:
-            // evicted as they were, or an upgrade at the bound would refuse
-            // every new message for a whole dedupe window.
-            let puback_sent = e.acked || idx.acked.contains(&e.seq) || e.fingerprint.is_none();
-            if e.state.is_final() && e.reported && puback_sent {
-                let r = self.inner.messages.remove(&k);
-                self.wrote();
-                r?;
-                idx.remove(&e);
-                evicted += 1;
+            if evicted > 0 {
+                tracing::warn!(evicted, "journal at its bound: forgot the oldest finished messages early (their redeliveries can no longer be recognised)");
+            }
+            if !count_over(idx) {
+                return Ok(None);
             }
         }
-        if evicted > 0 {
-            tracing::warn!(evicted, "journal at its bound: forgot the oldest finished messages early (their redeliveries can no longer be recognised)");
-        }
-        if over(idx) {
-            return Ok(Some(format!(
-                "journal full: {} unfinished messages, {} bytes of bodies, {} entries the hub may still redeliver or whose reports are pending (max_messages = {}, max_bytes = {})",
-                idx.unfinished,
-                idx.body_bytes,
-                idx.entries.saturating_sub(idx.unfinished),
-                b.max_messages,
-                b.max_bytes
-            )));
-        }
-        Ok(None)
+        Ok(Some(format!(
+            "journal full: {} unfinished messages, {} bytes of bodies (this one {body_len}), {} entries the hub may still redeliver or whose reports are pending (max_messages = {}, max_bytes = {})",
+            idx.unfinished,
+            idx.body_bytes,
+            idx.entries.saturating_sub(idx.unfinished),
+            b.max_messages,
+            b.max_bytes
+        )))
     }
 
     /// Makes everything written so far durable. Concurrent callers share
@@ -579,24 +616,6 @@ impl Journal {
         serde_json::from_slice(&v).map_err(|e| JournalError::Decode(seq, e))
     }
 
-    /// The oldest entry with this id, for any device.
-    pub fn lookup(&self, id: &str) -> Result<Option<Entry>, JournalError> {
-        let idx = self.lock();
-        match idx.by_key.iter().filter(|((_, i), _)| i == id).map(|(_, &seq)| seq).min() {
-            Some(seq) => self.get_locked(seq).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// The entry holding the dedupe key (device, id).
-    pub fn lookup_key(&self, device: Option<&str>, id: &str) -> Result<Option<Entry>, JournalError> {
-        let idx = self.lock();
-        match idx.by_key.get(&(device.map(str::to_string), id.to_string())) {
-            Some(&seq) => self.get_locked(seq).map(Some),
-            None => Ok(None),
-        }
-    }
-
     /// The body of an unfinished message (either layout: one item, or chunks).
     pub fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, JournalError> {
         let mut body = Vec::new();
@@ -616,19 +635,19 @@ impl Journal {
         Ok(())
     }
 
-    /// Read-modify-write of one entry under the journal lock.
+    /// Read-modify-write of one entry under the journal lock. An entry that
+    /// becomes final is written before its body is removed: a flush between
+    /// the two (another task's, or sled's own) must never make the removal
+    /// durable without the outcome (a `sending` entry with no body). A body
+    /// left behind by a crash after the first write goes at the next open.
     pub fn update(&self, seq: u64, f: impl FnOnce(&mut Entry)) -> Result<Entry, JournalError> {
         let mut idx = self.lock();
         let mut e = self.get_locked(seq)?;
         let was_final = e.state.is_final();
         f(&mut e);
-        if !was_final && e.state.is_final() {
-            idx.unfinished = idx.unfinished.saturating_sub(1);
-            idx.arrived.remove(&seq);
+        let now_final = !was_final && e.state.is_final();
+        if now_final {
             e.final_uptime = e.final_uptime.or(Some(self.uptime()));
-            if remove_body(&self.inner.bodies, seq)? {
-                idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
-            }
         }
         let acked = idx.acked.remove(&seq);
         e.acked |= acked;
@@ -638,32 +657,53 @@ impl Journal {
             }
             return Err(err);
         }
+        if now_final {
+            idx.unfinished = idx.unfinished.saturating_sub(1);
+            idx.arrived.remove(&seq);
+            #[cfg(test)]
+            if self.inner.cut_update.load(Ordering::Relaxed) {
+                return Err(JournalError::Unusable("power cut (test)".into()));
+            }
+            let r = remove_body(&self.inner.bodies, seq);
+            self.wrote();
+            if self.check(r)? {
+                idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
+            }
+        }
         Ok(e)
     }
 
-    /// `sending`, one more attempt (`resend`: an earlier attempt may have
-    /// reached the device). Flushed before the request goes on the wire.
+    /// `sending`, one more attempt (`resend`, or the entry's `unconfirmed`
+    /// mark: an earlier attempt may have reached the device; the mark is
+    /// cleared). Flushed before the request goes on the wire.
     pub fn mark_sending(&self, seq: u64, resend: bool) -> Result<Entry, JournalError> {
         self.update(seq, |e| {
             e.state = State::Sending;
             e.attempts += 1;
-            e.resent |= resend;
+            e.resent |= resend || e.unconfirmed;
+            e.unconfirmed = false;
         })
     }
 
     /// Back to `queued` after an attempt that will be retried, recording
     /// the steps of a multi-step command the device confirmed so far (a job
-    /// rebuilt from the journal resumes after them). Not flushed: the next
-    /// `sending` mark or a clean stop flushes it; a crash before that leaves
-    /// `sending`, which recovery never sends again unless the device is
-    /// idempotent. A final entry is left as it is.
-    pub fn requeue(&self, seq: u64, steps: &[String]) -> Result<Entry, JournalError> {
+    /// rebuilt from the journal resumes after them) and whether an attempt
+    /// may have reached the device without a clear answer (`unconfirmed`:
+    /// the next `sending` mark is a resend, even for a job rebuilt from
+    /// the journal). Not flushed: the next `sending` mark or a clean stop
+    /// flushes it; a crash before that leaves `sending`, which recovery
+    /// never sends again unless the device is idempotent. A final entry is
+    /// left as it is.
+    pub fn requeue(&self, seq: u64, steps: &[String], unconfirmed: bool) -> Result<Entry, JournalError> {
         self.update(seq, |e| {
             if e.state == State::Sending {
                 e.state = State::Queued;
             }
-            if !e.state.is_final() && e.steps.len() < steps.len() {
-                e.steps = steps.to_vec();
+            if !e.state.is_final() {
+                if e.steps.len() < steps.len() {
+                    e.steps = steps.to_vec();
+                }
+                e.unconfirmed |= unconfirmed;
             }
         })
     }
@@ -693,23 +733,6 @@ impl Journal {
             }
         })?;
         Ok((e, true))
-    }
-
-    /// Removes an entry that could not be made durable, so that the hub's
-    /// redelivery of it is treated as new rather than as a duplicate.
-    pub fn forget(&self, seq: u64) -> Result<(), JournalError> {
-        let mut idx = self.lock();
-        if let Ok(e) = self.get_locked(seq) {
-            idx.remove(&e);
-            if !e.state.is_final() {
-                idx.unfinished = idx.unfinished.saturating_sub(1);
-                idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
-            }
-        }
-        let r = self.inner.messages.remove(key(seq)).and_then(|_| remove_body(&self.inner.bodies, seq));
-        self.wrote();
-        self.check(r)?;
-        Ok(())
     }
 
     /// Unfinished entries (`queued`, `sending`) in arrival order.
@@ -909,8 +932,15 @@ fn open_inner(
                 }
                 open_uptime = open_uptime.max(e.final_uptime.unwrap_or(0));
                 idx.entries += 1;
-                if !e.conflict {
-                    idx.by_key.insert(key_of(&e), seq);
+                match (e.conflict, e.fingerprint) {
+                    (false, _) => {
+                        idx.by_key.insert(key_of(&e), seq);
+                    }
+                    // The first conflict entry of a command answers its repeats.
+                    (true, Some(fp)) => {
+                        idx.conflicts.entry((key_of(&e), fp)).or_insert(seq);
+                    }
+                    (true, None) => {}
                 }
             }
             Err(err) => {
@@ -963,6 +993,8 @@ fn open_inner(
             durable,
             flushes: AtomicU64::new(0),
             failure: tokio::sync::watch::Sender::new(None),
+            #[cfg(test)]
+            cut_update: std::sync::atomic::AtomicBool::new(false),
             db_file,
             watermark: Mutex::new(watermark),
             dir: dir.to_path_buf(),

@@ -16,6 +16,11 @@ fn open(dir: &Path) -> Journal {
     j
 }
 
+/// Whether entry `seq` is gone (pruned, evicted).
+fn gone(j: &Journal, seq: u64) -> bool {
+    matches!(j.get(seq), Err(JournalError::Missing(_)))
+}
+
 fn new_entry(a: Admitted) -> Entry {
     match a {
         Admitted::New(e) => e,
@@ -99,7 +104,7 @@ async fn prune_removes_reported_outcomes_past_the_window() {
     j.update(e.seq, |e| e.reported = true).unwrap();
     assert_eq!(j.prune(5_000, window).unwrap(), 0, "inside the window");
     assert_eq!(j.prune(20_000, window).unwrap(), 1);
-    assert!(j.lookup("old").unwrap().is_none());
+    assert!(gone(&j, e.seq));
     new_entry(j.admit(inbound(Some("old"), b"x"), None, 30_000).unwrap());
 }
 
@@ -115,7 +120,7 @@ async fn bounds_evict_old_outcomes_first_then_refuse() {
     new_entry(j.admit(inbound(Some("c"), b"1"), None, 3).unwrap());
     // Full: the finished "a" is forgotten to make room.
     new_entry(j.admit(inbound(Some("d"), b"1"), None, 4).unwrap());
-    assert!(j.lookup("a").unwrap().is_none());
+    assert!(gone(&j, done.seq));
     match j.admit(inbound(Some("e"), b"1"), None, 5).unwrap() {
         Admitted::Full { detail, .. } => assert!(detail.contains("journal full"), "{detail}"),
         other => panic!("{other:?}"),
@@ -123,16 +128,6 @@ async fn bounds_evict_old_outcomes_first_then_refuse() {
     let (j2, _) = Journal::open(&tmp.path().join("j2"), 1 << 20, Bounds { max_messages: 100, max_bytes: 10 }).unwrap();
     new_entry(j2.admit(inbound(Some("a"), b"12345678"), None, 0).unwrap());
     assert!(matches!(j2.admit(inbound(Some("b"), b"12345"), None, 0).unwrap(), Admitted::Full { .. }));
-}
-
-#[tokio::test]
-async fn forget_lets_a_redelivery_in_as_new() {
-    let tmp = tempfile::tempdir().unwrap();
-    let j = open(&tmp.path().join("j"));
-    let e = new_entry(j.admit(inbound(Some("x"), b"1"), None, 0).unwrap());
-    j.forget(e.seq).unwrap();
-    assert_eq!(j.stats(), Stats::default());
-    new_entry(j.admit(inbound(Some("x"), b"1"), None, 0).unwrap());
 }
 
 #[tokio::test]
@@ -171,7 +166,7 @@ async fn flushes_are_shared_and_skipped_when_nothing_changed() {
     j.flush().await.unwrap();
     assert_eq!(j.flushes(), base, "nothing written: no flush");
 
-    new_entry(j.admit(inbound(Some("a"), b"x"), None, 1).unwrap());
+    let a = new_entry(j.admit(inbound(Some("a"), b"x"), None, 1).unwrap());
     let waiters: Vec<_> = (0..8)
         .map(|_| {
             let j = j.clone();
@@ -187,7 +182,7 @@ async fn flushes_are_shared_and_skipped_when_nothing_changed() {
     // Durable for real: reopened, the entry is there.
     drop(j);
     let j = open(dir.path());
-    assert!(j.lookup("a").unwrap().is_some());
+    assert!(!gone(&j, a.seq));
 }
 
 #[tokio::test]
@@ -195,7 +190,7 @@ async fn a_journal_in_use_by_another_process_is_refused_not_moved_aside() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("journal");
     let first = open(&dir);
-    new_entry(first.admit(inbound(Some("kept"), b"{}"), None, 1).unwrap());
+    let kept = new_entry(first.admit(inbound(Some("kept"), b"{}"), None, 1).unwrap());
     first.flush().await.unwrap();
     let err = Journal::open(&dir, 1 << 20, bounds()).err().expect("a second open must fail");
     assert!(matches!(err, JournalError::InUse(_)), "{err}");
@@ -203,7 +198,7 @@ async fn a_journal_in_use_by_another_process_is_refused_not_moved_aside() {
     let siblings: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(siblings, [std::ffi::OsString::from("journal")], "nothing moved aside");
     drop(first);
-    assert!(open(&dir).lookup("kept").unwrap().is_some());
+    assert!(!gone(&open(&dir), kept.seq));
 }
 
 #[tokio::test]
@@ -241,11 +236,11 @@ async fn requeue_keeps_the_confirmed_steps_across_a_reopen() {
         let j = open(&dir);
         let e = new_entry(j.admit(inbound(Some("multi"), b"{}"), None, 1).unwrap());
         j.mark_sending(e.seq, false).unwrap();
-        let q = j.requeue(e.seq, &["holding 10 = 1".to_string()]).unwrap();
+        let q = j.requeue(e.seq, &["holding 10 = 1".to_string()], false).unwrap();
         assert_eq!((q.state, q.attempts, q.steps.as_slice()), (State::Queued, 1, &["holding 10 = 1".to_string()][..]));
         // A later requeue never forgets steps.
         j.mark_sending(e.seq, false).unwrap();
-        assert_eq!(j.requeue(e.seq, &[]).unwrap().steps, ["holding 10 = 1"]);
+        assert_eq!(j.requeue(e.seq, &[], false).unwrap().steps, ["holding 10 = 1"]);
         j.flush().await.unwrap();
         e.seq
     };
@@ -253,7 +248,7 @@ async fn requeue_keeps_the_confirmed_steps_across_a_reopen() {
     let e = j.unfinished().unwrap().pop().unwrap();
     assert_eq!((e.seq, e.state, e.steps), (seq, State::Queued, vec!["holding 10 = 1".to_string()]));
     j.finish(seq, &Outcome::delivered("done"), 2).unwrap();
-    let f = j.requeue(seq, &["x".into(), "y".into()]).unwrap();
+    let f = j.requeue(seq, &["x".into(), "y".into()], false).unwrap();
     assert_eq!((f.state, f.steps), (State::Delivered, vec!["holding 10 = 1".to_string()]), "a final entry stays");
 }
 
@@ -289,7 +284,7 @@ async fn the_same_id_for_another_device_is_another_message() {
 async fn the_same_key_with_another_command_is_a_conflict_never_a_duplicate() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("j");
-    let first_seq;
+    let (first_seq, c_seq);
     {
         let j = open(&dir);
         let first = new_entry(j.admit(to("boiler", "m7", br#"{"point": "mode", "value": 1}"#), None, 1).unwrap());
@@ -306,10 +301,12 @@ async fn the_same_key_with_another_command_is_a_conflict_never_a_duplicate() {
         assert!(!c.reported && c.completed_at == Some(3));
         assert_eq!(j.body(c.seq).unwrap(), None, "never run: no body kept");
         assert_eq!(j.unreported().unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), [c.seq]);
+        c_seq = c.seq;
         j.flush().await.unwrap();
     }
     // After a restart the original still holds the key: its redelivery is a
-    // duplicate, the other command still a conflict.
+    // duplicate; the other command is still rejected, as a duplicate of
+    // its conflict entry.
     let j = open(&dir);
     match j.admit(to("boiler", "m7", br#"{"point": "mode", "value": 1}"#), None, 4).unwrap() {
         Admitted::Duplicate(d) => {
@@ -318,11 +315,11 @@ async fn the_same_key_with_another_command_is_a_conflict_never_a_duplicate() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        j.admit(to("boiler", "m7", br#"{"point": "mode", "value": 2}"#), None, 5).unwrap(),
-        Admitted::Conflict(_)
-    ));
-    assert_eq!(j.stats().entries, 3);
+    match j.admit(to("boiler", "m7", br#"{"point": "mode", "value": 2}"#), None, 5).unwrap() {
+        Admitted::Duplicate(d) => assert_eq!((d.seq, d.state, d.conflict), (c_seq, State::Rejected, true)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(j.stats().entries, 2);
 }
 
 #[tokio::test]
@@ -391,12 +388,12 @@ async fn the_bound_never_evicts_an_entry_whose_puback_has_not_gone_out() {
         Admitted::Full { detail, .. } => assert!(detail.contains("journal full"), "{detail}"),
         other => panic!("{other:?}"),
     }
-    assert!(j.lookup("a").unwrap().is_some(), "a redelivery of a is still recognised");
+    assert!(!gone(&j, a.seq), "a redelivery of a is still recognised");
     assert!(matches!(j.admit(inbound(Some("a"), b"1"), None, 4).unwrap(), Admitted::Duplicate(_)));
     j.acked(a.seq).unwrap();
     assert!(j.get(a.seq).unwrap().acked, "final and reported: written at once");
     new_entry(j.admit(inbound(Some("c"), b"1"), None, 5).unwrap());
-    assert!(j.lookup("a").unwrap().is_none());
+    assert!(gone(&j, a.seq));
 }
 
 #[tokio::test]
@@ -430,7 +427,7 @@ async fn the_puback_mark_rides_on_the_next_write_and_survives_a_restart() {
     // An entry of the previous run without the mark stays; the marked go first.
     new_entry(j.admit(inbound(Some("n1"), b"1"), None, 2).unwrap());
     new_entry(j.admit(inbound(Some("n2"), b"1"), None, 2).unwrap());
-    assert!(j.lookup("x").unwrap().is_none() && j.lookup("y").unwrap().is_none());
+    assert!(gone(&j, x) && gone(&j, y));
     assert!(matches!(j.admit(inbound(Some("n3"), b"1"), None, 2).unwrap(), Admitted::Full { .. }));
     assert!(j.get(z).is_ok(), "never acked: kept for its dedupe window");
 }
@@ -485,9 +482,6 @@ async fn a_large_body_round_trips_without_a_blob_file() {
     j.finish(seqs[0], &Outcome::delivered("ok"), 2).unwrap();
     assert_eq!(j.body(seqs[0]).unwrap(), None, "every chunk goes with the outcome");
     assert_eq!(j.stats().body_bytes, 2 * big.len() as u64 + 40 * 64 * 1024);
-    j.forget(seqs[1]).unwrap();
-    assert_eq!(j.body(seqs[1]).unwrap(), None);
-    assert_eq!(j.inner.bodies.scan_prefix(key(seqs[1])).count(), 0);
 }
 
 #[tokio::test]
@@ -608,20 +602,149 @@ async fn entries_of_older_versions_are_evicted_as_before() {
     let (j, _) = Journal::open(&dir, 1 << 20, b).unwrap();
     new_entry(j.admit(inbound(Some("n1"), b"1"), None, 3).unwrap());
     new_entry(j.admit(inbound(Some("n2"), b"1"), None, 3).unwrap());
-    assert!(j.lookup("old").unwrap().is_none(), "no PUBACK mark to wait for: an upgrade at the bound goes on");
+    assert!(gone(&j, 1), "no PUBACK mark to wait for: an upgrade at the bound goes on");
+}
+
+// Review fixes.
+
+#[tokio::test]
+async fn the_byte_bound_refuses_at_once_and_keeps_the_dedupe_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(&tmp.path().join("j"), 1 << 20, Bounds { max_messages: 10, max_bytes: 10 }).unwrap();
+    let mut history = Vec::new();
+    for i in 0..3 {
+        let e = new_entry(j.admit(inbound(Some(&format!("done{i}")), b"1"), None, 0).unwrap());
+        done_and_reported(&j, e.seq, 1);
+        j.acked(e.seq).unwrap();
+        history.push(e.seq);
+    }
+    new_entry(j.admit(inbound(Some("big"), b"12345678"), None, 2).unwrap());
+    // The bodies are over, not the count: forgetting outcomes frees no body byte.
+    match j.admit(inbound(Some("more"), b"12345"), None, 3).unwrap() {
+        Admitted::Full { detail, .. } => assert!(detail.contains("journal full"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    for seq in &history {
+        assert!(j.get(*seq).is_ok(), "entry {seq} kept: its redelivery is still recognised");
+    }
+    assert_eq!(j.stats().entries, 4);
+    assert!(matches!(j.admit(inbound(Some("done0"), b"1"), None, 4).unwrap(), Admitted::Duplicate(_)));
+    // A body that fits goes in without evicting anything.
+    new_entry(j.admit(inbound(Some("small"), b"12"), None, 5).unwrap());
+    assert_eq!(j.stats().entries, 5);
 }
 
 #[tokio::test]
-async fn forgetting_a_conflict_leaves_the_original_holding_its_key() {
+async fn a_cut_between_the_outcome_and_the_body_removal_never_leaves_sending_without_its_body() {
     let tmp = tempfile::tempdir().unwrap();
-    let j = open(&tmp.path().join("j"));
-    let first = new_entry(j.admit(to("boiler", "k", b"one"), None, 1).unwrap());
-    let c = match j.admit(to("boiler", "k", b"two"), None, 2).unwrap() {
-        Admitted::Conflict(c) => c,
-        other => panic!("{other:?}"),
-    };
-    j.forget(c.seq).unwrap();
-    assert_eq!(j.lookup_key(Some("boiler"), "k").unwrap().map(|e| e.seq), Some(first.seq));
-    assert_eq!(j.stats().entries, 1);
-    assert!(matches!(j.admit(to("boiler", "k", b"one"), None, 3).unwrap(), Admitted::Duplicate(_)));
+    let dir = tmp.path().join("j");
+    let seq;
+    {
+        let j = open(&dir);
+        seq = new_entry(j.admit(inbound(Some("idem"), b"{}"), None, 1).unwrap()).seq;
+        j.mark_sending(seq, false).unwrap();
+        j.flush().await.unwrap();
+        // The outcome's first write, then the cut; a flush from another
+        // task (or sled's own flusher) made that first write durable.
+        j.inner.cut_update.store(true, Ordering::Relaxed);
+        let _ = j.finish(seq, &Outcome::delivered("ok"), 2);
+        j.flush().await.unwrap();
+    }
+    let j = open(&dir);
+    let e = j.get(seq).unwrap();
+    assert!(
+        e.state.is_final() || j.body(seq).unwrap().is_some(),
+        "{} without its body: an idempotent resend would be a false `rejected`",
+        e.state
+    );
+    assert_eq!(e.state, State::Delivered);
+    assert_eq!(j.body(seq).unwrap(), None, "open drops the body of a final entry");
+    assert_eq!(j.stats().body_bytes, 0);
+}
+
+#[tokio::test]
+async fn a_redelivered_conflict_is_a_duplicate_of_its_first_conflict_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let (first, c2, c3);
+    {
+        let j = open(&dir);
+        first = new_entry(j.admit(to("boiler", "m7", b"one"), None, 1).unwrap()).seq;
+        done_and_reported(&j, first, 2);
+        c2 = match j.admit(to("boiler", "m7", b"two"), None, 3).unwrap() {
+            Admitted::Conflict(c) => c.seq,
+            other => panic!("{other:?}"),
+        };
+        match j.admit(to("boiler", "m7", b"two"), None, 4).unwrap() {
+            Admitted::Duplicate(d) => {
+                assert_eq!(d.seq, c2, "the first conflict entry answers");
+                assert_eq!(d.state, State::Rejected);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(j.stats().entries, 2, "no new entry for a repeat");
+        // Yet another command under the key is a conflict of its own.
+        c3 = match j.admit(to("boiler", "m7", b"three"), None, 5).unwrap() {
+            Admitted::Conflict(c) => c.seq,
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(c3, c2);
+        j.flush().await.unwrap();
+    }
+    // The conflict index is rebuilt at open.
+    let j = open(&dir);
+    for (body, seq) in [(&b"one"[..], first), (b"two", c2), (b"three", c3)] {
+        match j.admit(to("boiler", "m7", body), None, 6).unwrap() {
+            Admitted::Duplicate(d) => assert_eq!(d.seq, seq),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(j.stats().entries, 3);
+    assert_eq!(j.unreported().unwrap().len(), 2, "one report per conflict entry");
+}
+
+#[tokio::test]
+async fn conflicts_and_messages_rejected_on_arrival_count_in_the_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(&tmp.path().join("j"), 1 << 20, Bounds { max_messages: 2, max_bytes: 1 << 20 }).unwrap();
+    new_entry(j.admit(inbound(Some("a"), b"1"), None, 0).unwrap());
+    new_entry(j.admit(inbound(Some("b"), b"1"), None, 0).unwrap());
+    match j.admit(inbound(Some("a"), b"other"), None, 1).unwrap() {
+        Admitted::Full { detail, inbound } => {
+            assert!(detail.contains("journal full"), "{detail}");
+            assert_eq!(inbound.id.as_deref(), Some("a"));
+        }
+        other => panic!("a conflict in a full journal: {other:?}"),
+    }
+    let mut bad = inbound(Some("bad"), b"zzz");
+    bad.reject = Some("malformed topic".into());
+    assert!(matches!(j.admit(bad, None, 1).unwrap(), Admitted::Full { .. }), "rejected on arrival: bound too");
+    assert_eq!(j.stats().entries, 2);
+}
+
+#[tokio::test]
+async fn an_unconfirmed_attempt_is_journaled_and_the_next_sending_is_a_resend_after_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let seq;
+    {
+        let j = open(&dir);
+        seq = new_entry(j.admit(inbound(Some("u"), b"{}"), None, 1).unwrap()).seq;
+        j.mark_sending(seq, false).unwrap();
+        let q = j.requeue(seq, &[], true).unwrap();
+        assert!(q.unconfirmed && !q.resent);
+        let stored = j.inner.messages.get(key(seq)).unwrap().unwrap();
+        assert!(std::str::from_utf8(&stored).unwrap().contains(r#""unconf":true"#), "compact on disk");
+        j.seal().await.unwrap();
+    }
+    let j = open(&dir);
+    let e = j.get(seq).unwrap();
+    assert!(e.unconfirmed, "survives a restart");
+    // Even a caller that lost the flag in memory marks a resend.
+    let s = j.mark_sending(seq, false).unwrap();
+    assert!(s.resent, "the report says `resent`");
+    assert!(!s.unconfirmed, "cleared by the `sending` mark");
+    assert!(!std::str::from_utf8(&j.inner.messages.get(key(seq)).unwrap().unwrap()).unwrap().contains("unconf"));
+    j.finish(seq, &Outcome::delivered("ok"), 2).unwrap();
+    assert!(!j.requeue(seq, &[], true).unwrap().unconfirmed, "a final entry stays as it is");
 }

@@ -127,6 +127,13 @@ pub struct Entry {
     /// the device: no reply, a garbled one, or a lost connection.
     #[serde(default, skip_serializing_if = "is_false")]
     pub resent: bool,
+    /// The last attempt may have reached the device without a clear answer
+    /// (idempotent device, requeued): the next one is a resend, to be said
+    /// in the report. Written with the requeue, cleared by the next
+    /// `sending` mark; kept here so that a job rebuilt from the journal
+    /// (a reload, a restart) still knows.
+    #[serde(default, rename = "unconf", skip_serializing_if = "is_false")]
+    pub unconfirmed: bool,
     /// Why the message cannot be delivered, found before it was queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reject: Option<String>,
@@ -183,6 +190,7 @@ impl Entry {
             reported: false,
             resent_after_crash: false,
             resent: false,
+            unconfirmed: false,
             reject: None,
             body_len: 0,
             steps: Vec::new(),
@@ -237,6 +245,7 @@ mod entry_encoding {
             reported: false,
             resent_after_crash: false,
             resent: false,
+            unconfirmed: false,
             reject: None,
             body_len: 25,
             steps: Vec::new(),
@@ -272,6 +281,7 @@ mod entry_encoding {
             reported: true,
             resent_after_crash: true,
             resent: true,
+            unconfirmed: true,
             reject: Some("bad".into()),
             steps: vec!["holding 10 = 1".into(), "coil 7 = true".into()],
             fingerprint: Some(u64::MAX),

@@ -374,7 +374,7 @@ fn partial(job: &Job, why: String) -> String {
 /// the device confirmed so far (not flushed: a crash before the next flush
 /// leaves `sending`, which errs on the safe side).
 fn requeue(journal: &Journal, job: &Job) {
-    if let Err(e) = journal.requeue(job.seq, &job.acked) {
+    if let Err(e) = journal.requeue(job.seq, &job.acked, job.unconfirmed) {
         tracing::error!(message_id = %job.id, error = %e, "journal update failed");
     }
 }
@@ -486,6 +486,72 @@ mod tests {
         assert_eq!(device.await.unwrap(), [(11, 2)], "write 1 is not sent again");
         assert_eq!(d.outcome, Outcome::delivered("holding 10 = 1; holding 11 = 2"));
         assert_eq!(journal.get(seq).unwrap().state, State::Delivered);
+    }
+
+    /// A Modbus TCP device that takes one connection, reads one request
+    /// and drops the connection without an answer (the write may have run),
+    /// then stops listening.
+    async fn silent_device(listener: TcpListener) {
+        let (mut s, _) = listener.accept().await.unwrap();
+        drop(listener);
+        let mut frame = [0u8; 12];
+        s.read_exact(&mut frame).await.unwrap();
+    }
+
+    /// An idempotent device drops the connection after a request: the
+    /// attempt is unconfirmed. The requeue journals that; a job rebuilt from
+    /// the entry (as `make_job` does after a reload or a restart) resends,
+    /// and the entry says so.
+    #[tokio::test]
+    async fn an_unconfirmed_attempt_survives_a_rebuilt_job_and_the_resend_is_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bounds = Bounds { max_messages: 100, max_bytes: 1 << 20 };
+        let (journal, _) = Journal::open(&tmp.path().join("j"), 1 << 20, bounds).unwrap();
+        let inbound = Inbound {
+            id: Some("m-1".into()),
+            device: Some("valve".into()),
+            body: b"{}".to_vec(),
+            ..Default::default()
+        };
+        let seq = match journal.admit(inbound, None, 1).unwrap() {
+            crate::journal::Admitted::New(e) => e.seq,
+            other => panic!("{other:?}"),
+        };
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let device = tokio::spawn(silent_device(listener));
+        let (bus, _done, stop) = worker(address, &journal);
+        bus.jobs.send(Work::Write(Job { idempotent: true, ..job(seq, &[]) })).unwrap();
+        device.await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let entry = loop {
+            let e = journal.get(seq).unwrap();
+            if e.state == State::Queued && e.attempts == 1 {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "not requeued: {e:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(entry.unconfirmed, "the requeue journals the unconfirmed attempt: {entry:?}");
+        assert!(!entry.resent);
+        let _ = stop.send(true);
+        bus.task.await.unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let device = tokio::spawn(dropping_device(listener, 2));
+        let (bus, mut done, _stop) = worker(address, &journal);
+        let rebuilt =
+            Job { idempotent: true, attempts: entry.attempts, unconfirmed: entry.unconfirmed, ..job(seq, &[]) };
+        bus.jobs.send(Work::Write(rebuilt)).unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(5), done.recv()).await.unwrap().unwrap();
+        assert_eq!(device.await.unwrap(), [(10, 1), (11, 2)]);
+        assert_eq!(d.outcome, Outcome::delivered("holding 10 = 1; holding 11 = 2"));
+        let e = journal.get(seq).unwrap();
+        assert_eq!(e.state, State::Delivered);
+        assert!(e.resent, "the report says `resent`: {e:?}");
+        assert!(!e.unconfirmed);
     }
 
     #[test]

@@ -447,7 +447,9 @@ impl Pipeline {
             progress: e.steps.len(),
             acked: e.steps.clone(),
             last_error: None,
-            unconfirmed: false,
+            // An unconfirmed attempt before a reload or restart: the next
+            // one is a resend (the journal's `sending` mark says so too).
+            unconfirmed: e.unconfirmed,
         };
         Ok((route.bus_name.to_string(), job))
     }

@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Commands until `done` holds (or `within` passes); all of them.
+/// Commands until `done` holds (or `within` passes); all of them. The hub
+/// acknowledges every result report at once.
 async fn commands_until(
     rx: &mut mpsc::UnboundedReceiver<HubCommand>,
+    events: &mpsc::Sender<HubEvent>,
     within: Duration,
     seen: &mut Vec<HubCommand>,
     done: impl Fn(&[HubCommand]) -> bool,
@@ -22,7 +24,12 @@ async fn commands_until(
     let end = tokio::time::Instant::now() + within;
     while !done(seen) {
         match tokio::time::timeout_at(end, rx.recv()).await {
-            Ok(Some(c)) => seen.push(c),
+            Ok(Some(c)) => {
+                if let HubCommand::Publish { report: Some(seq), .. } = c {
+                    events.send(HubEvent::Reported { seq }).await.unwrap();
+                }
+                seen.push(c)
+            }
             _ => return false,
         }
     }
@@ -112,7 +119,7 @@ points.mode = {{ table = "holding", address = 10, type = "u16" }}
     events_tx.send(HubEvent::Connected { generation: 1 }).await.unwrap();
     events_tx.send(HubEvent::Message { generation: 1, pkid: 7, inbound: c2d("c1") }).await.unwrap();
     assert!(
-        commands_until(&mut hub_rx, Duration::from_secs(5), &mut seen, |s| reports_of(s, "c1") == 1).await,
+        commands_until(&mut hub_rx, &events_tx, Duration::from_secs(5), &mut seen, |s| reports_of(s, "c1") == 1).await,
         "c1 reported: {seen:?}"
     );
     let seq = seen
@@ -122,9 +129,8 @@ points.mode = {{ table = "holding", address = 10, type = "u16" }}
             _ => None,
         })
         .expect("c1's report names its entry");
-    events_tx.send(HubEvent::Reported { seq }).await.unwrap();
     assert!(
-        commands_until(&mut hub_rx, Duration::from_secs(5), &mut seen, |s| acked(s, 7)).await,
+        commands_until(&mut hub_rx, &events_tx, Duration::from_secs(5), &mut seen, |s| acked(s, 7)).await,
         "c1's ack handed to the link: {seen:?}"
     );
     events_tx.send(HubEvent::Disconnected { generation: 1 }).await.unwrap();
@@ -133,9 +139,9 @@ points.mode = {{ table = "holding", address = 10, type = "u16" }}
     // c2 at the bound: c1 may not make room for it (the hub still owes us
     // its redelivery). Then c1 comes again and must be recognised.
     events_tx.send(HubEvent::Message { generation: 2, pkid: 8, inbound: c2d("c2") }).await.unwrap();
-    commands_until(&mut hub_rx, Duration::from_secs(1), &mut seen, |s| reports_of(s, "c2") == 1).await;
+    commands_until(&mut hub_rx, &events_tx, Duration::from_secs(1), &mut seen, |s| reports_of(s, "c2") == 1).await;
     events_tx.send(HubEvent::Message { generation: 2, pkid: 9, inbound: c2d("c1") }).await.unwrap();
-    commands_until(&mut hub_rx, Duration::from_secs(1), &mut seen, |_| false).await;
+    commands_until(&mut hub_rx, &events_tx, Duration::from_secs(1), &mut seen, |_| false).await;
     let shown: Vec<String> = seen
         .iter()
         .map(|c| match c {

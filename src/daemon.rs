@@ -255,11 +255,18 @@ pub async fn run(
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = pipe_stop_tx.send(true);
-    let _ = pipe_task.await;
+    let hub_events = pipe_task.await.ok();
     let _ = hub_stop_tx.send(true);
-    // Reports the hub acknowledged while the link stopped are done.
-    for seq in link_task.await.unwrap_or_default() {
+    // Reports the hub acknowledged and PUBACKs written after the pipeline
+    // left its loop (in its receiver, or seen by the link while stopping)
+    // are recorded before the journal is sealed. The receiver is drained
+    // while the link stops, so the link never blocks on a full channel.
+    let stopped = drain_while_stopping(hub_events, link_task).await;
+    for &seq in &stopped.reported {
         let _ = journal.update(seq, |e| e.reported = true);
+    }
+    for &seq in &stopped.acked {
+        let _ = journal.acked(seq);
     }
     if let Some(why) = journal_failed {
         return Err(DaemonError::Runtime(format!("stopped: the journal cannot be written: {why}")));
@@ -267,6 +274,41 @@ pub async fn run(
     journal.seal().await.map_err(|e| DaemonError::Runtime(format!("final flush failed: {e}")))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Takes the hub events nobody else reads any more until the link has
+/// stopped; returns every report acknowledged and PUBACK written they and
+/// the link's stop tell of.
+async fn drain_while_stopping(
+    events: Option<mpsc::Receiver<crate::hub::HubEvent>>,
+    link_task: tokio::task::JoinHandle<link::Stopped>,
+) -> link::Stopped {
+    use crate::hub::HubEvent;
+    let mut seen = link::Stopped::default();
+    let take = |ev: HubEvent, seen: &mut link::Stopped| match ev {
+        HubEvent::Reported { seq } => seen.reported.push(seq),
+        HubEvent::Acked { seq } => seen.acked.push(seq),
+        _ => {}
+    };
+    let mut link_task = std::pin::pin!(link_task);
+    let at_stop = match events {
+        Some(mut rx) => {
+            let at_stop = loop {
+                tokio::select! {
+                    r = &mut link_task => break r.unwrap_or_default(),
+                    Some(ev) = rx.recv() => take(ev, &mut seen),
+                }
+            };
+            while let Ok(ev) = rx.try_recv() {
+                take(ev, &mut seen);
+            }
+            at_stop
+        }
+        None => link_task.await.unwrap_or_default(),
+    };
+    seen.reported.extend(at_stop.reported);
+    seen.acked.extend(at_stop.acked);
+    seen
 }
 
 pub fn status_line(s: &Status) -> String {

@@ -51,17 +51,50 @@ fn ack_packet(pkid: u16) -> Publish {
     p
 }
 
+/// What happened while the link stopped (the pipeline, stopped first, no
+/// longer hears of it): the daemon records it before sealing the journal.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Journal entries whose result report the hub acknowledged.
+    pub reported: Vec<u64>,
+    /// Journal entries whose PUBACK went out.
+    pub acked: Vec<u64>,
+}
+
+/// The PUBACKs handed to rumqttc on the current connection and not yet
+/// written, in the order they were handed over: (pkid, journal seq; `None`
+/// for the link's own acks of PUBLISHes on foreign topics).
+#[derive(Debug, Default)]
+struct AcksOut(VecDeque<(u16, Option<u64>)>);
+
+impl AcksOut {
+    fn handed(&mut self, pkid: u16, seq: Option<u64>) {
+        self.0.push_back((pkid, seq));
+    }
+
+    /// rumqttc wrote the PUBACK of `pkid`: the entry it acknowledged.
+    fn written(&mut self, pkid: u16) -> Option<u64> {
+        let i = self.0.iter().position(|(p, _)| *p == pkid)?;
+        self.0.remove(i).and_then(|(_, seq)| seq)
+    }
+
+    /// The connection is gone: acks not written never will be.
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// Runs until `shutdown`; then sends what it still holds (acks, reports)
-/// and disconnects. Returns the reports the hub acknowledged while
-/// stopping (the pipeline, stopped first, no longer hears of them). Events
-/// the stopped pipeline cannot take are dropped: unacknowledged messages
-/// come again from the hub.
+/// and disconnects. Returns the reports the hub acknowledged and the
+/// PUBACKs written while stopping. Events the pipeline cannot take any
+/// more (its receiver dropped) are dropped: the daemon drains the
+/// receiver while the link stops, so none are lost that way.
 pub async fn run(
     dialect: Dialect,
     events: mpsc::Sender<HubEvent>,
     mut commands: mpsc::UnboundedReceiver<HubCommand>,
     mut shutdown: watch::Receiver<bool>,
-) -> Vec<u64> {
+) -> Stopped {
     let mut failures: u32 = 0;
     let opts = loop {
         match dialect.mqtt_options() {
@@ -71,7 +104,7 @@ pub async fn run(
                 failures += 1;
                 tokio::select! {
                     _ = sleep(reconnect_delay(failures, fastrand::f64())) => continue,
-                    _ = shutdown.changed() => return Vec::new(),
+                    _ = shutdown.changed() => return Stopped::default(),
                 }
             }
         }
@@ -83,16 +116,20 @@ pub async fn run(
     let mut outbox: VecDeque<HubCommand> = VecDeque::new();
     let mut kicks = KickDetector::default();
     let mut inflight = Inflight::default();
+    let mut acks = AcksOut::default();
+    // Set on a packet id collision: the connection ends then if it stays.
+    let mut collision_deadline: Option<Instant> = None;
     let far = Instant::now() + Duration::from_secs(86400 * 365);
     tracing::info!(hub = %dialect.describe(), "connecting to the hub");
 
     loop {
         // Hand what we can to rumqttc; stop at the first full channel so
         // order is kept (acks must go in arrival order).
+        let mut end_connection: Option<&str> = None;
         if connected_at.is_some() {
             while let Some(cmd) = outbox.pop_front() {
                 let r = match &cmd {
-                    HubCommand::Ack { generation: g, pkid } => {
+                    HubCommand::Ack { generation: g, pkid, .. } => {
                         if *g != generation {
                             tracing::debug!(pkid, "dropping an ack of an earlier connection; the hub will redeliver");
                             continue;
@@ -101,6 +138,14 @@ pub async fn run(
                     }
                     HubCommand::Publish { topic, payload, .. } => {
                         client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone()).map_err(|_| ())
+                    }
+                    HubCommand::Reconnect => {
+                        // Acks handed over before it and not yet written
+                        // are dropped with the connection (not counted as
+                        // sent: the hub redelivers them); none after it
+                        // goes out on this connection.
+                        end_connection = Some("asked to");
+                        break;
                     }
                 };
                 match (r, cmd) {
@@ -111,91 +156,146 @@ pub async fn run(
                     (Ok(()), HubCommand::Publish { topic, payload, report }) => {
                         inflight.queued(inflight::Publish { topic, payload, report })
                     }
-                    (Ok(()), HubCommand::Ack { .. }) => {}
+                    (Ok(()), HubCommand::Ack { pkid, seq, .. }) => acks.handed(pkid, Some(seq)),
+                    (Ok(()), HubCommand::Reconnect) => {}
                 }
             }
         }
-        tokio::select! {
-            _ = shutdown.changed() => {
-                return stop(&client, &mut eventloop, &mut outbox, &mut inflight, &mut commands, generation, connected_at.is_some()).await;
+        if end_connection.is_none() {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    return stop(&client, &mut eventloop, &mut outbox, &mut inflight, &mut commands, &mut acks, connected_at.map(|_| generation)).await;
+                }
+                cmd = commands.recv(), if connected_at.is_some() && outbox.len() < 1024 => match cmd {
+                    Some(cmd) => outbox.push_back(cmd),
+                    // The pipeline is gone (it stops first): stop too, sending
+                    // what is still here.
+                    None => return stop(&client, &mut eventloop, &mut outbox, &mut inflight, &mut commands, &mut acks, Some(generation)).await,
+                },
+                _ = sleep_until(collision_deadline.unwrap_or(far)), if collision_deadline.is_some() => {
+                    collision_deadline = None;
+                    if eventloop.state.collision.is_some() {
+                        end_connection = Some("packet id collision: a PUBACK the hub still owes");
+                    }
+                }
+                _ = sleep_until(renew_at.unwrap_or(far)), if renew_at.is_some() && connected_at.is_some() => {
+                    tracing::info!("renewing the SAS token: reconnecting with a new one");
+                    refresh_credentials(&dialect, &mut eventloop);
+                    eventloop.clean();
+                    reclaim_publishes(&mut eventloop, &mut outbox, &mut inflight);
+                    acks.clear();
+                    connected_at = None;
+                    renew_at = None;
+                    let _ = events.send(HubEvent::Disconnected { generation }).await;
+                }
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        generation += 1;
+                        collision_deadline = None;
+                        connected_at = Some(Instant::now());
+                        renew_at = dialect.renew_after().map(|d| Instant::now() + d);
+                        tracing::info!(generation, session_present = ack.session_present, "connected to the hub");
+                        for topic in dialect.subscriptions() {
+                            if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                                tracing::error!(%topic, error = %e, "cannot subscribe");
+                            }
+                        }
+                        let _ = events.send(HubEvent::Connected { generation }).await;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let pkid = if p.qos == QoS::AtMostOnce { 0 } else { p.pkid };
+                        match dialect.inbound(&p.topic, &p.payload) {
+                            Some(inbound) => {
+                                let _ = events.send(HubEvent::Message { generation, pkid, inbound }).await;
+                            }
+                            None => {
+                                tracing::warn!(topic = %p.topic, "PUBLISH on a topic that is not a C2D topic: acknowledged and ignored");
+                                if pkid != 0 { outbox.push_back(HubCommand::Ack { generation, pkid, seq: u64::MAX }); }
+                            }
+                        }
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => inflight.sent(pkid),
+                    Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(pkid))) => {
+                        if let Some(seq) = acks.written(pkid) {
+                            let _ = events.send(HubEvent::Acked { seq }).await;
+                        }
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::AwaitAck(pkid))) => {
+                        // rumqttc's packet ids came round to one whose PUBACK the
+                        // hub still owes: it parks this publish and takes no
+                        // other request (acks included) until that PUBACK comes,
+                        // which on a live connection may be never. PUBACKs on
+                        // their way still count for a short while (ending at
+                        // once would send every report they acknowledge again).
+                        tracing::warn!(pkid, "the hub has not acknowledged a publish for ~100 publishes (its packet id is due again): acks and reports wait behind it; reconnecting unless its PUBACK comes within 2 s");
+                        collision_deadline = Some(Instant::now() + COLLISION_GRACE);
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(a))) => {
+                        if let Some(seq) = inflight.acked(a.pkid) {
+                            let _ = events.send(HubEvent::Reported { seq }).await;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(s))) => {
+                        if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                            tracing::error!("the hub refused the C2D subscription");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        reclaim_publishes(&mut eventloop, &mut outbox, &mut inflight);
+                        acks.clear();
+                        outbox.retain(|c| !matches!(c, HubCommand::Reconnect));
+                        if let Some(at) = connected_at.take() {
+                            renew_at = None;
+                            let lived = at.elapsed();
+                            let _ = events.send(HubEvent::Disconnected { generation }).await;
+                            if kicks.record(lived) {
+                                tracing::error!(lived_ms = lived.as_millis() as u64, "the hub keeps dropping the connection shortly after it is made: is another gateway or device connected with the same identity? Backing off");
+                            }
+                            failures = if lived > KickDetector::SHORT { 0 } else { failures };
+                        }
+                        failures += 1;
+                        let wait = reconnect_delay(failures, fastrand::f64());
+                        log_connection_error(&e, wait);
+                        // The token may have expired during the outage.
+                        refresh_credentials(&dialect, &mut eventloop);
+                        tokio::select! {
+                            _ = sleep(wait) => {}
+                            _ = shutdown.changed() => return Stopped::default(),
+                        }
+                    }
+                }
             }
-            cmd = commands.recv(), if connected_at.is_some() && outbox.len() < 1024 => match cmd {
-                Some(cmd) => outbox.push_back(cmd),
-                // The pipeline is gone (it stops first): stop too, sending
-                // what is still here.
-                None => return stop(&client, &mut eventloop, &mut outbox, &mut inflight, &mut commands, generation, true).await,
-            },
-            _ = sleep_until(renew_at.unwrap_or(far)), if renew_at.is_some() && connected_at.is_some() => {
-                tracing::info!("renewing the SAS token: reconnecting with a new one");
-                refresh_credentials(&dialect, &mut eventloop);
-                eventloop.clean();
-                reclaim_publishes(&mut eventloop, &mut outbox, &mut inflight);
-                connected_at = None;
-                renew_at = None;
+        }
+        if let Some(why) = end_connection {
+            // Ended here, not by the hub: the same path as a lost
+            // connection (unacknowledged publishes sent again, rumqttc's
+            // leftovers and collision state dropped), with the usual
+            // back-off, but no kick detection.
+            eventloop.clean();
+            reclaim_publishes(&mut eventloop, &mut outbox, &mut inflight);
+            acks.clear();
+            outbox.retain(|c| !matches!(c, HubCommand::Reconnect));
+            renew_at = None;
+            if let Some(at) = connected_at.take() {
+                failures = if at.elapsed() > KickDetector::SHORT { 0 } else { failures };
                 let _ = events.send(HubEvent::Disconnected { generation }).await;
             }
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    generation += 1;
-                    connected_at = Some(Instant::now());
-                    renew_at = dialect.renew_after().map(|d| Instant::now() + d);
-                    tracing::info!(generation, session_present = ack.session_present, "connected to the hub");
-                    for topic in dialect.subscriptions() {
-                        if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
-                            tracing::error!(%topic, error = %e, "cannot subscribe");
-                        }
-                    }
-                    let _ = events.send(HubEvent::Connected { generation }).await;
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let pkid = if p.qos == QoS::AtMostOnce { 0 } else { p.pkid };
-                    match dialect.inbound(&p.topic, &p.payload) {
-                        Some(inbound) => {
-                            let _ = events.send(HubEvent::Message { generation, pkid, inbound }).await;
-                        }
-                        None => {
-                            tracing::warn!(topic = %p.topic, "PUBLISH on a topic that is not a C2D topic: acknowledged and ignored");
-                            if pkid != 0 { outbox.push_back(HubCommand::Ack { generation, pkid }); }
-                        }
-                    }
-                }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => inflight.sent(pkid),
-                Ok(Event::Incoming(Packet::PubAck(a))) => {
-                    if let Some(seq) = inflight.acked(a.pkid) {
-                        let _ = events.send(HubEvent::Reported { seq }).await;
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(s))) => {
-                    if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
-                        tracing::error!("the hub refused the C2D subscription");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    reclaim_publishes(&mut eventloop, &mut outbox, &mut inflight);
-                    if let Some(at) = connected_at.take() {
-                        renew_at = None;
-                        let lived = at.elapsed();
-                        let _ = events.send(HubEvent::Disconnected { generation }).await;
-                        if kicks.record(lived) {
-                            tracing::error!(lived_ms = lived.as_millis() as u64, "the hub keeps dropping the connection shortly after it is made: is another gateway or device connected with the same identity? Backing off");
-                        }
-                        failures = if lived > KickDetector::SHORT { 0 } else { failures };
-                    }
-                    failures += 1;
-                    let wait = reconnect_delay(failures, fastrand::f64());
-                    log_connection_error(&e, wait);
-                    // The token may have expired during the outage.
-                    refresh_credentials(&dialect, &mut eventloop);
-                    tokio::select! {
-                        _ = sleep(wait) => {}
-                        _ = shutdown.changed() => return Vec::new(),
-                    }
-                }
+            failures += 1;
+            let wait = reconnect_delay(failures, fastrand::f64());
+            tracing::info!(reason = why, wait_ms = wait.as_millis() as u64, "ended the hub connection; reconnecting");
+            tokio::select! {
+                _ = sleep(wait) => {}
+                _ = shutdown.changed() => return Stopped::default(),
             }
         }
     }
 }
+
+/// How long a packet id collision may hold every request (acks included)
+/// before the link ends the connection: PUBACKs on their way come in that
+/// time; one owed for ~100 publishes is not coming on this connection.
+const COLLISION_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a stop waits for the hub's PUBACKs of the last reports.
 const STOP_WAIT_FOR_PUBACKS: Duration = Duration::from_secs(2);
@@ -204,7 +304,7 @@ const STOP_WAIT_FOR_DISCONNECT: Duration = Duration::from_secs(1);
 
 /// The end: the last acks and reports, the hub's PUBACKs of the reports
 /// (for a while), then DISCONNECT. Returns the reports the hub
-/// acknowledged; only those are done. A report without its PUBACK (a
+/// acknowledged (only those are done) and the PUBACKs written. A report without its PUBACK (a
 /// half-open link swallows them) stays unreported in the journal and is
 /// sent again after the next start: the hub may get it twice, never not.
 async fn stop(
@@ -213,35 +313,38 @@ async fn stop(
     outbox: &mut VecDeque<HubCommand>,
     inflight: &mut Inflight,
     commands: &mut mpsc::UnboundedReceiver<HubCommand>,
-    generation: u64,
-    connected: bool,
-) -> Vec<u64> {
+    acks: &mut AcksOut,
+    live: Option<u64>,
+) -> Stopped {
     while let Ok(cmd) = commands.try_recv() {
         outbox.push_back(cmd);
     }
-    if !connected {
-        return Vec::new(); // reports not sent go out after the next start
-    }
+    // The generation of the connection up now, if one is.
+    let Some(generation) = live else {
+        return Stopped::default(); // reports not sent go out after the next start
+    };
     for cmd in outbox.drain(..) {
         match cmd {
-            HubCommand::Ack { generation: g, pkid } if g == generation => {
-                let _ = client.try_ack(&ack_packet(pkid));
+            HubCommand::Ack { generation: g, pkid, seq } if g == generation => {
+                if client.try_ack(&ack_packet(pkid)).is_ok() {
+                    acks.handed(pkid, Some(seq));
+                }
             }
             HubCommand::Publish { topic, payload, report } => {
                 if client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone()).is_ok() {
                     inflight.queued(inflight::Publish { topic, payload, report });
                 }
             }
-            HubCommand::Ack { .. } => {}
+            HubCommand::Ack { .. } | HubCommand::Reconnect => {}
         }
     }
-    let mut reported = Vec::new();
+    let mut done = Stopped::default();
     let mut ended = false;
     let deadline = Instant::now() + STOP_WAIT_FOR_PUBACKS;
     while !inflight.is_empty() {
         match tokio::time::timeout_at(deadline, eventloop.poll()).await {
             Err(_) => break,
-            Ok(Ok(ev)) => on_stop_event(ev, inflight, &mut reported),
+            Ok(Ok(ev)) => on_stop_event(ev, inflight, acks, &mut done),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "the hub connection ended while stopping");
                 ended = true;
@@ -256,7 +359,7 @@ async fn stop(
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(ev) => on_stop_event(ev, inflight, &mut reported),
+                    Ok(ev) => on_stop_event(ev, inflight, acks, &mut done),
                 }
             }
         })
@@ -269,13 +372,14 @@ async fn stop(
             "the hub did not acknowledge the last result reports before the stop: they are sent again after the next start"
         );
     }
-    reported
+    done
 }
 
-fn on_stop_event(ev: Event, inflight: &mut Inflight, reported: &mut Vec<u64>) {
+fn on_stop_event(ev: Event, inflight: &mut Inflight, acks: &mut AcksOut, done: &mut Stopped) {
     match ev {
         Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => inflight.sent(pkid),
-        Event::Incoming(Packet::PubAck(a)) => reported.extend(inflight.acked(a.pkid)),
+        Event::Outgoing(rumqttc::Outgoing::PubAck(pkid)) => done.acked.extend(acks.written(pkid)),
+        Event::Incoming(Packet::PubAck(a)) => done.reported.extend(inflight.acked(a.pkid)),
         _ => {}
     }
 }

@@ -29,8 +29,25 @@ struct Script {
     ack: fn(conn: usize, payload: &str) -> Option<Duration>,
     /// Close connection `.0` this long (`.2`) after its `.1`-th publish.
     close_after: Option<(usize, usize, Duration)>,
-    /// Send a C2D message after the SUBACK on connections from this one on.
-    c2d_from: usize,
+    /// What else the broker does on connection `conn` after its SUBACK
+    /// (`n` = 0) and after its `n`-th publish received.
+    then: fn(conn: usize, n: usize) -> Vec<Step>,
+}
+
+/// A broker's move.
+#[derive(Clone, Copy)]
+enum Step {
+    /// A C2D PUBLISH (QoS 1) after this delay.
+    C2d { topic: &'static str, payload: &'static str, pkid: u16, after: Duration },
+}
+
+/// The C2D message of the older tests: `{"id": "c1"}` to `boiler` as [`C2D_PKID`].
+fn c2d() -> Step {
+    Step::C2d { topic: "gw/boiler/c2d", payload: r#"{"id": "c1"}"#, pkid: C2D_PKID, after: Duration::ZERO }
+}
+
+fn nothing(_: usize, _: usize) -> Vec<Step> {
+    Vec::new()
 }
 
 /// What the broker saw.
@@ -43,6 +60,8 @@ struct Seen {
     /// (connection, pkid) of each PUBACK the client sent.
     client_acks: Vec<(usize, u16)>,
     disconnects: usize,
+    /// Connections accepted.
+    connections: usize,
 }
 
 type Shared = Arc<Mutex<Seen>>;
@@ -78,6 +97,23 @@ enum Out {
     Close,
 }
 
+/// Carries out `steps`: at once on the wire, or later through `tx`.
+async fn play(w: &mut Wire, steps: Vec<Step>, tx: &mpsc::UnboundedSender<Out>) {
+    for Step::C2d { topic, payload, pkid, after } in steps {
+        let mut p = Publish::new(topic, QoS::AtLeastOnce, payload.as_bytes().to_vec());
+        p.pkid = pkid;
+        if after.is_zero() {
+            w.write(Packet::Publish(p)).await;
+        } else {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                sleep(after).await;
+                let _ = tx.send(Out::Send(Packet::Publish(p)));
+            });
+        }
+    }
+}
+
 async fn broker(script: Script) -> (u16, Shared) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
@@ -87,6 +123,7 @@ async fn broker(script: Script) -> (u16, Shared) {
         let mut conn = 0;
         while let Ok((stream, _)) = l.accept().await {
             conn += 1;
+            s.lock().unwrap().connections = conn;
             tokio::spawn(connection(Wire { stream, buf: BytesMut::new() }, conn, script, s.clone()));
         }
     });
@@ -109,11 +146,7 @@ async fn connection(mut w: Wire, conn: usize, script: Script, seen: Shared) {
                 Some(Packet::Subscribe(s)) => {
                     let codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce); s.filters.len()];
                     w.write(Packet::SubAck(SubAck::new(s.pkid, codes))).await;
-                    if conn >= script.c2d_from {
-                        let mut p = Publish::new("gw/boiler/c2d", QoS::AtLeastOnce, br#"{"id": "c1"}"#.to_vec());
-                        p.pkid = C2D_PKID;
-                        w.write(Packet::Publish(p)).await;
-                    }
+                    play(&mut w, (script.then)(conn, 0), &tx).await;
                 }
                 Some(Packet::Publish(p)) => {
                     n += 1;
@@ -127,6 +160,7 @@ async fn connection(mut w: Wire, conn: usize, script: Script, seen: Shared) {
                             let _ = tx.send(Out::Send(Packet::PubAck(PubAck::new(p.pkid))));
                         });
                     }
+                    play(&mut w, (script.then)(conn, n), &tx).await;
                     if let Some((c, k, delay)) = script.close_after {
                         if c == conn && k == n {
                             let tx = tx.clone();
@@ -163,12 +197,20 @@ fn report(seq: u64) -> HubCommand {
 
 /// A link to the broker on `port`, its event and command ends, its stop switch.
 struct Link {
-    task: tokio::task::JoinHandle<Vec<u64>>,
+    task: tokio::task::JoinHandle<link::Stopped>,
     events: mpsc::Receiver<HubEvent>,
     commands: mpsc::UnboundedSender<HubCommand>,
     stop: watch::Sender<bool>,
     /// Reports the link said the hub acknowledged.
     reported: Vec<u64>,
+    /// Entries whose PUBACK the link said went out (`HubEvent::Acked`).
+    acked: Vec<u64>,
+    /// (generation, pkid) of each C2D message.
+    messages: Vec<(u64, u16)>,
+    /// Generations connected.
+    connected: Vec<u64>,
+    /// Ack each C2D message at once (as entry `pkid`).
+    auto_ack: bool,
 }
 
 impl Link {
@@ -177,7 +219,17 @@ impl Link {
         let (commands, cmd_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(link::run(dialect(port), ev_tx, cmd_rx, stop_rx));
-        Link { task, events, commands, stop, reported: Vec::new() }
+        Link {
+            task,
+            events,
+            commands,
+            stop,
+            reported: Vec::new(),
+            acked: Vec::new(),
+            messages: Vec::new(),
+            connected: Vec::new(),
+            auto_ack: true,
+        }
     }
 
     /// Takes the link's events for a while (acking each C2D message at once).
@@ -186,10 +238,15 @@ impl Link {
         while let Ok(Some(ev)) = tokio::time::timeout_at(end, self.events.recv()).await {
             match ev {
                 HubEvent::Reported { seq } => self.reported.push(seq),
+                HubEvent::Acked { seq } => self.acked.push(seq),
+                HubEvent::Connected { generation } => self.connected.push(generation),
                 HubEvent::Message { generation, pkid, .. } => {
-                    self.commands.send(HubCommand::Ack { generation, pkid }).unwrap()
+                    self.messages.push((generation, pkid));
+                    if self.auto_ack {
+                        self.commands.send(HubCommand::Ack { generation, pkid, seq: u64::from(pkid) }).unwrap()
+                    }
                 }
-                _ => {}
+                HubEvent::Disconnected { .. } => {}
             }
         }
     }
@@ -218,7 +275,7 @@ async fn a_packet_id_collision_ends_with_its_connection_and_every_report_keeps_i
             _ => Some(Duration::ZERO),
         },
         close_after: Some((1, 100, Duration::from_millis(300))),
-        c2d_from: 2,
+        then: |conn, n| if conn >= 2 && n == 0 { vec![c2d()] } else { Vec::new() },
     };
     let (port, seen) = broker(script).await;
     let mut link = Link::start(port);
@@ -254,7 +311,7 @@ async fn a_packet_id_collision_ends_with_its_connection_and_every_report_keeps_i
     );
 
     let _ = link.stop.send(true);
-    let at_stop = (&mut link.task).await.unwrap();
+    let at_stop = (&mut link.task).await.unwrap().reported;
     assert!(!at_stop.contains(&103), "r103 was never acknowledged: {at_stop:?}");
 }
 
@@ -269,7 +326,7 @@ async fn a_stop_counts_only_the_reports_the_hub_acknowledged() {
             _ => Some(Duration::ZERO),
         },
         close_after: None,
-        c2d_from: usize::MAX,
+        then: nothing,
     };
     let (port, seen) = broker(script).await;
     let mut link = Link::start(port);
@@ -278,7 +335,7 @@ async fn a_stop_counts_only_the_reports_the_hub_acknowledged() {
     }
     link.until(Duration::from_secs(10), "3 reports at the broker", |_| seen.lock().unwrap().publishes.len() == 3).await;
     let _ = link.stop.send(true);
-    let at_stop = (&mut link.task).await.unwrap();
+    let at_stop = (&mut link.task).await.unwrap().reported;
     link.pump(Duration::from_millis(50)).await;
     let mut done: Vec<u64> = link.reported.iter().chain(&at_stop).copied().collect();
     done.sort_unstable();
@@ -288,4 +345,204 @@ async fn a_stop_counts_only_the_reports_the_hub_acknowledged() {
         sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(seen.lock().unwrap().disconnects, 1, "the stop still ends with DISCONNECT");
+}
+
+#[tokio::test]
+async fn a_report_never_acknowledged_on_a_live_connection_does_not_stall_acks() {
+    // Connection 1 stays open but r1's PUBACK never comes: when rumqttc's
+    // packet ids come round to r1's (the 101st publish) it parks that
+    // publish and takes no more requests. A C2D message comes after the
+    // 100th report; it must still be acknowledged within seconds (on a
+    // new connection: the link ends the stalled one itself).
+    let script = Script {
+        ack: |conn, payload| if conn == 1 && payload == "r1" { None } else { Some(Duration::ZERO) },
+        close_after: None,
+        then: |conn, n| match (conn, n) {
+            (1, 100) => vec![Step::C2d {
+                topic: "gw/boiler/c2d",
+                payload: r#"{"id": "c1"}"#,
+                pkid: C2D_PKID,
+                after: Duration::from_millis(200),
+            }],
+            (c, 0) if c >= 2 => vec![c2d()],
+            _ => Vec::new(),
+        },
+    };
+    let (port, seen) = broker(script).await;
+    let mut link = Link::start(port);
+    for seq in 1..=110 {
+        link.commands.send(report(seq)).unwrap();
+    }
+    link.until(Duration::from_secs(10), "100 reports at the broker", |_| seen.lock().unwrap().publishes.len() >= 100)
+        .await;
+    link.until(Duration::from_secs(6), "the C2D message acknowledged", |_| {
+        seen.lock().unwrap().client_acks.iter().any(|&(_, p)| p == C2D_PKID)
+    })
+    .await;
+    let want: Vec<u64> = (1..=110).collect();
+    link.until(Duration::from_secs(10), "every report acknowledged", |l| {
+        let mut got = l.reported.clone();
+        got.sort_unstable();
+        got.dedup();
+        got == want
+    })
+    .await;
+    assert_eq!(
+        seen.lock().unwrap().disconnects,
+        0,
+        "the broker never closed a connection, nor did the link say DISCONNECT"
+    );
+    assert!(seen.lock().unwrap().connections >= 2);
+    let _ = link.stop.send(true);
+    let _ = (&mut link.task).await.unwrap();
+}
+
+#[tokio::test]
+async fn reconnect_ends_the_connection_and_only_written_acks_count_as_sent() {
+    // Every connection gets the C2D message after its SUBACK. The first is
+    // acknowledged only after a Reconnect: that ack belongs to the ended
+    // connection and must neither go out nor be reported as sent; the
+    // redelivery's ack on connection 2 goes out and is reported.
+    let script = Script {
+        ack: |_, _| Some(Duration::ZERO),
+        close_after: None,
+        then: |_, n| if n == 0 { vec![c2d()] } else { Vec::new() },
+    };
+    let (port, seen) = broker(script).await;
+    let mut link = Link::start(port);
+    link.auto_ack = false;
+    link.until(Duration::from_secs(5), "the C2D message on connection 1", |l| l.messages.contains(&(1, C2D_PKID)))
+        .await;
+    link.commands.send(HubCommand::Reconnect).unwrap();
+    link.commands.send(HubCommand::Ack { generation: 1, pkid: C2D_PKID, seq: 1 }).unwrap();
+    link.until(Duration::from_secs(5), "the redelivery on connection 2", |l| l.messages.contains(&(2, C2D_PKID))).await;
+    assert_eq!(seen.lock().unwrap().connections, 2);
+    link.commands.send(HubCommand::Ack { generation: 2, pkid: C2D_PKID, seq: 2 }).unwrap();
+    link.until(Duration::from_secs(5), "the ack on connection 2 reported as sent", |l| l.acked.contains(&2)).await;
+    link.pump(Duration::from_millis(200)).await;
+    assert_eq!(link.acked, [2], "the ack of the ended connection never went out");
+    assert_eq!(seen.lock().unwrap().client_acks, [(2, C2D_PKID)]);
+    let _ = link.stop.send(true);
+    let _ = (&mut link.task).await.unwrap();
+}
+
+/// A Modbus TCP device that takes requests and never answers; says when
+/// the first request came.
+async fn silent_device() -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let a = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    a.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (port, asked)
+}
+
+/// The whole daemon against the scripted broker on `port`; device
+/// `boiler` behind a Modbus TCP bus on `modbus`, no device `ghost` (its
+/// messages are rejected at once).
+fn gateway(
+    port: u16,
+    modbus: u16,
+    state: &std::path::Path,
+    max_messages: usize,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<Result<(), crate::daemon::DaemonError>>) {
+    let text = format!(
+        r#"
+[gateway]
+state_dir = "{state}"
+max_messages = {max_messages}
+[hub]
+kind = "mqtt"
+url = "mqtt://127.0.0.1:{port}"
+client_id = "gw"
+subscribe = "gw/+/c2d"
+report_topic = "gw/{{device}}/result"
+[buses.plc]
+kind = "modbus-tcp"
+address = "127.0.0.1:{modbus}"
+timeout = "1500ms"
+[devices.boiler]
+bus = "plc"
+unit = 1
+points.mode = {{ table = "holding", address = 10, type = "u16" }}
+"#,
+        state = state.display()
+    );
+    crate::daemon::init_logging(None);
+    let cfg = Config::parse(&text, "test.toml").unwrap_or_else(|d| panic!("{d}"));
+    let (stop, rx) = watch::channel(false);
+    (stop, tokio::spawn(crate::daemon::run(cfg, None, Some(rx))))
+}
+
+fn reports_of(seen: &Shared, id: &str) -> usize {
+    let needle = format!("\"message_id\":\"{id}\"");
+    seen.lock().unwrap().publishes.iter().filter(|(_, p)| p.contains(&needle)).count()
+}
+
+#[tokio::test]
+async fn reports_acknowledged_while_the_gateway_stops_are_not_sent_again_after_a_restart() {
+    // c1 (no such device: rejected at once) is reported, and the hub's
+    // PUBACK comes 800 ms later; m2 is on the wire to a device that never
+    // answers (1.5 s timeout), so the stop waits for it while c1's PUBACK
+    // arrives. After a restart c1's report must not be sent again.
+    let script = Script {
+        ack: |_, payload| {
+            if payload.contains("\"c1\"") {
+                Some(Duration::from_millis(800))
+            } else {
+                Some(Duration::ZERO)
+            }
+        },
+        close_after: None,
+        then: |conn, n| match (conn, n) {
+            (1, 0) => vec![
+                Step::C2d { topic: "gw/ghost/c2d", payload: r#"{"id": "c1"}"#, pkid: 7, after: Duration::ZERO },
+                Step::C2d {
+                    topic: "gw/boiler/c2d",
+                    payload: r#"{"id": "m2", "point": "mode", "value": 3}"#,
+                    pkid: 8,
+                    after: Duration::ZERO,
+                },
+            ],
+            _ => Vec::new(),
+        },
+    };
+    let (port, seen) = broker(script).await;
+    let (modbus, asked) = silent_device().await;
+    let state = tempfile::tempdir().unwrap();
+    let (stop, task) = gateway(port, modbus, state.path(), 1000);
+    let end = Instant::now() + Duration::from_secs(10);
+    while reports_of(&seen, "c1") == 0 || !asked.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(Instant::now() < end, "c1 reported and m2 on the wire: {:?}", seen.lock().unwrap());
+        sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops").unwrap().unwrap();
+    assert!(
+        seen.lock().unwrap().acked.iter().any(|p| p.contains("\"c1\"")),
+        "the scenario needs the hub to acknowledge c1's report during the stop"
+    );
+    let (stop, task) = gateway(port, modbus, state.path(), 1000);
+    sleep(Duration::from_millis(1500)).await;
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops").unwrap().unwrap();
+    assert_eq!(
+        reports_of(&seen, "c1"),
+        1,
+        "c1's report, acknowledged during the stop, was sent again after the restart: {:?}",
+        seen.lock().unwrap().publishes
+    );
 }

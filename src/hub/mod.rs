@@ -35,17 +35,29 @@ pub enum HubEvent {
     Reported {
         seq: u64,
     },
+    /// The PUBACK of the C2D message journaled as `seq` went out (rumqttc
+    /// wrote it on the connection its PUBLISH came from). Only now may the
+    /// journal count it as acknowledged (`Journal::acked`).
+    Acked {
+        seq: u64,
+    },
 }
 
 /// What the pipeline asks of the link.
 #[derive(Debug)]
 pub enum HubCommand {
-    /// PUBACK packet `pkid` of connection `generation` (dropped if stale).
-    Ack { generation: u64, pkid: u16 },
+    /// PUBACK packet `pkid` of connection `generation` (dropped if stale),
+    /// the message journaled as `seq` (a synthetic value for a message never
+    /// journaled). Once written it comes back as [`HubEvent::Acked`].
+    Ack { generation: u64, pkid: u16, seq: u64 },
     /// Publish QoS 1 (result reports, telemetry). `report`: the journal
     /// entry this is the result report of; its PUBACK comes back as
     /// [`HubEvent::Reported`].
     Publish { topic: String, payload: Vec<u8>, report: Option<u64> },
+    /// End the current connection and connect again with the usual
+    /// back-off: the hub redelivers what was not acknowledged, and nothing
+    /// after this command is acknowledged on the connection it ended.
+    Reconnect,
 }
 
 #[derive(Debug, thiserror::Error)]

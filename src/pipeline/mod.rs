@@ -172,7 +172,9 @@ impl Pipeline {
 
     /// Runs until `shutdown` turns true. Then stops taking messages, lets the
     /// buses finish the request on the wire, records those outcomes, flushes
-    /// and sends the acks that became possible.
+    /// and sends the acks that became possible. Returns the hub's events
+    /// receiver: what is still in it (reports acknowledged, PUBACKs written
+    /// while stopping) is the daemon's to record.
     pub async fn run(
         mut self,
         mut hub_events: mpsc::Receiver<HubEvent>,
@@ -180,7 +182,7 @@ impl Pipeline {
         mut readings: mpsc::UnboundedReceiver<Reading>,
         mut reloads: mpsc::UnboundedReceiver<Config>,
         mut shutdown: watch::Receiver<bool>,
-    ) {
+    ) -> mpsc::Receiver<HubEvent> {
         let mut housekeeping = Instant::now() + Duration::from_secs(1);
         let mut prune_at = Instant::now() + Duration::from_secs(60);
         loop {
@@ -224,6 +226,7 @@ impl Pipeline {
         if let Err(e) = self.journal.flush().await {
             tracing::error!(error = %e, "final journal flush failed");
         }
+        hub_events
     }
 
     async fn on_hub_event(&mut self, ev: HubEvent, more: &mut mpsc::Receiver<HubEvent>) {
@@ -239,6 +242,11 @@ impl Pipeline {
             HubEvent::Reported { seq } => {
                 let actions = self.core.report_acked(seq);
                 self.act(actions).await;
+            }
+            HubEvent::Acked { seq } => {
+                if let Err(err) = self.journal.acked(seq) {
+                    tracing::debug!(seq, error = %err, "cannot mark a PUBACK as sent");
+                }
             }
             HubEvent::Message { generation, pkid, inbound } => {
                 let mut batch = vec![Arrival { generation, pkid, inbound }];
@@ -313,8 +321,8 @@ impl Pipeline {
                 }
                 Action::Dispatch(seq) => self.dispatch(seq),
                 Action::Ack { generation, pkid, seq } => {
-                    let _ = self.hub.send(HubCommand::Ack { generation, pkid });
-                    let _ = self.journal.acked(seq);
+                    // Counted as sent (`journal.acked`) on `HubEvent::Acked`.
+                    let _ = self.hub.send(HubCommand::Ack { generation, pkid, seq });
                     Vec::new()
                 }
                 Action::Report(seq) => {

@@ -125,6 +125,9 @@ pub enum Action {
     /// PUBACK this packet of this connection (it carried entry `seq`: the
     /// journal notes that the hub will not deliver it again).
     Ack { generation: u64, pkid: u16, seq: u64 },
+    /// End the hub connection and make a new one (messages were dropped
+    /// unacknowledged: the hub delivers them again on the new one).
+    Reconnect,
     /// Publish the result report of this entry.
     Report(u64),
     /// Publish this report of a message that was never journaled.
@@ -164,6 +167,8 @@ pub struct Core {
     /// dispatched: [`Core::recover`] dispatches everything unfinished once
     /// they run again, and a message dispatched twice would run twice.
     buses_running: bool,
+    /// The connection whose messages are being dropped (see `on_received`).
+    dropping: Option<u64>,
 }
 
 impl Core {
@@ -181,6 +186,7 @@ impl Core {
             refused_out: HashSet::new(),
             refused_seq: u64::MAX,
             buses_running: false,
+            dropping: None,
         }
     }
 
@@ -216,6 +222,7 @@ impl Core {
         // Packet ids of older connections may now name other messages: the
         // hub redelivers those messages, and the journal recognises them.
         self.acks.reconnected(generation);
+        self.dropping = None;
         self.held.retain(|a| a.pkid == 0 || a.generation == generation);
     }
 
@@ -225,23 +232,36 @@ impl Core {
 
     /// PUBLISHes arrived. `room`: the state directory's disk has room.
     pub fn on_received(&mut self, batch: Vec<Arrival>, room: bool) -> Vec<Action> {
-        self.held.extend(batch);
+        let mut out = Vec::new();
         let max = self.settings.max_held();
-        if self.held.len() > max {
-            // Neither journaled nor acknowledged: the hub delivers them again.
-            let excess = self.held.len() - max;
-            self.held.drain(..excess);
+        for a in batch {
+            if a.pkid != 0 && self.dropping == Some(a.generation) {
+                continue;
+            }
+            if self.held.len() >= max {
+                // Neither journaled nor acknowledged: nothing newer on this
+                // connection may be acknowledged before it (PUBACKs go in
+                // arrival order), so the rest of the connection is dropped
+                // too and a new one asked for: the hub delivers them all
+                // again, in order.
+                if a.pkid != 0 {
+                    self.dropping = Some(a.generation);
+                    out.push(Action::Reconnect);
+                }
+                continue;
+            }
+            self.held.push(a);
         }
         if self.held.is_empty() || !room {
-            return Vec::new();
+            return out;
         }
         let generation = self.generation;
         let take: Vec<Arrival> =
             std::mem::take(&mut self.held).into_iter().filter(|a| a.pkid == 0 || a.generation == generation).collect();
-        if take.is_empty() {
-            return Vec::new();
+        if !take.is_empty() {
+            out.push(Action::Admit(take));
         }
-        vec![Action::Admit(take)]
+        out
     }
 
     /// What the journal made of the arrivals of an [`Action::Admit`], in order.

@@ -131,14 +131,17 @@ fn slow_messages_are_handed_over_in_order_after_a_flush() {
 #[test]
 fn messages_held_on_a_full_disk_are_bounded_and_taken_when_there_is_room() {
     let mut c = core();
+    let max = 10 * 2 + BATCH;
     let many: Vec<Arrival> = (1..=2000).map(arrival).collect();
-    assert_eq!(c.on_received(many, false), vec![]);
-    let (_, held, _) = c.footprint();
-    assert_eq!(held, 10 * 2 + BATCH);
-    match &c.tick(Instant::now(), true)[..] {
-        [Action::Admit(batch)] => assert_eq!(batch.len(), held),
-        other => panic!("expected one admit, got {other:?}"),
-    }
+    // Beyond the bound the rest of the connection is dropped and a new
+    // connection asked for: acking the held ones, older, stays in order.
+    assert_eq!(c.on_received(many, false), vec![Action::Reconnect]);
+    assert_eq!(c.footprint().1, max);
+    assert_eq!(c.on_received(vec![arrival(2001)], true).len(), 1, "dropped too, the held ones admitted");
+    assert_eq!(c.footprint().1, 0);
+    c.on_connected(2);
+    let fresh = Arrival { generation: 2, ..arrival(1) };
+    assert_eq!(c.on_received(vec![fresh.clone()], true), vec![Action::Admit(vec![fresh])]);
 }
 
 #[test]

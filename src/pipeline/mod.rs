@@ -325,6 +325,11 @@ impl Pipeline {
                     let _ = self.hub.send(HubCommand::Ack { generation, pkid, seq });
                     Vec::new()
                 }
+                Action::Reconnect => {
+                    tracing::warn!("messages received while the disk is full could not all be held: reconnecting so the hub delivers them again, in order");
+                    let _ = self.hub.send(HubCommand::Reconnect);
+                    Vec::new()
+                }
                 Action::Report(seq) => {
                     match self.journal.get(seq) {
                         Ok(e) => self.send_report(&e, Some(seq)),

@@ -230,6 +230,11 @@ impl World {
                     self.hub.reports_unacked.push_back(seq);
                     vec![]
                 }
+                Action::Reconnect => {
+                    self.disconnect();
+                    self.connect();
+                    vec![]
+                }
                 Action::ReportRefused(e) => {
                     self.hub.reports_unacked.push_back(e.seq);
                     vec![]

@@ -315,29 +315,15 @@ impl Journal {
                 }
                 let seq = self.inner.db.generate_id()?;
                 let entry = Entry {
-                    seq,
-                    id: id.clone(),
-                    id_generated: false,
                     device,
                     correlation_id: inbound.correlation_id,
                     expires_at: inbound.expires_at,
-                    received_at: now_ms,
-                    state: State::Rejected,
-                    attempts: 0,
                     detail: format!("message id {id} was already used for a different command"),
                     completed_at: Some(now_ms),
-                    handed_over: false,
-                    reported: false,
-                    resent_after_crash: false,
-                    resent: false,
-                    unconfirmed: false,
-                    reject: None,
-                    body_len: 0,
-                    steps: Vec::new(),
                     fingerprint: Some(fp),
                     conflict: true,
-                    acked: false,
                     final_uptime: Some(self.uptime()),
+                    ..Entry::new(seq, id.clone(), now_ms, State::Rejected)
                 };
                 self.put(&entry)?;
                 idx.conflicts.insert((key, fp), seq);
@@ -358,29 +344,14 @@ impl Journal {
             None => (format!("gw-{seq:016x}-{:08x}", fastrand::u32(..)), true),
         };
         let mut entry = Entry {
-            seq,
-            id,
             id_generated,
             device,
             correlation_id: inbound.correlation_id,
             expires_at: inbound.expires_at,
-            received_at: now_ms,
-            state: State::Queued,
-            attempts: 0,
-            detail: String::new(),
-            completed_at: None,
-            handed_over: false,
-            reported: false,
-            resent_after_crash: false,
-            resent: false,
-            unconfirmed: false,
             reject: inbound.reject,
             body_len,
-            steps: Vec::new(),
             fingerprint: Some(fp),
-            conflict: false,
-            acked: false,
-            final_uptime: None,
+            ..Entry::new(seq, id, now_ms, State::Queued)
         };
         if let Some(why) = &entry.reject {
             entry.state = State::Rejected;

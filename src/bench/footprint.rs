@@ -138,7 +138,7 @@ pub async fn run(plan: &Plan) -> Result<Footprint, String> {
         .await?;
     let restart = Restart {
         queued: n,
-        stop_ms: stop.as_secs_f64() * 1000.0,
+        stop_ms: stop.took.as_secs_f64() * 1000.0,
         ready_ms: (ready - gw.spawned).as_secs_f64() * 1000.0,
         hub_connected_ms: (subscribed - gw.spawned).as_secs_f64() * 1000.0,
         status: status.trim_start_matches("STATUS=").to_string(),

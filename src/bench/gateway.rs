@@ -20,7 +20,17 @@ pub struct GatewayProc {
     pub spawned: Instant,
     notes: Notes,
     log: Arc<Mutex<VecDeque<String>>>,
+    /// The thread reading stderr (ends with the process).
+    log_reader: Option<std::thread::JoinHandle<()>>,
     notify_task: JoinHandle<()>,
+}
+
+/// How a gateway stopped.
+pub struct Stopped {
+    /// SIGTERM → exit.
+    pub took: Duration,
+    /// Journal flushes over the process's life (its last log line says).
+    pub journal_flushes: Option<u64>,
 }
 
 impl Drop for GatewayProc {
@@ -68,9 +78,10 @@ impl GatewayProc {
             })?;
         // Drain stderr like journald would, keeping the last lines for errors.
         let log: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let mut log_reader = None;
         if let Some(err) = child.stderr.take() {
             let l = log.clone();
-            std::thread::spawn(move || {
+            log_reader = Some(std::thread::spawn(move || {
                 for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
                     let mut q = l.lock().unwrap_or_else(|p| p.into_inner());
                     if q.len() >= 40 {
@@ -78,10 +89,10 @@ impl GatewayProc {
                     }
                     q.push_back(line);
                 }
-            });
+            }));
         }
         let pid = child.id();
-        Ok(GatewayProc { child, pid, spawned, notes, log, notify_task })
+        Ok(GatewayProc { child, pid, spawned, notes, log, log_reader, notify_task })
     }
 
     /// The last lines the gateway wrote to stderr.
@@ -136,8 +147,9 @@ impl GatewayProc {
     }
 
     /// SIGTERM (the shell's kill), then waits up to `timeout` for the exit;
-    /// SIGKILL after that. Returns how long the stop took.
-    pub async fn stop(mut self, timeout: Duration) -> Result<Duration, String> {
+    /// SIGKILL after that. Says how long the stop took and what the
+    /// gateway's last log line told.
+    pub async fn stop(mut self, timeout: Duration) -> Result<Stopped, String> {
         let t0 = Instant::now();
         let term = Command::new("sh").args(["-c", &format!("kill -TERM {}", self.pid)]).status();
         if !term.is_ok_and(|s| s.success()) {
@@ -145,7 +157,17 @@ impl GatewayProc {
         }
         loop {
             match self.child.try_wait() {
-                Ok(Some(st)) if st.success() => return Ok(t0.elapsed()),
+                Ok(Some(st)) if st.success() => {
+                    let took = t0.elapsed();
+                    if let Some(r) = self.log_reader.take() {
+                        let _ = tokio::task::spawn_blocking(move || r.join()).await;
+                    }
+                    let flushes = self.log.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().find_map(|l| {
+                        let (_, rest) = l.split_once("journal_flushes=")?;
+                        rest.split_whitespace().next()?.parse().ok()
+                    });
+                    return Ok(Stopped { took, journal_flushes: flushes });
+                }
                 Ok(Some(st)) => return Err(format!("the gateway stopped with {st}; log:\n{}", self.log_tail())),
                 Ok(None) if t0.elapsed() > timeout => {
                     return Err(format!("the gateway did not stop within {timeout:?} after SIGTERM"));

@@ -6,6 +6,7 @@
 //! writes JSON (`--json PATH`). Every process and directory it makes is
 //! removed when it ends, on errors and on Ctrl-C too.
 
+mod ceiling;
 mod footprint;
 mod gateway;
 mod latency;
@@ -35,6 +36,9 @@ pub struct Args {
     /// The simulated RTU device's reply time (between request and reply).
     #[arg(long, default_value = "1ms", value_parser = crate::cli::duration)]
     pub rtu_reply_time: Duration,
+    /// The slow-ish device's own time per request (the ceiling phase).
+    #[arg(long, default_value = "300us", value_parser = crate::cli::duration)]
+    pub device_service_time: Duration,
     /// Also count system calls per message with strace (a separate, untimed pass).
     #[arg(long)]
     pub strace: bool,
@@ -51,6 +55,8 @@ pub enum Phase {
     Throughput,
     /// RTU bus utilisation at 9600 and 115200 baud.
     Rtu,
+    /// One slow-ish device: its ceiling from a tight loop, and the gateway through it.
+    Ceiling,
 }
 
 /// What the phases run with.
@@ -62,6 +68,7 @@ pub struct Plan {
     pub fixed_rate: f64,
     pub rtu_secs: f64,
     pub rtu_reply_time: Duration,
+    pub service_time: Duration,
     pub idle_secs: f64,
     pub queued: u64,
     pub strace: bool,
@@ -83,6 +90,7 @@ impl Plan {
             fixed_rate: 200.0,
             rtu_secs: if q { 1.5 } else { 10.0 },
             rtu_reply_time: a.rtu_reply_time,
+            service_time: a.device_service_time,
             idle_secs: if q { 3.0 } else { 60.0 },
             queued: if q { 1_000 } else { 10_000 },
             strace: a.strace,
@@ -120,6 +128,7 @@ async fn bench(a: Args) -> Result<(), String> {
     set(&mut r, "fixed_rate_seconds", plan.fixed_secs.into());
     set(&mut r, "rtu_seconds", plan.rtu_secs.into());
     set(&mut r, "rtu_reply_time_ms", (plan.rtu_reply_time.as_secs_f64() * 1000.0).into());
+    set(&mut r, "device_service_time_ms", (plan.service_time.as_secs_f64() * 1000.0).into());
     set(&mut r, "idle_cpu_seconds", plan.idle_secs.into());
     set(&mut r, "queued_messages", plan.queued.into());
     set(&mut r, "hub_queue_limit", crate::emulator::state::QUEUE_LIMIT.into());
@@ -153,6 +162,21 @@ async fn bench(a: Args) -> Result<(), String> {
                 r.throughput.push(o.run);
             }
             Err(e) => r.errors.push(format!("throughput with {n} device(s): {e}")),
+        }
+    }
+    if runs(Phase::Ceiling) {
+        eprintln!("bench: one slow-ish device ({:?} a request): its ceiling, then the gateway", plan.service_time);
+        match ceiling::run(&plan).await {
+            Ok(c) => {
+                if c.delivered != c.messages || c.device_writes != c.messages {
+                    r.errors.push(format!(
+                        "slow-ish device: {} messages, {} delivered, {} device writes (each should run exactly once)",
+                        c.messages, c.delivered, c.device_writes
+                    ));
+                }
+                r.ceiling = Some(c);
+            }
+            Err(e) => r.errors.push(format!("slow-ish device: {e}")),
         }
     }
     for baud in [9600, 115_200].into_iter().filter(|_| runs(Phase::Rtu)) {

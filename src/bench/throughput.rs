@@ -32,6 +32,11 @@ pub struct Run {
     pub write_bytes_per_msg: f64,
     pub wchar_per_msg: f64,
     pub write_syscalls_per_msg: f64,
+    /// The gateway's user + system CPU over the saturation run, per message.
+    pub cpu_us_per_msg: f64,
+    /// Journal flushes (each a sled flush and an fdatasync) per message,
+    /// over the gateway's whole run (warm-up and any fixed-rate run too).
+    pub journal_flushes_per_msg: Option<f64>,
     pub latency: Latency,
 }
 
@@ -69,6 +74,7 @@ pub async fn run(plan: &Plan, n: usize, fixed_rate: Option<f64>) -> Result<Outco
 
     let writes_before: usize = devs.iter().map(|d| d.writes().len()).sum();
     let io0 = gw.io().ok_or("cannot read /proc/PID/io of the gateway")?;
+    let cpu0 = gw.cpu_ticks().ok_or("cannot read /proc/PID/stat of the gateway")?;
     let base = hub.events();
     latency::start(&hub, &devs);
     let t0 = Instant::now();
@@ -76,6 +82,7 @@ pub async fn run(plan: &Plan, n: usize, fixed_rate: Option<f64>) -> Result<Outco
     let t1 = hub.drain(&mut gw, base, sent, Duration::from_secs(120)).await?;
     let lat = latency::finish(&hub, &devs)?;
     let io = gw.io().ok_or("cannot read /proc/PID/io of the gateway")?.since(&io0);
+    let cpu = gw.cpu_ticks().ok_or("cannot read /proc/PID/stat of the gateway")? - cpu0;
     let seconds = (t1 - t0).as_secs_f64();
     let writes: usize = devs.iter().map(|d| d.writes().len()).sum();
     let per = |x: u64| x as f64 / sent.max(1) as f64;
@@ -91,12 +98,26 @@ pub async fn run(plan: &Plan, n: usize, fixed_rate: Option<f64>) -> Result<Outco
         write_bytes_per_msg: per(io.write_bytes),
         wchar_per_msg: per(io.wchar),
         write_syscalls_per_msg: per(io.syscw),
+        cpu_us_per_msg: cpu_us(cpu, sent),
+        journal_flushes_per_msg: None,
         latency: lat,
     };
     let syscalls = if plan.strace { Some(strace_pass(plan, &mut hub, &mut gw, n).await?) } else { None };
-    gw.stop(Duration::from_secs(30)).await?;
+    let stopped = gw.stop(Duration::from_secs(30)).await?;
+    let all_writes: usize = devs.iter().map(|d| d.writes().len()).sum();
+    let run = Run { journal_flushes_per_msg: flushes_per(stopped.journal_flushes, all_writes as u64), ..run };
     drop(sims);
     Ok(Outcome { run, fixed, syscalls })
+}
+
+/// CPU clock ticks spent over `messages`, in microseconds each.
+pub fn cpu_us(ticks: u64, messages: u64) -> f64 {
+    ticks as f64 * 1e6 / super::gateway::clk_tck() as f64 / messages.max(1) as f64
+}
+
+/// Flushes per message, when the gateway said how many it made.
+pub fn flushes_per(flushes: Option<u64>, messages: u64) -> Option<f64> {
+    flushes.map(|f| f as f64 / messages.max(1) as f64)
 }
 
 /// A second, short saturation pass under `strace -c -f`: system calls per

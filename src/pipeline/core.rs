@@ -22,7 +22,7 @@ use crate::completion::AckQueue;
 use crate::config::{Complete, Reports};
 use crate::message::{Entry, Inbound, Outcome, State};
 use crate::report;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -97,11 +97,28 @@ pub struct Finished {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unfinished {
     pub seq: u64,
-    /// It was on the wire when the gateway stopped.
+    /// It was (or, after a crash, may have been) on the wire when the
+    /// gateway stopped.
     pub sending: bool,
     /// Its device takes a command twice without harm (config).
     pub idempotent: bool,
     pub device: String,
+}
+
+/// After a crash: the first `ahead` unfinished messages (in arrival order)
+/// of each idempotent device not already marked `sending` count as
+/// possibly on the wire too, since requests to such a device go out before
+/// their `sending` marks are durable, at most `ahead` of them (see
+/// `bus/commit.rs`), and each device takes its messages in arrival order:
+/// those requests went to the message whose mark was durable last (if its
+/// outcome was lost) and the ones after it.
+pub fn possibly_sent(unfinished: &mut [Unfinished], ahead: u64) {
+    let mut seen: HashMap<&str, u64> = HashMap::new();
+    for u in unfinished.iter_mut().filter(|u| u.idempotent && !u.sending) {
+        let n = seen.entry(u.device.as_str()).or_default();
+        *n += 1;
+        u.sending |= *n <= ahead;
+    }
 }
 
 /// What the task is asked to do, in this order. The task carries out every

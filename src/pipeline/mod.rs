@@ -61,11 +61,14 @@ pub struct Pipeline {
     status: watch::Sender<Status>,
     space: crate::journal::space::Space,
     core: Core,
+    /// The journal was opened after a crash and not yet recovered.
+    after_crash: bool,
 }
 
 impl Pipeline {
     pub fn new(cfg: Arc<Config>, parts: Parts) -> Self {
         Pipeline {
+            after_crash: !parts.journal.opened_clean(),
             journal: parts.journal,
             dialect: parts.dialect,
             hub: parts.hub,
@@ -143,9 +146,12 @@ impl Pipeline {
     /// Resumes what the journal holds: messages interrupted mid-send are
     /// sent again (idempotent devices) or end `uncertain`; every unfinished
     /// message is dispatched in arrival order, and reports the hub has not
-    /// acknowledged are sent (unless one is on its way already).
+    /// acknowledged are sent (unless one is on its way already). After a
+    /// crash, an idempotent device's first unfinished messages count as
+    /// interrupted mid-send too: its requests go out before their `sending`
+    /// marks are durable (at most `MAX_AHEAD` of them; see `bus/commit.rs`).
     pub async fn recover(&mut self) -> Result<(), crate::journal::JournalError> {
-        let unfinished: Vec<Unfinished> = self
+        let mut unfinished: Vec<Unfinished> = self
             .journal
             .unfinished()?
             .into_iter()
@@ -159,6 +165,9 @@ impl Pipeline {
                 }
             })
             .collect();
+        if std::mem::take(&mut self.after_crash) {
+            core::possibly_sent(&mut unfinished, crate::bus::MAX_AHEAD);
+        }
         let unreported = self.journal.unreported()?.into_iter().map(|e| (e.seq, e.state)).collect();
         let resumed = unfinished.len();
         let actions = self.core.recover(unfinished, unreported);
@@ -263,7 +272,7 @@ impl Pipeline {
                         Err(_) => break,
                     }
                 }
-                let room = self.space.check();
+                let room = self.space.check_recent();
                 let actions = self.core.on_received(batch, room);
                 self.act(actions).await;
                 self.publish_status();

@@ -17,13 +17,15 @@
 //! about a key.
 
 pub mod clock;
+mod codec;
 mod files;
 mod seal;
 pub mod space;
+mod unsettled;
 
 use crate::message::{Entry, Inbound, Outcome, State};
 use clock::Clock;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,7 +36,7 @@ pub enum JournalError {
     #[error("journal storage error: {0}")]
     Storage(#[from] sled::Error),
     #[error("journal entry {0} is unreadable: {1}")]
-    Decode(u64, serde_json::Error),
+    Decode(u64, codec::DecodeError),
     #[error("journal has no message with sequence {0}")]
     Missing(u64),
     #[error("journal store is unusable: {0}")]
@@ -109,8 +111,8 @@ struct Inner {
     durable: tokio::sync::Mutex<u64>,
     /// Flushes that reached sled (for tests and figures).
     flushes: AtomicU64,
-    /// `sending` marks per device: written, and covered by a finished flush.
-    marks: Mutex<HashMap<String, (u64, u64)>>,
+    /// Messages sent to idempotent devices whose outcome is not durable.
+    unsettled: Mutex<unsettled::Unsettled>,
     dir: PathBuf,
     /// sled's data file, for fdatasync after each flush.
     db_file: Arc<std::fs::File>,
@@ -147,9 +149,9 @@ struct Index {
     /// PUBACK sent in this run, not yet in the stored entry (written with
     /// the entry's next change, or at the clean stop).
     acked: HashSet<u64>,
-    /// Unfinished entries: uptime at receipt (earlier runs: estimated from
-    /// the wall clock at the open, so it may be before zero).
-    arrived: HashMap<u64, i64>,
+    /// Unfinished entries, oldest first: uptime at receipt (earlier runs:
+    /// estimated from the wall clock at the open, so it may be before zero).
+    arrived: BTreeMap<u64, i64>,
 }
 
 impl Index {
@@ -223,6 +225,11 @@ fn remove_body(bodies: &sled::Tree, seq: u64) -> sled::Result<bool> {
         bodies.apply_batch(batch)?;
     }
     Ok(any)
+}
+
+/// The entry stored under key `k` (its inline body left aside).
+fn decode_at(k: &[u8], v: &[u8]) -> Result<Entry, JournalError> {
+    codec::decode(v).map(|(e, _)| e).map_err(|err| JournalError::Decode(seq_of(k), err))
 }
 
 fn seq_of(k: &[u8]) -> u64 {
@@ -329,7 +336,7 @@ impl Journal {
                     final_uptime: Some(self.uptime()),
                     ..Entry::new(seq, id.clone(), now_ms, State::Rejected)
                 };
-                self.put(&entry)?;
+                self.put(&entry, None)?;
                 idx.conflicts.insert((key, fp), seq);
                 idx.entries += 1;
                 return Ok(Admitted::Conflict(entry));
@@ -357,19 +364,24 @@ impl Journal {
             fingerprint: Some(fp),
             ..Entry::new(seq, id, now_ms, State::Queued)
         };
+        let mut inline = None;
         if let Some(why) = &entry.reject {
             entry.state = State::Rejected;
             entry.detail = why.clone();
             entry.completed_at = Some(now_ms);
             entry.final_uptime = Some(self.uptime());
         } else {
-            let r = self.put_body(seq, inbound.body);
-            self.check(r)?;
+            if inbound.body.len() <= codec::INLINE_BODY {
+                inline = Some(inbound.body);
+            } else {
+                let r = self.put_body(seq, inbound.body);
+                self.check(r)?;
+            }
             idx.body_bytes += body_len;
             idx.unfinished += 1;
             idx.arrived.insert(seq, self.uptime() as i64);
         }
-        self.put(&entry)?;
+        self.put(&entry, inline.as_deref())?;
         idx.by_key.insert(key_of(&entry), seq);
         idx.entries += 1;
         Ok(Admitted::New(entry))
@@ -435,7 +447,7 @@ impl Journal {
         if e.state.is_final() && e.reported {
             e.acked = true;
             idx.acked.remove(&seq);
-            self.put(&e)
+            self.put(&e, None)
         } else {
             idx.acked.insert(seq);
             Ok(())
@@ -464,7 +476,7 @@ impl Journal {
                     break;
                 }
                 let (k, v) = kv?;
-                let e: Entry = serde_json::from_slice(&v).map_err(|err| JournalError::Decode(seq_of(&k), err))?;
+                let e = decode_at(&k, &v)?;
                 // Entries of older versions (no fingerprint) never had the mark:
                 // evicted as they were, or an upgrade at the bound would refuse
                 // every new message for a whole dedupe window.
@@ -503,7 +515,6 @@ impl Journal {
             return Ok(());
         }
         let upto = self.inner.written.load(Ordering::Acquire);
-        let marks: Vec<(String, u64)> = self.marks().iter().map(|(d, (w, _))| (d.clone(), *w)).collect();
         // One blocking call for both (sled's `flush_async` would hand the
         // flush to sled's thread pool first, whose every job wakes all its
         // idle threads). sled's flush ends with sync_file_range, which
@@ -521,12 +532,7 @@ impl Journal {
         self.inner.flushes.fetch_add(1, Ordering::Relaxed);
         *durable = upto;
         {
-            let mut m = self.marks();
-            for (d, w) in marks {
-                if let Some(e) = m.get_mut(&d) {
-                    e.1 = e.1.max(w);
-                }
-            }
+            self.unsettled().flushed(upto);
         }
         let mark = self.inner.watermark.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mark) = mark {
@@ -545,9 +551,9 @@ impl Journal {
             // PUBACK marks still only in memory go into their entries.
             let mut idx = self.lock();
             for seq in std::mem::take(&mut idx.acked) {
-                if let Ok(mut e) = self.get_locked(seq) {
+                if let Ok((mut e, body)) = self.get_raw(seq) {
                     e.acked = true;
-                    self.put(&e)?;
+                    self.put(&e, body.as_deref())?;
                 }
             }
             self.save_uptime()?;
@@ -608,12 +614,21 @@ impl Journal {
     }
 
     fn get_locked(&self, seq: u64) -> Result<Entry, JournalError> {
-        let v = self.inner.messages.get(key(seq))?.ok_or(JournalError::Missing(seq))?;
-        serde_json::from_slice(&v).map_err(|e| JournalError::Decode(seq, e))
+        self.get_raw(seq).map(|(e, _)| e)
     }
 
-    /// The body of an unfinished message (either layout: one item, or chunks).
+    /// An entry and its inline body (see `journal/codec.rs`).
+    fn get_raw(&self, seq: u64) -> Result<(Entry, Option<Vec<u8>>), JournalError> {
+        let v = self.inner.messages.get(key(seq))?.ok_or(JournalError::Missing(seq))?;
+        codec::decode(&v).map_err(|e| JournalError::Decode(seq, e))
+    }
+
+    /// The body of an unfinished message: inside its entry, or in the
+    /// bodies tree (one item, or chunks).
     pub fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, JournalError> {
+        if let (_, Some(inline)) = self.get_raw(seq)? {
+            return Ok(Some(inline));
+        }
         let mut body = Vec::new();
         let mut any = false;
         for v in self.inner.bodies.scan_prefix(key(seq)).values() {
@@ -623,8 +638,9 @@ impl Journal {
         Ok(any.then_some(body))
     }
 
-    fn put(&self, e: &Entry) -> Result<(), JournalError> {
-        let v = serde_json::to_vec(e).expect("entry serialises");
+    /// Writes an entry, with its inline body while it is unfinished.
+    fn put(&self, e: &Entry, body: Option<&[u8]>) -> Result<(), JournalError> {
+        let v = codec::encode(e, body);
         let r = self.inner.messages.insert(key(e.seq), v);
         self.wrote();
         self.check(r)?;
@@ -638,7 +654,7 @@ impl Journal {
     /// left behind by a crash after the first write goes at the next open.
     pub fn update(&self, seq: u64, f: impl FnOnce(&mut Entry)) -> Result<Entry, JournalError> {
         let mut idx = self.lock();
-        let mut e = self.get_locked(seq)?;
+        let (mut e, inline) = self.get_raw(seq)?;
         let was_final = e.state.is_final();
         f(&mut e);
         let now_final = !was_final && e.state.is_final();
@@ -647,7 +663,9 @@ impl Journal {
         }
         let acked = idx.acked.remove(&seq);
         e.acked |= acked;
-        if let Err(err) = self.put(&e) {
+        // A final entry is written without its inline body: outcome and
+        // removal in one write.
+        if let Err(err) = self.put(&e, inline.as_deref()) {
             if acked {
                 idx.acked.insert(seq);
             }
@@ -656,14 +674,21 @@ impl Journal {
         if now_final {
             idx.unfinished = idx.unfinished.saturating_sub(1);
             idx.arrived.remove(&seq);
+            if let Some(device) = &e.device {
+                self.unsettled().finished(device, seq, self.inner.written.load(Ordering::Acquire));
+            }
             #[cfg(test)]
             if self.inner.cut_update.load(Ordering::Relaxed) {
                 return Err(JournalError::Unusable("power cut (test)".into()));
             }
-            let r = remove_body(&self.inner.bodies, seq);
-            self.wrote();
-            if self.check(r)? {
+            if inline.is_some() {
                 idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
+            } else {
+                let r = remove_body(&self.inner.bodies, seq);
+                self.wrote();
+                if self.check(r)? {
+                    idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
+                }
             }
         }
         Ok(e)
@@ -672,28 +697,31 @@ impl Journal {
     /// `sending`, one more attempt (`resend`, or the entry's `unconfirmed`
     /// mark: an earlier attempt may have reached the device; the mark is
     /// cleared). Flushed before the request goes on the wire, unless the
-    /// device is idempotent (see [`Journal::marks_ahead`]).
+    /// device is idempotent (see [`Journal::sent`]).
     pub fn mark_sending(&self, seq: u64, resend: bool) -> Result<Entry, JournalError> {
-        let e = self.update(seq, |e| {
+        self.update(seq, |e| {
             e.state = State::Sending;
             e.attempts += 1;
             e.resent |= resend || e.unconfirmed;
             e.unconfirmed = false;
-        })?;
-        let device = e.device.clone().unwrap_or_default();
-        self.marks().entry(device).or_default().0 += 1;
-        Ok(e)
+        })
     }
 
-    /// `sending` marks of `device` written in this run that no finished
-    /// flush covers yet: requests that may be on the wire while a crash
-    /// would forget them.
-    pub fn marks_ahead(&self, device: &str) -> u64 {
-        self.marks().get(device).map_or(0, |(w, d)| w - d)
+    /// A request of message `seq` went to idempotent `device` before its
+    /// `sending` mark, if any, was durable: unsettled until a flush covers
+    /// the message's final outcome.
+    pub fn sent(&self, device: &str, seq: u64) {
+        self.unsettled().sent(device, seq);
     }
 
-    fn marks(&self) -> MutexGuard<'_, HashMap<String, (u64, u64)>> {
-        self.inner.marks.lock().unwrap_or_else(|p| p.into_inner())
+    /// How many messages of `device` other than `seq` are unsettled (see
+    /// [`Journal::sent`]).
+    pub fn unsettled_besides(&self, device: &str, seq: u64) -> usize {
+        self.unsettled().others(device, seq)
+    }
+
+    fn unsettled(&self) -> MutexGuard<'_, unsettled::Unsettled> {
+        self.inner.unsettled.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Back to `queued` after an attempt that will be retried, recording
@@ -705,12 +733,15 @@ impl Journal {
     /// flushes it; a crash before that leaves `sending`, which recovery
     /// never sends again unless the device is idempotent. A final entry is
     /// left as it is.
-    pub fn requeue(&self, seq: u64, steps: &[String], unconfirmed: bool) -> Result<Entry, JournalError> {
+    /// `attempts`: made so far (an idempotent device's attempts leave no
+    /// `sending` mark; see [`Journal::sent`]).
+    pub fn requeue(&self, seq: u64, steps: &[String], unconfirmed: bool, attempts: u32) -> Result<Entry, JournalError> {
         self.update(seq, |e| {
             if e.state == State::Sending {
                 e.state = State::Queued;
             }
             if !e.state.is_final() {
+                e.attempts = e.attempts.max(attempts);
                 if e.steps.len() < steps.len() {
                     e.steps = steps.to_vec();
                 }
@@ -723,12 +754,19 @@ impl Journal {
     /// An entry already final is returned as stored, without a write (the
     /// bus worker records outcomes; the pipeline's call only reads them back).
     pub fn finish(&self, seq: u64, outcome: &Outcome, now_ms: u64) -> Result<Entry, JournalError> {
-        self.record(seq, outcome, now_ms).map(|(e, _)| e)
+        self.record(seq, outcome, now_ms, 0).map(|(e, _)| e)
     }
 
-    /// [`Journal::finish`], also saying whether it wrote (the entry was not
-    /// final yet): a write that still needs a flush.
-    pub fn record(&self, seq: u64, outcome: &Outcome, now_ms: u64) -> Result<(Entry, bool), JournalError> {
+    /// [`Journal::finish`] after `attempts` attempts (at least; those of an
+    /// idempotent device left no mark), also saying whether it wrote (the
+    /// entry was not final yet): a write that still needs a flush.
+    pub fn record(
+        &self,
+        seq: u64,
+        outcome: &Outcome,
+        now_ms: u64,
+        attempts: u32,
+    ) -> Result<(Entry, bool), JournalError> {
         {
             let _idx = self.lock();
             let e = self.get_locked(seq)?;
@@ -741,6 +779,7 @@ impl Journal {
                 e.state = outcome.state;
                 e.detail = outcome.detail.clone();
                 e.completed_at = Some(now_ms);
+                e.attempts = e.attempts.max(attempts);
             }
         })?;
         Ok((e, true))
@@ -761,7 +800,7 @@ impl Journal {
         let mut out = Vec::new();
         for kv in self.inner.messages.iter() {
             let (k, v) = kv?;
-            let e: Entry = serde_json::from_slice(&v).map_err(|err| JournalError::Decode(seq_of(&k), err))?;
+            let e = decode_at(&k, &v)?;
             if keep(&e) {
                 out.push(e);
             }
@@ -779,7 +818,7 @@ impl Journal {
         let mut removed = 0;
         for kv in self.inner.messages.iter() {
             let (k, v) = kv?;
-            let e: Entry = serde_json::from_slice(&v).map_err(|err| JournalError::Decode(seq_of(&k), err))?;
+            let e = decode_at(&k, &v)?;
             let past =
                 clock::past_window(now_ms, e.completed_at, now_up, e.final_uptime, self.inner.open_uptime, window);
             if e.state.is_final() && e.reported && past {
@@ -791,7 +830,7 @@ impl Journal {
             } else if e.state.is_final() && e.final_uptime.is_none() {
                 // Written by an older version: it counts from this open, and
                 // from no later one (a gateway restarting daily must prune).
-                self.put(&Entry { final_uptime: Some(self.inner.open_uptime), ..e })?;
+                self.put(&Entry { final_uptime: Some(self.inner.open_uptime), ..e }, None)?;
             }
         }
         self.save_uptime()?;
@@ -800,15 +839,7 @@ impl Journal {
 
     pub fn stats(&self) -> Stats {
         let idx = self.lock();
-        let oldest = self
-            .inner
-            .bodies
-            .iter()
-            .keys()
-            .next()
-            .and_then(|k| k.ok())
-            .and_then(|k| self.get_locked(seq_of(&k)).ok())
-            .map(|e| e.received_at);
+        let oldest = idx.arrived.keys().next().and_then(|&seq| self.get_locked(seq).ok()).map(|e| e.received_at);
         Stats {
             entries: idx.entries,
             unfinished: idx.unfinished,
@@ -935,7 +966,7 @@ fn open_inner(
         let seq = seq_of(&k);
         found += 1;
         newest = Some(seq);
-        match serde_json::from_slice::<Entry>(&v) {
+        match codec::decode(&v).map(|(e, _)| e) {
             Ok(e) => {
                 if !e.state.is_final() {
                     idx.unfinished += 1;
@@ -979,7 +1010,7 @@ fn open_inner(
     for k in bodies.iter().keys() {
         let k = k?;
         let keep = match messages.get(key(seq_of(&k)))? {
-            Some(v) => serde_json::from_slice::<Entry>(&v).map(|e| !e.state.is_final()).unwrap_or(false),
+            Some(v) => codec::decode(&v).map(|(e, _)| !e.state.is_final()).unwrap_or(false),
             None => false,
         };
         if !keep {
@@ -1004,7 +1035,7 @@ fn open_inner(
             written,
             durable,
             flushes: AtomicU64::new(0),
-            marks: Mutex::default(),
+            unsettled: Mutex::default(),
             failure: tokio::sync::watch::Sender::new(None),
             #[cfg(test)]
             cut_update: std::sync::atomic::AtomicBool::new(false),

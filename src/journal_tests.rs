@@ -236,11 +236,11 @@ async fn requeue_keeps_the_confirmed_steps_across_a_reopen() {
         let j = open(&dir);
         let e = new_entry(j.admit(inbound(Some("multi"), b"{}"), None, 1).unwrap());
         j.mark_sending(e.seq, false).unwrap();
-        let q = j.requeue(e.seq, &["holding 10 = 1".to_string()], false).unwrap();
+        let q = j.requeue(e.seq, &["holding 10 = 1".to_string()], false, 0).unwrap();
         assert_eq!((q.state, q.attempts, q.steps.as_slice()), (State::Queued, 1, &["holding 10 = 1".to_string()][..]));
         // A later requeue never forgets steps.
         j.mark_sending(e.seq, false).unwrap();
-        assert_eq!(j.requeue(e.seq, &[], false).unwrap().steps, ["holding 10 = 1"]);
+        assert_eq!(j.requeue(e.seq, &[], false, 0).unwrap().steps, ["holding 10 = 1"]);
         j.flush().await.unwrap();
         e.seq
     };
@@ -248,7 +248,7 @@ async fn requeue_keeps_the_confirmed_steps_across_a_reopen() {
     let e = j.unfinished().unwrap().pop().unwrap();
     assert_eq!((e.seq, e.state, e.steps), (seq, State::Queued, vec!["holding 10 = 1".to_string()]));
     j.finish(seq, &Outcome::delivered("done"), 2).unwrap();
-    let f = j.requeue(seq, &["x".into(), "y".into()], false).unwrap();
+    let f = j.requeue(seq, &["x".into(), "y".into()], false, 0).unwrap();
     assert_eq!((f.state, f.steps), (State::Delivered, vec!["holding 10 = 1".to_string()]), "a final entry stays");
 }
 
@@ -492,8 +492,12 @@ async fn bodies_of_older_stores_still_read() {
     let seq;
     {
         let j = open(&dir);
-        seq = new_entry(j.admit(inbound(Some("old"), b"x"), None, 1).unwrap()).seq;
-        // An older version stored any body as one item under the sequence.
+        let e = new_entry(j.admit(inbound(Some("old"), b"x"), None, 1).unwrap());
+        seq = e.seq;
+        // An older version stored entries as JSON and any body as one item
+        // under the sequence.
+        let old_entry = Entry { body_len: old_body.len() as u64, ..e };
+        j.inner.messages.insert(key(seq), serde_json::to_vec(&old_entry).unwrap()).unwrap();
         j.inner.bodies.insert(key(seq), old_body.clone()).unwrap();
         j.flush().await.unwrap();
     }
@@ -501,6 +505,10 @@ async fn bodies_of_older_stores_still_read() {
     assert_eq!(j.body(seq).unwrap(), Some(old_body));
     j.finish(seq, &Outcome::delivered("ok"), 2).unwrap();
     assert_eq!(j.body(seq).unwrap(), None);
+    assert!(j.inner.bodies.is_empty(), "the old body went with the outcome");
+    let stored = j.inner.messages.get(key(seq)).unwrap().unwrap();
+    assert_eq!(stored[0], 1, "rewritten in the current form at its change");
+    assert_eq!(j.get(seq).unwrap().state, State::Delivered);
 }
 
 // Hole 4: wall-clock steps.
@@ -731,10 +739,10 @@ async fn an_unconfirmed_attempt_is_journaled_and_the_next_sending_is_a_resend_af
         let j = open(&dir);
         seq = new_entry(j.admit(inbound(Some("u"), b"{}"), None, 1).unwrap()).seq;
         j.mark_sending(seq, false).unwrap();
-        let q = j.requeue(seq, &[], true).unwrap();
+        let q = j.requeue(seq, &[], true, 0).unwrap();
         assert!(q.unconfirmed && !q.resent);
         let stored = j.inner.messages.get(key(seq)).unwrap().unwrap();
-        assert!(std::str::from_utf8(&stored).unwrap().contains(r#""unconf":true"#), "compact on disk");
+        assert!(codec::decode(&stored).unwrap().0.unconfirmed, "on disk");
         j.seal().await.unwrap();
     }
     let j = open(&dir);
@@ -744,7 +752,7 @@ async fn an_unconfirmed_attempt_is_journaled_and_the_next_sending_is_a_resend_af
     let s = j.mark_sending(seq, false).unwrap();
     assert!(s.resent, "the report says `resent`");
     assert!(!s.unconfirmed, "cleared by the `sending` mark");
-    assert!(!std::str::from_utf8(&j.inner.messages.get(key(seq)).unwrap().unwrap()).unwrap().contains("unconf"));
+    assert!(!codec::decode(&j.inner.messages.get(key(seq)).unwrap().unwrap()).unwrap().0.unconfirmed);
     j.finish(seq, &Outcome::delivered("ok"), 2).unwrap();
-    assert!(!j.requeue(seq, &[], true).unwrap().unconfirmed, "a final entry stays as it is");
+    assert!(!j.requeue(seq, &[], true, 0).unwrap().unconfirmed, "a final entry stays as it is");
 }

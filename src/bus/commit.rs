@@ -8,18 +8,18 @@
 //! A request to a non-idempotent device goes on the wire only once its
 //! `sending` mark is durable ([`Commit::flush_all`]). One to an idempotent
 //! device need not wait (a crash sends it again, and says so), but no
-//! device gets more than [`MAX_AHEAD`] requests ahead of the journal
-//! (`Journal::marks_ahead`), which bounds what a restart after a crash
-//! must treat as possibly sent.
+//! device has more than [`MAX_AHEAD`] messages sent whose outcome is not
+//! durable yet (`Journal::sent`), which bounds what a restart after a
+//! crash must treat as possibly sent.
 
 use super::Done;
 use crate::journal::{Journal, JournalError};
 use tokio::sync::{mpsc, oneshot};
 
-/// Requests an idempotent device may get before their `sending` marks are
+/// Messages an idempotent device may have got whose outcomes are not yet
 /// durable. After a crash, the first this many unfinished messages of each
 /// idempotent device count as possibly sent (their reports say so).
-pub const MAX_AHEAD: u64 = 16;
+pub const MAX_AHEAD: usize = 16;
 
 struct Inflight {
     /// Whether the flush worked, once it ended.

@@ -188,7 +188,7 @@ async fn poll(link: &mut Link, p: Poll) {
 /// Records the outcome in the journal; it reaches the pipeline once a
 /// flush covers it (see `commit.rs`).
 fn finish(journal: &Journal, commit: &mut Commit, job: Job, outcome: Outcome) {
-    if let Err(e) = journal.finish(job.seq, &outcome, crate::message::now_ms()) {
+    if let Err(e) = journal.record(job.seq, &outcome, crate::message::now_ms(), job.attempts) {
         tracing::error!(message_id = %job.id, error = %e, "cannot record an outcome");
     }
     commit.record(Done { seq: job.seq, device: job.device, outcome, attempts: job.attempts, durable: false });
@@ -268,21 +268,29 @@ async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job, commit: &mut
         job.last_error = Some(e.to_string());
         return Step::Retry { timeout: false };
     }
-    if let Err(e) = journal.mark_sending(job.seq, job.unconfirmed) {
-        tracing::error!(message_id = %job.id, error = %e, "cannot record `sending` in the journal: not sending");
-        job.last_error = Some(e.to_string());
-        return Step::Retry { timeout: false };
+    // An idempotent device's plain attempt leaves no `sending` mark (the
+    // entry's next write, its outcome or a requeue, records the attempt);
+    // a resend after an unclear exchange is marked, since its report must
+    // say so. Either way its request goes out at once, and recovery after
+    // a crash sends the first MAX_AHEAD unfinished messages of such a
+    // device again, saying in their reports that they may have been sent
+    // before: so no more than that many may be unsettled (sent, outcome not
+    // durable) at a time. A non-idempotent device's mark is durable before
+    // the wire: a crash after this point finds `sending` and reports
+    // `uncertain` rather than silently repeating the command. A flush before
+    // the wire also makes the earlier outcomes durable, so a crash can never
+    // replay an older command after a newer one.
+    let marked = !job.idempotent || job.unconfirmed;
+    if marked {
+        if let Err(e) = journal.mark_sending(job.seq, job.unconfirmed) {
+            tracing::error!(message_id = %job.id, error = %e, "cannot record `sending` in the journal: not sending");
+            job.last_error = Some(e.to_string());
+            return Step::Retry { timeout: false };
+        }
+        commit.marked();
     }
-    commit.marked();
-    // Durable before the wire for a non-idempotent device: a crash after
-    // this point finds `sending` and reports `uncertain` rather than
-    // silently repeating the command. The same flush makes the earlier
-    // outcomes durable, so a crash can never replay an older command after
-    // a newer one. An idempotent device's request goes out at once (its
-    // mark starts for the disk meanwhile): after a crash, recovery sends
-    // the first MAX_AHEAD unfinished messages of such a device again and
-    // their reports say they may have been sent before.
-    if !job.idempotent || journal.marks_ahead(&job.device) > MAX_AHEAD {
+    let flush_first = !job.idempotent || journal.unsettled_besides(&job.device, job.seq) >= MAX_AHEAD;
+    if flush_first {
         if let Err(e) = commit.flush_all().await {
             tracing::error!(message_id = %job.id, error = %e, "cannot flush `sending` to the journal: not sending");
             job.last_error = Some(e.to_string());
@@ -291,6 +299,9 @@ async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job, commit: &mut
         }
     } else {
         commit.kick();
+    }
+    if job.idempotent {
+        journal.sent(&job.device, job.seq);
     }
     job.attempts += 1;
     tracing::debug!(message_id = %job.id, device = %job.device, attempt = job.attempts, "sending");
@@ -359,7 +370,7 @@ fn partial(job: &Job, why: String) -> String {
 /// the device confirmed so far (not flushed: a crash before the next flush
 /// leaves `sending`, which errs on the safe side).
 fn requeue(journal: &Journal, job: &Job) {
-    if let Err(e) = journal.requeue(job.seq, &job.acked, job.unconfirmed) {
+    if let Err(e) = journal.requeue(job.seq, &job.acked, job.unconfirmed, job.attempts) {
         tracing::error!(message_id = %job.id, error = %e, "journal update failed");
     }
 }

@@ -107,13 +107,13 @@ pub struct Unfinished {
 
 /// After a crash: the first `ahead` unfinished messages (in arrival order)
 /// of each idempotent device not already marked `sending` count as
-/// possibly on the wire too, since requests to such a device go out before
-/// their `sending` marks are durable, at most `ahead` of them (see
-/// `bus/commit.rs`), and each device takes its messages in arrival order:
-/// those requests went to the message whose mark was durable last (if its
-/// outcome was lost) and the ones after it.
-pub fn possibly_sent(unfinished: &mut [Unfinished], ahead: u64) {
-    let mut seen: HashMap<&str, u64> = HashMap::new();
+/// possibly on the wire too. Requests to such a device go out without
+/// waiting for the journal, but never with more than `ahead` of its
+/// messages unsettled (sent, outcome not durable; see `bus/commit.rs`),
+/// and a device takes its messages in arrival order: the unsettled ones
+/// are its first unfinished ones.
+pub fn possibly_sent(unfinished: &mut [Unfinished], ahead: usize) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
     for u in unfinished.iter_mut().filter(|u| u.idempotent && !u.sending) {
         let n = seen.entry(u.device.as_str()).or_default();
         *n += 1;

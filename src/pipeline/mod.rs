@@ -484,7 +484,7 @@ impl Pipeline {
             // them on (with the `sending` of their next request); one that
             // could not record it left the entry unfinished: recorded here,
             // it needs a flush after all.
-            match self.journal.record(d.seq, &d.outcome, now) {
+            match self.journal.record(d.seq, &d.outcome, now, d.attempts) {
                 Ok((e, wrote)) => {
                     log_final(&e);
                     finished.push(Finished {

@@ -8,9 +8,11 @@
 //! here; the core is the real one. The journal model keeps what was written
 //! (`live`) apart from what a flush made durable; a crash keeps only the
 //! latter, as a power cut would. Workers follow the bus worker's contract:
-//! `sending` (with the steps done so far) made durable before the wire,
-//! except for an idempotent device not yet [`AHEAD`] requests ahead of the
-//! journal; outcomes recorded and handed on, possibly before their flush.
+//! `sending` (with the steps done so far) made durable before the wire;
+//! an idempotent device's request goes out at once, unmarked unless it is
+//! a resend, while fewer than [`AHEAD`] of its messages are unsettled
+//! (sent, outcome not durable); outcomes recorded and handed on, possibly
+//! before their flush.
 //!
 //! `C2D_MODEL_CASES` sets how many cases run (default 300; `tests/run` runs
 //! 10,000); `C2D_MODEL_SEED` replays one case. A failure names its seed.
@@ -24,9 +26,9 @@ use tokio::time::Instant;
 
 type Key = (String, String);
 
-/// Requests an idempotent device may get before their `sending` marks are
-/// durable (the product's `bus::MAX_AHEAD`, small here so that cases reach it).
-const AHEAD: u64 = 2;
+/// Messages of an idempotent device that may be unsettled (the product's
+/// `bus::MAX_AHEAD`, small here so that cases reach it).
+const AHEAD: usize = 2;
 
 /// The devices: (name, idempotent).
 const DEVICES: [(&str, bool); 3] = [("boiler", true), ("valve", false), ("pump", false)];
@@ -44,6 +46,9 @@ struct MEntry {
     /// Steps the device confirmed (journaled with requeue and `sending`).
     progress: usize,
     resent: bool,
+    /// The last attempt (idempotent device) had no clear answer: the next
+    /// one is a marked resend (the journal's `unconf`).
+    unconf: bool,
     /// The back end's message that created it (`Inbound::correlation_id`).
     origin: usize,
 }
@@ -53,8 +58,8 @@ struct Journal {
     live: BTreeMap<u64, MEntry>,
     durable: BTreeMap<u64, MEntry>,
     next_seq: u64,
-    /// `sending` marks per device that no flush covers yet.
-    ahead: HashMap<String, u64>,
+    /// Per idempotent device: messages sent whose outcome is not durable.
+    unsettled: HashMap<String, std::collections::BTreeSet<u64>>,
 }
 
 impl Journal {
@@ -64,12 +69,15 @@ impl Journal {
 
     fn crash(&mut self) {
         self.live = self.durable.clone();
-        self.ahead.clear();
+        self.unsettled.clear();
     }
 
     fn flush(&mut self) {
         self.durable = self.live.clone();
-        self.ahead.clear();
+        let live = &self.live;
+        for s in self.unsettled.values_mut() {
+            s.retain(|seq| live.get(seq).is_some_and(|e| !e.state.is_final()));
+        }
     }
 }
 
@@ -293,6 +301,7 @@ impl World {
                         reported: false,
                         progress: 0,
                         resent: false,
+                        unconf: false,
                         origin,
                     };
                     self.journal.live.insert(seq, c);
@@ -317,6 +326,7 @@ impl World {
             reported: false,
             progress: 0,
             resent: false,
+            unconf: false,
             origin,
         };
         self.journal.live.insert(seq, e);
@@ -476,19 +486,26 @@ impl World {
         let Some(&seq) = self.workers.get(&dev).and_then(|w| w.queue.front()) else { return };
         let idem = idempotent(&dev);
         // `sending` and the steps done, durable before the wire (the same
-        // flush covers the outcomes the worker held), unless the device is
-        // idempotent and not too far ahead.
+        // flush covers the outcomes the worker held); an idempotent device
+        // marks only a resend, and flushes only with too many unsettled.
         let e = self.journal.live.get_mut(&seq).expect("queued entry exists");
-        e.state = State::Sending;
+        if !idem || e.unconf {
+            e.state = State::Sending;
+            e.resent |= e.unconf;
+            e.unconf = false;
+        }
         let (key, steps, mut progress) = (e.key.clone(), e.steps, e.progress);
-        let ahead = self.journal.ahead.entry(dev.clone()).or_default();
-        *ahead += 1;
-        let held = if !idem || *ahead > AHEAD {
+        let unsettled = self.journal.unsettled.entry(dev.clone()).or_default();
+        let others = unsettled.len() - usize::from(unsettled.contains(&seq));
+        let held = if !idem || others >= AHEAD {
             self.journal.flush();
             std::mem::take(&mut self.workers.get_mut(&dev).unwrap().pending)
         } else {
             Vec::new()
         };
+        if idem {
+            self.journal.unsettled.entry(dev.clone()).or_default().insert(seq);
+        }
         let tag = key.map(|k| format!("{}/{}", k.0, k.1)).unwrap_or_default();
         let mut outcome = None;
         while progress < steps {
@@ -524,8 +541,8 @@ impl World {
         log!(
             self,
             format!(
-                "device {dev} attempt on {seq}: progress {progress}/{steps}, {state:?} (ahead {:?})",
-                self.journal.ahead.get(&dev)
+                "device {dev} attempt on {seq}: progress {progress}/{steps}, {state:?} (unsettled {:?})",
+                self.journal.unsettled.get(&dev)
             )
         );
         let w = self.workers.get_mut(&dev).unwrap();
@@ -538,7 +555,7 @@ impl World {
             None => {
                 e.state = State::Queued;
                 if idem {
-                    e.resent = true;
+                    e.unconf = true;
                 }
             }
         }
@@ -719,6 +736,8 @@ impl World {
                     let e = self.journal.live.get_mut(&seq).unwrap();
                     let (steps, progress) = (e.steps, e.progress);
                     e.state = State::Sending;
+                    e.resent |= e.unconf;
+                    e.unconf = false;
                     self.journal.flush();
                     let tag = String::new();
                     for s in progress..steps {

@@ -1,0 +1,193 @@
+//! How an entry is stored. Every change of a message rewrites its entry,
+//! and sled writes each value several times over (the value, then its
+//! share of the leaf rewritten every few changes), so bytes per entry are
+//! bytes on the SD card: entries are postcard (compact binary, varints)
+//! behind a version byte, about a third of their JSON. A small body rides
+//! in the entry while the message is unfinished (no item of its own to
+//! write and remove) and is left out once it is final.
+//!
+//! Entries written by earlier versions (JSON, starting with `{`) are read
+//! as they are, and rewritten in this form at their next change.
+
+use crate::message::{Entry, State};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// Bodies up to this long are stored inside their entry.
+pub const INLINE_BODY: usize = 512;
+
+/// The first byte of a stored entry in this form.
+const V1: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Binary(#[from] postcard::Error),
+    #[error("unknown entry format (first byte {0:#04x})")]
+    Format(u8),
+    #[error("empty value")]
+    Empty,
+}
+
+/// Every field of [`Entry`], in a fixed order (postcard has no field names:
+/// a new field needs a new version), and the inline body.
+#[derive(Serialize, Deserialize)]
+struct Stored<'a> {
+    seq: u64,
+    id: Cow<'a, str>,
+    id_generated: bool,
+    device: Option<Cow<'a, str>>,
+    correlation_id: Option<Cow<'a, str>>,
+    expires_at: Option<u64>,
+    received_at: u64,
+    state: State,
+    attempts: u32,
+    detail: Cow<'a, str>,
+    completed_at: Option<u64>,
+    handed_over: bool,
+    reported: bool,
+    resent_after_crash: bool,
+    resent: bool,
+    unconfirmed: bool,
+    reject: Option<Cow<'a, str>>,
+    body_len: u64,
+    steps: Cow<'a, [String]>,
+    fingerprint: Option<u64>,
+    conflict: bool,
+    acked: bool,
+    final_uptime: Option<u64>,
+    body: Option<Cow<'a, [u8]>>,
+}
+
+fn owned(c: Option<Cow<'_, str>>) -> Option<String> {
+    c.map(Cow::into_owned)
+}
+
+/// The stored form of `e`, with `body` inside it (unless `e` is final).
+pub fn encode(e: &Entry, body: Option<&[u8]>) -> Vec<u8> {
+    let s = Stored {
+        seq: e.seq,
+        id: Cow::Borrowed(&e.id),
+        id_generated: e.id_generated,
+        device: e.device.as_deref().map(Cow::Borrowed),
+        correlation_id: e.correlation_id.as_deref().map(Cow::Borrowed),
+        expires_at: e.expires_at,
+        received_at: e.received_at,
+        state: e.state,
+        attempts: e.attempts,
+        detail: Cow::Borrowed(&e.detail),
+        completed_at: e.completed_at,
+        handed_over: e.handed_over,
+        reported: e.reported,
+        resent_after_crash: e.resent_after_crash,
+        resent: e.resent,
+        unconfirmed: e.unconfirmed,
+        reject: e.reject.as_deref().map(Cow::Borrowed),
+        body_len: e.body_len,
+        steps: Cow::Borrowed(&e.steps),
+        fingerprint: e.fingerprint,
+        conflict: e.conflict,
+        acked: e.acked,
+        final_uptime: e.final_uptime,
+        body: body.filter(|_| !e.state.is_final()).map(Cow::Borrowed),
+    };
+    postcard::to_extend(&s, vec![V1]).expect("an entry serialises")
+}
+
+/// An entry and its inline body, from either stored form.
+pub fn decode(v: &[u8]) -> Result<(Entry, Option<Vec<u8>>), DecodeError> {
+    match v.first() {
+        None => Err(DecodeError::Empty),
+        Some(b'{') => Ok((serde_json::from_slice(v)?, None)),
+        Some(&V1) => {
+            let s: Stored = postcard::from_bytes(&v[1..])?;
+            let e = Entry {
+                seq: s.seq,
+                id: s.id.into_owned(),
+                id_generated: s.id_generated,
+                device: owned(s.device),
+                correlation_id: owned(s.correlation_id),
+                expires_at: s.expires_at,
+                received_at: s.received_at,
+                state: s.state,
+                attempts: s.attempts,
+                detail: s.detail.into_owned(),
+                completed_at: s.completed_at,
+                handed_over: s.handed_over,
+                reported: s.reported,
+                resent_after_crash: s.resent_after_crash,
+                resent: s.resent,
+                unconfirmed: s.unconfirmed,
+                reject: owned(s.reject),
+                body_len: s.body_len,
+                steps: s.steps.into_owned(),
+                fingerprint: s.fingerprint,
+                conflict: s.conflict,
+                acked: s.acked,
+                final_uptime: s.final_uptime,
+            };
+            Ok((e, s.body.map(Cow::into_owned)))
+        }
+        Some(&other) => Err(DecodeError::Format(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(state: State) -> Entry {
+        Entry {
+            device: Some("boiler".into()),
+            detail: "holding 100 = 123456".into(),
+            completed_at: Some(1_733_400_000_100),
+            fingerprint: Some(0xdead_beef_0123_4567),
+            final_uptime: Some(3_600_000),
+            body_len: 30,
+            steps: vec!["holding 100 = 1".into()],
+            reported: true,
+            ..Entry::new(123_456, "m-123456".into(), 1_733_400_000_000, state)
+        }
+    }
+
+    #[test]
+    fn an_entry_and_its_body_come_back_as_they_went() {
+        let e = entry(State::Queued);
+        let v = encode(&e, Some(b"{\"point\":\"seq\",\"value\":1}"));
+        assert_eq!(v[0], V1);
+        let (back, body) = decode(&v).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(body.as_deref(), Some(&b"{\"point\":\"seq\",\"value\":1}"[..]));
+    }
+
+    #[test]
+    fn a_final_entry_keeps_no_body_and_is_a_fraction_of_its_json() {
+        let e = entry(State::Delivered);
+        let v = encode(&e, Some(b"body"));
+        let (back, body) = decode(&v).unwrap();
+        assert_eq!((back, body), (e.clone(), None));
+        let json = serde_json::to_vec(&e).unwrap();
+        assert!(v.len() * 2 < json.len(), "{} bytes stored, {} as JSON", v.len(), json.len());
+    }
+
+    #[test]
+    fn entries_of_earlier_versions_are_read_from_json() {
+        let e = entry(State::Sending);
+        let (back, body) = decode(&serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!((back, body), (e, None));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(matches!(decode(b""), Err(DecodeError::Empty)));
+        assert!(matches!(decode(&[7, 1, 2]), Err(DecodeError::Format(7))));
+        assert!(decode(&[V1, 0xff, 0xff]).is_err());
+        assert!(decode(b"{not json").is_err());
+        for n in 0..40 {
+            let v = encode(&entry(State::Queued), Some(b"xyz"));
+            let _ = decode(&v[..n.min(v.len())]);
+        }
+    }
+}

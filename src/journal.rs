@@ -111,6 +111,9 @@ struct Inner {
     durable: tokio::sync::Mutex<u64>,
     /// Flushes that reached sled (for tests and figures).
     flushes: AtomicU64,
+    /// The `written` count the last completed flush covered (readable
+    /// without waiting for a flush under way).
+    durable_upto: AtomicU64,
     /// Messages sent to idempotent devices whose outcome is not durable.
     unsettled: Mutex<unsettled::Unsettled>,
     dir: PathBuf,
@@ -531,6 +534,7 @@ impl Journal {
         self.check(r)?;
         self.inner.flushes.fetch_add(1, Ordering::Relaxed);
         *durable = upto;
+        self.inner.durable_upto.fetch_max(upto, Ordering::AcqRel);
         {
             self.unsettled().flushed(upto);
         }
@@ -571,6 +575,17 @@ impl Journal {
     /// `sending` marks were among it.
     pub fn opened_clean(&self) -> bool {
         self.inner.clean_start
+    }
+
+    /// How many writes reached sled so far (see [`Journal::durable_upto`]).
+    pub fn written(&self) -> u64 {
+        self.inner.written.load(Ordering::Acquire)
+    }
+
+    /// The writes a completed flush made durable: every write counted by
+    /// [`Journal::written`] up to this number.
+    pub fn durable_upto(&self) -> u64 {
+        self.inner.durable_upto.load(Ordering::Acquire)
     }
 
     /// How many flushes reached the disk since the journal was opened.
@@ -1035,6 +1050,7 @@ fn open_inner(
             written,
             durable,
             flushes: AtomicU64::new(0),
+            durable_upto: AtomicU64::new(0),
             unsettled: Mutex::default(),
             failure: tokio::sync::watch::Sender::new(None),
             #[cfg(test)]

@@ -1,9 +1,9 @@
-//! The gateway's footprint: RSS idle and with many messages queued for a
-//! device that is down, idle CPU, and the restart time to READY=1 with that
-//! queue in the journal.
+//! The gateway's footprint: RSS idle and with many messages of 1 KiB queued
+//! for a device that is down, idle CPU, and the restart time to READY=1 with
+//! that queue in the journal.
 
 use super::gateway::clk_tck;
-use super::rig::{dead_endpoint, BusSpec, GwConfig, Hub, TcpSim};
+use super::rig::{BusSpec, GwConfig, Hub, TcpSim};
 use super::Plan;
 use crate::emulator::state::QUEUE_LIMIT;
 use serde::Serialize;
@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// The gateway's defaults: beyond 16 un-acked messages the oldest are handed
 /// over (acknowledged once journaled), so a dead device does not stall the hub.
 const MAX_UNACKED: usize = 16;
+
+/// The size of each queued message's body.
+pub const QUEUED_BODY: usize = 1024;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Footprint {
@@ -34,6 +37,7 @@ pub struct Queued {
     pub messages: u64,
     pub complete: &'static str,
     pub max_unacked: usize,
+    pub body_bytes: usize,
     /// How the messages were acknowledged to the hub before delivery.
     pub acked_by: &'static str,
     pub device: &'static str,
@@ -65,11 +69,10 @@ fn queued_in(status: &str) -> Option<u64> {
 pub async fn run(plan: &Plan) -> Result<Footprint, String> {
     let mut hub = Hub::start(&plan.dir, &plan.exe).await?;
     let live = TcpSim::start().await?;
-    let dead = dead_endpoint().await?;
     let cfg = GwConfig {
         max_unacked: MAX_UNACKED,
         complete: "after-device",
-        buses: vec![BusSpec::Tcp(live.addr), BusSpec::Tcp(dead)],
+        buses: vec![BusSpec::Tcp(live.addr), BusSpec::DeadSerial],
         bus_timeout: "200ms",
     };
     let mut gw = hub.gateway(&cfg).await?;
@@ -94,7 +97,7 @@ pub async fn run(plan: &Plan) -> Result<Footprint, String> {
     let mut sent = 0u64;
     while sent < n || !hub.all_published() {
         while sent < n && hub.queued() < QUEUE_LIMIT {
-            hub.send(1)?;
+            hub.send_text(1, QUEUED_BODY)?;
             sent += 1;
         }
         if t0.elapsed() > Duration::from_secs(300) {
@@ -114,8 +117,9 @@ pub async fn run(plan: &Plan) -> Result<Footprint, String> {
         messages: n,
         complete: "after-device",
         max_unacked: MAX_UNACKED,
+        body_bytes: QUEUED_BODY,
         acked_by: "window handover (beyond max_unacked, after the journal flush)",
-        device: "modbus-tcp endpoint refusing connections",
+        device: "serial device whose port does not exist",
         status: status.trim_start_matches("STATUS=").to_string(),
         seconds_to_queue,
         rss_kb: gw.rss_kb().ok_or("cannot read VmRSS")?,

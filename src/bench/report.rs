@@ -145,7 +145,13 @@ impl Results {
         let f = self.footprint.as_ref();
         let n = f.map_or(0, |f| f.queued.messages);
         add("RSS idle".into(), f.map(|f| f.rss_idle_kb as f64 / 1024.0), "MiB", Some((false, 10.0)));
-        add(format!("RSS with {n} queued"), f.map(|f| f.queued.rss_kb as f64 / 1024.0), "MiB", Some((false, 32.0)));
+        let kib = f.map_or(0, |f| f.queued.body_bytes / 1024);
+        add(
+            format!("RSS with {n} x {kib} KiB queued"),
+            f.map(|f| f.queued.rss_kb as f64 / 1024.0),
+            "MiB",
+            Some((false, 32.0)),
+        );
         add(format!("restart to READY, {n} queued"), f.map(|f| f.restart.ready_ms / 1000.0), "s", Some((false, 1.0)));
         let t8 = self.throughput.iter().find(|t| t.devices == 8);
         add(

@@ -39,15 +39,15 @@ impl TcpSim {
     }
 }
 
-/// A loopback address nobody listens on (connections are refused).
-pub async fn dead_endpoint() -> Result<std::net::SocketAddr, String> {
-    let l = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    l.local_addr().map_err(|e| e.to_string())
-}
-
 pub enum BusSpec {
     Tcp(std::net::SocketAddr),
-    Rtu { port: String, baud: u32 },
+    Rtu {
+        port: String,
+        baud: u32,
+    },
+    /// A serial device whose port does not exist (a dead device: every
+    /// message waits for it); its bodies are sent as they are.
+    DeadSerial,
 }
 
 /// A gateway config: one bus per device, device `d{i}` on bus `b{i}`, unit 1,
@@ -80,6 +80,17 @@ device_property = "device"
             max_unacked = self.max_unacked,
         );
         for (i, b) in self.buses.iter().enumerate() {
+            if let BusSpec::DeadSerial = b {
+                let port = state_dir.join("no-such-tty");
+                let _ = writeln!(
+                    s,
+                    "[buses.b{i}]\nkind = \"serial\"\nport = \"{}\"\nframing = \"line\"\nack = \"^OK\"\n\
+                     timeout = \"{t}\"\n[devices.d{i}]\nbus = \"b{i}\"\nmax_attempts = 1000000\nmax_age = \"24h\"",
+                    port.display(),
+                    t = self.bus_timeout
+                );
+                continue;
+            }
             match b {
                 BusSpec::Tcp(a) => {
                     let _ = writeln!(s, "[buses.b{i}]\nkind = \"modbus-tcp\"\naddress = \"{a}\"");
@@ -87,6 +98,7 @@ device_property = "device"
                 BusSpec::Rtu { port, baud } => {
                     let _ = writeln!(s, "[buses.b{i}]\nkind = \"modbus-rtu\"\nport = \"{port}\"\nbaud = {baud}");
                 }
+                BusSpec::DeadSerial => unreachable!("written above"),
             }
             let _ = writeln!(
                 s,
@@ -165,6 +177,23 @@ impl Hub {
     /// Result reports (D2C events) received so far.
     pub fn events(&self) -> usize {
         self.shared().state().events.len()
+    }
+
+    /// Sends one C2D message of `len` bytes (a line of text) to device
+    /// `d{device}`.
+    pub fn send_text(&mut self, device: usize, len: usize) -> Result<u64, String> {
+        let seq = self.next_seq;
+        let mut body = format!("SET {seq} ").into_bytes();
+        body.resize(len.max(body.len()), b'x');
+        let req = C2dRequest {
+            body,
+            message_id: Some(format!("m{seq}")),
+            properties: vec![("device".into(), format!("d{device}"))],
+            ..C2dRequest::default()
+        };
+        self.shared().send(GW, req).map_err(|e| e.to_string())?;
+        self.next_seq += 1;
+        Ok(seq)
     }
 
     /// Sends one C2D message for device `d{device}` writing a fresh sequence

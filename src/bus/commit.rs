@@ -1,9 +1,12 @@
 //! A bus worker's group commit. Outcomes the worker recorded in the
 //! journal wait here until a flush covers them, then go to the pipeline
-//! (which acknowledges and reports only durable outcomes). One flush is
-//! under way at a time, in the background, while the worker goes on with
-//! the wire: the outcomes recorded meanwhile ride on the next one, and the
-//! journal merges the flushes of every bus and of the admissions.
+//! (which acknowledges and reports only durable outcomes). Any flush
+//! covers them: the worker's own, which runs in the background while it
+//! goes on with the wire, another bus's, or the pipeline's for arrivals
+//! (the journal numbers its writes; an outcome is durable once a flush
+//! covered its write). The worker's own flush waits [`LINGER`] first, so
+//! that a busy bus pays one flush for several outcomes: an outcome only
+//! holds its PUBACK and its report, never a request to a device.
 //!
 //! A request to a non-idempotent device goes on the wire only once its
 //! `sending` mark is durable ([`Commit::flush_all`]). One to an idempotent
@@ -14,6 +17,7 @@
 
 use super::Done;
 use crate::journal::{Journal, JournalError};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Messages an idempotent device may have got whose outcomes are not yet
@@ -21,52 +25,44 @@ use tokio::sync::{mpsc, oneshot};
 /// idempotent device count as possibly sent (their reports say so).
 pub const MAX_AHEAD: usize = 16;
 
-struct Inflight {
-    /// Whether the flush worked, once it ended.
-    result: oneshot::Receiver<bool>,
-    /// The outcomes it covers.
-    batch: Vec<Done>,
-}
+/// How long the worker's background flush waits for more outcomes.
+pub const LINGER: Duration = Duration::from_millis(1);
 
 pub struct Commit {
     journal: Journal,
     done: mpsc::UnboundedSender<Done>,
-    /// Recorded, not yet covered by a flush that was started.
-    pending: Vec<Done>,
-    inflight: Option<Inflight>,
-    /// A `sending` mark was written since the last flush started.
-    marked: bool,
+    /// Recorded, not yet known durable: each with the journal's write
+    /// count after its write.
+    pending: Vec<(Done, u64)>,
+    /// The worker's flush under way: whether it worked, once it ended.
+    inflight: Option<oneshot::Receiver<bool>>,
 }
 
 impl Commit {
     pub fn new(journal: Journal, done: mpsc::UnboundedSender<Done>) -> Commit {
-        Commit { journal, done, pending: Vec::new(), inflight: None, marked: false }
+        Commit { journal, done, pending: Vec::new(), inflight: None }
     }
 
     /// An outcome was recorded in the journal (not flushed).
     pub fn record(&mut self, d: Done) {
-        self.pending.push(d);
-    }
-
-    /// A `sending` mark was written (not flushed).
-    pub fn marked(&mut self) {
-        self.marked = true;
+        let written = self.journal.written();
+        self.pending.push((d, written));
     }
 
     pub fn busy(&self) -> bool {
         self.inflight.is_some()
     }
 
-    /// Starts a flush in the background of what was written, unless one is
+    /// Starts a flush in the background (after [`LINGER`]) unless one is
     /// under way (its end starts the next) or nothing waits for one.
     pub fn kick(&mut self) {
-        if self.inflight.is_some() || (self.pending.is_empty() && !self.marked) {
+        if self.inflight.is_some() || self.pending.is_empty() {
             return;
         }
-        self.marked = false;
         let journal = self.journal.clone();
         let (tx, result) = oneshot::channel();
         tokio::spawn(async move {
+            tokio::time::sleep(LINGER).await;
             let ok = match journal.flush().await {
                 Ok(()) => true,
                 Err(e) => {
@@ -76,49 +72,62 @@ impl Commit {
             };
             let _ = tx.send(ok);
         });
-        self.inflight = Some(Inflight { result, batch: std::mem::take(&mut self.pending) });
+        self.inflight = Some(result);
     }
 
-    /// Hands on what the flush under way covered, if it has ended, and
-    /// starts the next one. Never waits.
+    /// Hands on the outcomes any finished flush covered, and after the
+    /// worker's own flush ended, starts the next one. Never waits.
     pub fn poll(&mut self) {
-        let Some(f) = self.inflight.as_mut() else { return };
-        let ok = match f.result.try_recv() {
-            Err(oneshot::error::TryRecvError::Empty) => return,
-            Ok(ok) => ok,
-            Err(oneshot::error::TryRecvError::Closed) => false,
-        };
-        let f = self.inflight.take().expect("in flight");
-        self.complete(ok, f.batch);
-        self.kick();
+        if let Some(rx) = self.inflight.as_mut() {
+            let ok = match rx.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    self.release(true);
+                    return;
+                }
+                Ok(ok) => ok,
+                Err(oneshot::error::TryRecvError::Closed) => false,
+            };
+            self.inflight = None;
+            self.release(ok);
+            self.kick();
+        } else {
+            self.release(true);
+        }
     }
 
-    /// Waits for the flush under way to end and hands on what it covered.
-    /// Cancel-safe: dropped before the end, it changes nothing.
+    /// Waits for the worker's flush under way to end and hands on what is
+    /// durable. Cancel-safe: dropped before the end, it changes nothing.
     pub async fn settle(&mut self) {
-        let Some(f) = self.inflight.as_mut() else { return };
-        let ok = (&mut f.result).await.unwrap_or(false);
-        let f = self.inflight.take().expect("in flight");
-        self.complete(ok, f.batch);
+        let Some(rx) = self.inflight.as_mut() else { return };
+        let ok = rx.await.unwrap_or(false);
+        self.inflight = None;
+        self.release(ok);
     }
 
     /// Makes everything written so far durable and hands every recorded
     /// outcome on: before a request to a non-idempotent device, when too
-    /// far ahead, and when the worker stops. After a failed flush the
-    /// outcomes go anyway, marked not durable: the pipeline flushes itself
-    /// and holds the acks until that works.
+    /// many are unsettled, and when the worker stops.
     pub async fn flush_all(&mut self) -> Result<(), JournalError> {
-        self.settle().await;
-        self.marked = false;
+        // Not behind the background flush's linger: the journal queues
+        // this flush after one under way, and one covers everything.
         let r = self.journal.flush().await;
-        let batch = std::mem::take(&mut self.pending);
-        self.complete(r.is_ok(), batch);
+        self.release(r.is_ok());
         r
     }
 
-    fn complete(&self, durable: bool, batch: Vec<Done>) {
-        for mut d in batch {
-            d.durable = durable;
+    /// Hands on the outcomes a flush covered. After a failed flush (`ok`
+    /// false) every recorded outcome goes, marked not durable: the pipeline
+    /// flushes itself and holds the acks until that works.
+    fn release(&mut self, ok: bool) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let upto = self.journal.durable_upto();
+        let (go, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|(_, written)| !ok || *written <= upto);
+        self.pending = keep;
+        for (mut d, written) in go {
+            d.durable = written <= upto;
             let _ = self.done.send(d);
         }
     }

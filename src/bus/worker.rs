@@ -85,7 +85,9 @@ async fn run(
     let mut commit = Commit::new(journal.clone(), done);
     loop {
         while let Ok(work) = rx.try_recv() {
-            accept(&mut sched, &mut polls, work);
+            if accept(&mut sched, &mut polls, work) {
+                sweep_at = Instant::now();
+            }
         }
         if *shutdown.borrow() {
             break;
@@ -136,7 +138,9 @@ async fn run(
         let wake = sched.next_wake().map_or(sweep_at, |w| w.min(sweep_at));
         tokio::select! {
             work = rx.recv() => match work {
-                Some(work) => accept(&mut sched, &mut polls, work),
+                Some(work) => if accept(&mut sched, &mut polls, work) {
+                    sweep_at = Instant::now();
+                },
                 None => break,
             },
             _ = commit.settle(), if commit.busy() => commit.kick(),
@@ -150,17 +154,25 @@ async fn run(
     tracing::debug!(bus = %name, left = sched.len(), "bus worker stopped");
 }
 
-/// Queues a write, or a poll (a newer poll of a device replaces a waiting one).
-fn accept(sched: &mut Scheduler<Job>, polls: &mut VecDeque<Poll>, work: Work) {
+/// Queues a write, or a poll (a newer poll of a device replaces a waiting
+/// one). Says whether the write is past its deadline already (the pipeline
+/// feeds a device a few jobs at a time: a backlog that expired while it
+/// waited there is swept at once, not a few jobs every sweep).
+fn accept(sched: &mut Scheduler<Job>, polls: &mut VecDeque<Poll>, work: Work) -> bool {
     match work {
         Work::Write(job) => {
+            let expired = job.deadline.as_ref().is_some_and(|(at, _)| *at <= Instant::now());
             let dev = job.device.clone();
             sched.push(&dev, job);
+            expired
         }
-        Work::Poll(p) => match polls.iter_mut().find(|q| q.device == p.device) {
-            Some(q) => *q = p,
-            None => polls.push_back(p),
-        },
+        Work::Poll(p) => {
+            match polls.iter_mut().find(|q| q.device == p.device) {
+                Some(q) => *q = p,
+                None => polls.push_back(p),
+            }
+            false
+        }
     }
 }
 
@@ -280,14 +292,12 @@ async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job, commit: &mut
     // `uncertain` rather than silently repeating the command. A flush before
     // the wire also makes the earlier outcomes durable, so a crash can never
     // replay an older command after a newer one.
-    let marked = !job.idempotent || job.unconfirmed;
-    if marked {
+    if !job.idempotent || job.unconfirmed {
         if let Err(e) = journal.mark_sending(job.seq, job.unconfirmed) {
             tracing::error!(message_id = %job.id, error = %e, "cannot record `sending` in the journal: not sending");
             job.last_error = Some(e.to_string());
             return Step::Retry { timeout: false };
         }
-        commit.marked();
     }
     let flush_first = !job.idempotent || journal.unsettled_besides(&job.device, job.seq) >= MAX_AHEAD;
     if flush_first {

@@ -5,6 +5,7 @@
 //! and feeds back what happened.
 
 pub mod core;
+mod feed;
 #[cfg(test)]
 mod model;
 
@@ -61,6 +62,8 @@ pub struct Pipeline {
     status: watch::Sender<Status>,
     space: crate::journal::space::Space,
     core: Core,
+    /// What each device's bus worker has, and what waits for it.
+    feed: feed::Feed,
     /// The journal was opened after a crash and not yet recovered.
     after_crash: bool,
 }
@@ -80,6 +83,7 @@ impl Pipeline {
             bus_stop: watch::channel(false).0,
             status: parts.status,
             core: Core::new(Settings::from_config(&cfg)),
+            feed: feed::Feed::default(),
             cfg,
         }
     }
@@ -103,6 +107,8 @@ impl Pipeline {
         for t in tasks {
             let _ = t.await;
         }
+        // Nothing is fed to the stopped buses: `recover` dispatches again.
+        self.feed.clear();
         let mut batch = Vec::new();
         while let Ok(d) = done.try_recv() {
             batch.push(d);
@@ -403,7 +409,8 @@ impl Pipeline {
         out
     }
 
-    /// Routes an unfinished entry and hands it to its bus, or rejects it.
+    /// Routes an unfinished entry and queues it for its device (see
+    /// `feed.rs`), or rejects it.
     fn dispatch(&mut self, seq: u64) -> Vec<Action> {
         let e = match self.journal.get(seq) {
             Ok(e) if !e.state.is_final() => e,
@@ -413,22 +420,57 @@ impl Pipeline {
                 return Vec::new();
             }
         };
-        let rejected = |this: &mut Self, why: String| {
-            let outcome = Outcome::rejected(why);
-            match this.journal.finish(seq, &outcome, now_ms()) {
-                Ok(e) => {
-                    log_final(&e);
-                    this.core.finished(vec![Finished { seq, state: e.state, durable: false, reported: e.reported }])
-                }
-                Err(err) => {
-                    tracing::error!(seq, error = %err, "cannot record an outcome");
-                    Vec::new()
-                }
+        let device = match router::route(&self.cfg, e.device.as_deref()) {
+            Ok(r) => r.device.to_string(),
+            Err(why) => return self.reject(seq, why.to_string()),
+        };
+        self.feed.push(&device, seq);
+        self.feed_device(&device)
+    }
+
+    /// Hands `device`'s worker the messages it has room for.
+    fn feed_device(&mut self, device: &str) -> Vec<Action> {
+        let mut out = Vec::new();
+        while let Some(seq) = self.feed.next(device) {
+            let (sent, actions) = self.send_job(seq);
+            if !sent {
+                self.feed.returned(device);
+            }
+            out.extend(actions);
+        }
+        out
+    }
+
+    /// Rejects an unfinished message that can never be sent.
+    fn reject(&mut self, seq: u64, why: String) -> Vec<Action> {
+        let outcome = Outcome::rejected(why);
+        match self.journal.finish(seq, &outcome, now_ms()) {
+            Ok(e) => {
+                log_final(&e);
+                self.core.finished(vec![Finished { seq, state: e.state, durable: false, reported: e.reported }])
+            }
+            Err(err) => {
+                tracing::error!(seq, error = %err, "cannot record an outcome");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Builds the job of an unfinished entry (its body read from the
+    /// journal) and hands it to its bus worker, or rejects it. Says
+    /// whether the worker got it.
+    fn send_job(&mut self, seq: u64) -> (bool, Vec<Action>) {
+        let e = match self.journal.get(seq) {
+            Ok(e) if !e.state.is_final() => e,
+            Ok(_) => return (false, Vec::new()),
+            Err(err) => {
+                tracing::error!(seq, error = %err, "cannot read a queued message back from the journal");
+                return (false, Vec::new());
             }
         };
         let (bus, job) = match self.make_job(&e) {
             Ok(bj) => bj,
-            Err(why) => return rejected(self, why),
+            Err(why) => return (false, self.reject(seq, why)),
         };
         match self.buses.get(&bus) {
             Some(h) => {
@@ -436,10 +478,11 @@ impl Pipeline {
                     h.jobs.send(crate::bus::Work::Write(job))
                 {
                     tracing::error!(message_id = %job.id, %bus, "bus worker is gone; the message stays queued in the journal");
+                    return (false, Vec::new());
                 }
-                Vec::new()
+                (true, Vec::new())
             }
-            None => rejected(self, format!("bus {bus:?} is not running")),
+            None => (false, self.reject(seq, format!("bus {bus:?} is not running"))),
         }
     }
 
@@ -479,11 +522,15 @@ impl Pipeline {
     async fn on_done(&mut self, batch: Vec<Done>) {
         let now = now_ms();
         let mut finished = Vec::with_capacity(batch.len());
+        let mut refill: Vec<String> = Vec::new();
         for d in batch {
+            self.feed.returned(&d.device);
+            if !refill.contains(&d.device) {
+                refill.push(d.device.clone());
+            }
             // Bus workers record and flush their outcomes before handing
-            // them on (with the `sending` of their next request); one that
-            // could not record it left the entry unfinished: recorded here,
-            // it needs a flush after all.
+            // them on; one that could not record it left the entry
+            // unfinished: recorded here, it needs a flush after all.
             match self.journal.record(d.seq, &d.outcome, now, d.attempts) {
                 Ok((e, wrote)) => {
                     log_final(&e);
@@ -497,7 +544,10 @@ impl Pipeline {
                 Err(err) => tracing::error!(seq = d.seq, error = %err, "cannot record an outcome"),
             }
         }
-        let actions = self.core.finished(finished);
+        let mut actions = self.core.finished(finished);
+        for device in refill {
+            actions.extend(self.feed_device(&device));
+        }
         self.act(actions).await;
         self.publish_status();
     }

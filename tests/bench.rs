@@ -57,7 +57,13 @@ fn quick_bench_writes_every_figure() {
         assert_eq!(num(r, "delivered"), n, "run {i}: every message delivered");
         assert_eq!(num(r, "device_writes"), n, "run {i}: every message written exactly once");
         assert_eq!(num(r, "max_unacked"), 64.0);
-        for f in ["write_bytes_per_msg", "latency.gateway_added.p99_ms", "latency.publish_to_puback.max_ms"] {
+        for f in [
+            "write_bytes_per_msg",
+            "cpu_us_per_msg",
+            "journal_flushes_per_msg",
+            "latency.gateway_added.p99_ms",
+            "latency.publish_to_puback.max_ms",
+        ] {
             assert!(num(r, f) >= 0.0, "run {i}: {f}");
         }
     }
@@ -75,10 +81,18 @@ fn quick_bench_writes_every_figure() {
     for r in rtu {
         assert!(num(r, "writes_per_s") > 0.0 && num(r, "wire_limit_per_s") > 0.0 && num(r, "utilisation") > 0.0);
     }
+    // One slow-ish simulated device: its ceiling, and the gateway through it.
+    let c = &v["ceiling"];
+    assert_eq!(c["device"], "simulated");
+    let n = num(c, "messages");
+    assert!(n > 0.0 && num(c, "ceiling_per_s") > 0.0 && num(c, "gateway_per_s") > 0.0, "{c}");
+    assert_eq!((num(c, "delivered"), num(c, "device_writes")), (n, n), "each written exactly once: {c}");
+    assert!(num(c, "share") > 0.0 && num(c, "cpu_us_per_msg") > 0.0 && num(c, "journal_flushes_per_msg") > 0.0);
     for f in [
         "rss_idle_kb",
         "queued.rss_kb",
         "queued.messages",
+        "queued.body_bytes",
         "restart.ready_ms",
         "restart.queued",
         "idle_cpu.percent",

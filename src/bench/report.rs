@@ -100,8 +100,12 @@ impl Results {
         add("CPU per message, 1 device saturated".into(), t1.map(|t| t.cpu_us_per_msg), "us", Some((false, 100.0)));
         add("journal flushes per message, 1 device".into(), t1.and_then(|t| t.journal_flushes_per_msg), "", None);
         let c = self.ceiling.as_ref();
-        let st = c.map_or(0.0, |c| c.service_time_ms);
-        add(format!("slow-ish device ({st} ms/request) ceiling"), c.map(|c| c.ceiling_per_s), "msg/s", None);
+        let which = match c.map(|c| (c.service_time_ms, c.device.as_str())) {
+            Some((Some(ms), _)) => format!("slow-ish device ({ms} ms/request)"),
+            Some((None, addr)) => format!("device {addr}"),
+            None => "slow-ish device".into(),
+        };
+        add(format!("{which}: tight-loop ceiling"), c.map(|c| c.ceiling_per_s), "msg/s", None);
         add("gateway through it".into(), c.map(|c| c.gateway_per_s), "msg/s", None);
         add("gateway's share of the ceiling".into(), c.map(|c| c.share * 100.0), "%", Some((true, 70.0)));
         add("CPU per message through it".into(), c.map(|c| c.cpu_us_per_msg), "us", Some((false, 100.0)));
@@ -212,8 +216,12 @@ impl Results {
         if let Some(c) = &self.ceiling {
             let _ = writeln!(
                 s,
-                "  slow-ish device: {} messages, {} delivered, {} device writes, {:.0} B written/msg",
-                c.messages, c.delivered, c.device_writes, c.write_bytes_per_msg
+                "  {} device: {} messages, {} delivered, {} device writes, {:.0} B written/msg",
+                c.device,
+                c.messages,
+                c.delivered,
+                c.device_writes.map_or("(its own log)".into(), |w| w.to_string()),
+                c.write_bytes_per_msg
             );
         }
         if let Some(f) = &self.footprint {

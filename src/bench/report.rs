@@ -108,7 +108,9 @@ impl Results {
         add(format!("{which}: tight-loop ceiling"), c.map(|c| c.ceiling_per_s), "msg/s", None);
         add("gateway through it".into(), c.map(|c| c.gateway_per_s), "msg/s", None);
         add("gateway's share of the ceiling".into(), c.map(|c| c.share * 100.0), "%", Some((true, 70.0)));
-        add("CPU per message through it".into(), c.map(|c| c.cpu_us_per_msg), "us", Some((false, 100.0)));
+        // Not the goal's case (the gateway saturated): the device sets the
+        // pace, and each message pays its own wake-ups and flushes.
+        add("CPU per message through it".into(), c.map(|c| c.cpu_us_per_msg), "us", None);
         add("journal flushes per message through it".into(), c.and_then(|c| c.journal_flushes_per_msg), "", None);
         let fixed = self.latency.fixed_rate.as_ref().map(|f| &f.latency);
         let rate = self.latency.fixed_rate.as_ref().map_or(200.0, |f| f.offered_per_s);

@@ -756,3 +756,45 @@ async fn an_unconfirmed_attempt_is_journaled_and_the_next_sending_is_a_resend_af
     j.finish(seq, &Outcome::delivered("ok"), 2).unwrap();
     assert!(!j.requeue(seq, &[], true, 0).unwrap().unconfirmed, "a final entry stays as it is");
 }
+
+#[tokio::test]
+async fn a_message_sent_unmarked_stays_unsettled_until_a_flush_covers_its_outcome() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open(&tmp.path().join("j"));
+    let a = new_entry(j.admit(inbound(Some("a"), b"{}"), None, 1).unwrap()).seq;
+    let b = new_entry(j.admit(inbound(Some("b"), b"{}"), None, 1).unwrap()).seq;
+    j.flush().await.unwrap();
+    j.sent("boiler", a);
+    j.sent("boiler", b);
+    assert_eq!((j.unsettled_besides("boiler", a), j.unsettled_besides("boiler", 99)), (1, 2));
+    let (e, wrote) = j.record(a, &Outcome::delivered("ok"), 2, 1).unwrap();
+    assert!(wrote && e.attempts == 1, "the unmarked attempt is counted with the outcome: {e:?}");
+    assert_eq!(j.unsettled_besides("boiler", 99), 2, "written, not yet durable");
+    let before = j.written();
+    j.flush().await.unwrap();
+    assert!(j.durable_upto() >= before);
+    assert_eq!(j.unsettled_besides("boiler", 99), 1, "b has no outcome yet");
+    let q = j.requeue(b, &[], true, 1).unwrap();
+    assert_eq!((q.state, q.attempts), (State::Queued, 1));
+    j.flush().await.unwrap();
+    assert_eq!(j.unsettled_besides("boiler", 99), 1, "a retry is still unsettled");
+}
+
+#[tokio::test]
+async fn a_journal_knows_whether_the_gateway_stopped_cleanly_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    {
+        let j = open(&dir);
+        assert!(j.opened_clean(), "a new journal");
+        new_entry(j.admit(inbound(Some("a"), b"{}"), None, 1).unwrap());
+        j.seal().await.unwrap();
+    }
+    {
+        let j = open(&dir);
+        assert!(j.opened_clean(), "sealed at the stop");
+        j.flush().await.unwrap();
+        // no seal: as a crash leaves it
+    }
+    assert!(!open(&dir).opened_clean(), "after a crash");
+}

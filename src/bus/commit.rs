@@ -132,3 +132,62 @@ impl Commit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Bounds;
+    use crate::message::{Inbound, Outcome};
+
+    fn setup() -> (tempfile::TempDir, Journal, Commit, mpsc::UnboundedReceiver<Done>, Vec<u64>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let bounds = Bounds { max_messages: 100, max_bytes: 1 << 20 };
+        let (j, _) = Journal::open(&tmp.path().join("j"), 1 << 20, bounds).unwrap();
+        let seqs = (0..3)
+            .map(|i| {
+                let inbound = Inbound { id: Some(format!("m{i}")), body: b"{}".to_vec(), ..Inbound::default() };
+                match j.admit(inbound, None, 1).unwrap() {
+                    crate::journal::Admitted::New(e) => e.seq,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let c = Commit::new(j.clone(), tx);
+        (tmp, j, c, rx, seqs)
+    }
+
+    fn outcome(j: &Journal, c: &mut Commit, seq: u64) {
+        let o = Outcome::delivered("ok");
+        j.finish(seq, &o, 2).unwrap();
+        c.record(Done { seq, device: "d".into(), outcome: o, attempts: 1, durable: false });
+    }
+
+    #[tokio::test]
+    async fn an_outcome_goes_on_only_once_a_flush_covered_it() {
+        let (_tmp, j, mut c, mut rx, seqs) = setup();
+        outcome(&j, &mut c, seqs[0]);
+        c.poll();
+        assert!(rx.try_recv().is_err(), "not durable yet");
+        c.kick();
+        assert!(c.busy());
+        outcome(&j, &mut c, seqs[1]); // while the lingering flush waits: it rides along
+        c.settle().await;
+        let got: Vec<(u64, bool)> = std::iter::from_fn(|| rx.try_recv().ok()).map(|d| (d.seq, d.durable)).collect();
+        assert_eq!(got, [(seqs[0], true), (seqs[1], true)]);
+        assert!(!c.busy());
+    }
+
+    #[tokio::test]
+    async fn another_flush_releases_outcomes_without_one_of_the_workers_own() {
+        let (_tmp, j, mut c, mut rx, seqs) = setup();
+        outcome(&j, &mut c, seqs[2]);
+        j.flush().await.unwrap(); // the pipeline's, for arrivals
+        c.poll();
+        let d = rx.try_recv().expect("released by the other flush");
+        assert!(d.durable && d.seq == seqs[2]);
+        assert!(!c.busy(), "no flush of its own was needed");
+        c.flush_all().await.unwrap();
+        assert!(rx.try_recv().is_err());
+    }
+}

@@ -216,3 +216,22 @@ fn a_held_redelivery_of_a_message_handed_over_in_the_same_tick_is_acknowledged_w
         "handover written before the redelivery is admitted: {out:?}"
     );
 }
+
+#[test]
+fn after_a_crash_the_first_unsettled_messages_of_each_idempotent_device_count_as_sent() {
+    let u = |seq, device: &str, sending, idempotent| Unfinished { seq, sending, idempotent, device: device.into() };
+    let mut list = vec![
+        u(1, "boiler", true, true), // marked: flagged anyway, not counted
+        u(2, "boiler", false, true),
+        u(3, "valve", false, false), // not idempotent: its marks are durable before the wire
+        u(4, "boiler", false, true),
+        u(5, "pump", false, true),
+        u(6, "boiler", false, true),
+    ];
+    possibly_sent(&mut list, 2);
+    let sent: Vec<u64> = list.iter().filter(|u| u.sending).map(|u| u.seq).collect();
+    assert_eq!(sent, [1, 2, 4, 5], "two per idempotent device after the marked one; never the valve's");
+    let out = Core::new(settings()).recover(list, vec![]);
+    assert_eq!(out[..4], [Action::Resend(1), Action::Dispatch(1), Action::Resend(2), Action::Dispatch(2)]);
+    assert_eq!(out[4], Action::Dispatch(3));
+}

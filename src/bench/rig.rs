@@ -182,26 +182,24 @@ impl Hub {
     /// Sends one C2D message of `len` bytes (a line of text) to device
     /// `d{device}`.
     pub fn send_text(&mut self, device: usize, len: usize) -> Result<u64, String> {
-        let seq = self.next_seq;
-        let mut body = format!("SET {seq} ").into_bytes();
-        body.resize(len.max(body.len()), b'x');
-        let req = C2dRequest {
-            body,
-            message_id: Some(format!("m{seq}")),
-            properties: vec![("device".into(), format!("d{device}"))],
-            ..C2dRequest::default()
-        };
-        self.shared().send(GW, req).map_err(|e| e.to_string())?;
-        self.next_seq += 1;
-        Ok(seq)
+        self.send_body(device, |seq| {
+            let mut body = format!("SET {seq} ").into_bytes();
+            body.resize(len.max(body.len()), b'x');
+            body
+        })
     }
 
     /// Sends one C2D message for device `d{device}` writing a fresh sequence
     /// number; returns it (the message id is `m{seq}`).
     pub fn send(&mut self, device: usize) -> Result<u64, String> {
+        self.send_body(device, |seq| format!(r#"{{"point":"seq","value":{seq}}}"#).into_bytes())
+    }
+
+    /// Sends message `m{seq}` (the next sequence number) with this body.
+    fn send_body(&mut self, device: usize, body: impl FnOnce(u64) -> Vec<u8>) -> Result<u64, String> {
         let seq = self.next_seq;
         let req = C2dRequest {
-            body: format!(r#"{{"point":"seq","value":{seq}}}"#).into_bytes(),
+            body: body(seq),
             message_id: Some(format!("m{seq}")),
             properties: vec![("device".into(), format!("d{device}"))],
             ..C2dRequest::default()

@@ -9,8 +9,11 @@ logging every write it applies), then runs
 which measures what a tight-loop Modbus client gets from that device (its
 ceiling), then the gateway delivering C2D messages to it end to end (hub
 emulator, journal durable, PUBACK after the device's answer), with the
-gateway's CPU and journal flushes per message. Prints the bench's table and
-one summary line; writes the JSON.
+gateway's CPU and journal flushes per message. Then the same in mqtt mode:
+a Mosquitto, the gateway with `kind = "mqtt"`, and a back end publishing
+QoS 1 commands as fast as the gateway completes them. Prints the bench's
+table and a summary line per mode; writes the JSON (the mqtt mode's next to
+it, `<name>-mqtt.json`).
 
 Asserts no speed (the machines are shared and noisy): only that the bench
 ran without an error and that the device applied every message exactly
@@ -25,13 +28,159 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 PEERS = Path(__file__).resolve().parent.parent / "peers"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def cpu_ticks(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def mqtt_mode(binary: str, device: str, logs: Path, seconds: float) -> dict:
+    """Mosquitto + the gateway (`kind = "mqtt"`) + a back end publishing
+    QoS 1 commands with at most 200 waiting for their reports."""
+    import paho.mqtt.client as mqtt
+
+    mosquitto = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
+    if not mosquitto:
+        raise RuntimeError("mosquitto is not installed")
+    port = free_port()
+    conf = logs / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_inflight_messages 64\nmax_queued_messages 100000\n", encoding="utf-8")
+    state = logs / "mqtt-state"
+    shutil.rmtree(state, ignore_errors=True)
+    config = logs / "gateway-mqtt.toml"
+    config.write_text(f"""[gateway]
+state_dir = "{state}"
+log_level = "info"
+[hub]
+kind = "mqtt"
+url = "mqtt://127.0.0.1:{port}"
+client_id = "bench-gateway"
+max_unacked = 64
+[buses.plc]
+kind = "modbus-tcp"
+address = "{device}"
+timeout = "1s"
+[devices.boiler]
+bus = "plc"
+unit = 1
+idempotent = true
+max_attempts = 1000000
+max_age = "24h"
+points.seq = {{ table = "holding", address = 100, type = "u32" }}
+""", encoding="utf-8")
+    procs = []
+    with open(logs / "mosquitto.log", "w", encoding="utf-8") as out:
+        procs.append(subprocess.Popen([mosquitto, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT))
+    gw_log = open(logs / "gateway-mqtt.log", "w", encoding="utf-8")
+    try:
+        def accepts():
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        wait_for(accepts, 10, "mosquitto")
+        env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "NOTIFY_SOCKET")}
+        gw = subprocess.Popen([binary, "run", "--config", str(config)], stdout=gw_log, stderr=subprocess.STDOUT,
+                              env=env)
+        procs.append(gw)
+        reports: dict[str, str] = {}
+        lock = threading.Lock()
+
+        def on_message(_c, _u, msg):
+            body = json.loads(msg.payload)
+            with lock:
+                reports[body["message_id"]] = body["status"]
+
+        back = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-backend")
+        back.max_inflight_messages_set(64)
+        back.max_queued_messages_set(0)
+        back.on_message = on_message
+        back.connect("127.0.0.1", port)
+        back.subscribe("gateway/+/result", qos=1)
+        back.loop_start()
+        seq = 0
+
+        def publish():
+            nonlocal seq
+            seq += 1
+            body = json.dumps({"id": f"m{seq}", "point": "seq", "value": seq})
+            back.publish("gateway/boiler/c2d", body, qos=1)
+
+        # Warm-up: until the gateway is subscribed and has delivered one.
+        end = time.monotonic() + 30
+        while not reports:
+            if gw.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"the gateway delivered nothing; see {logs / 'gateway-mqtt.log'}")
+            publish()
+            time.sleep(0.3)
+        wait_for(lambda: len(reports) == seq, 10, "the warm-up reports")
+        base, t0, c0 = seq, time.monotonic(), cpu_ticks(gw.pid)
+        while time.monotonic() < t0 + seconds:
+            with lock:
+                waiting = seq - len(reports)
+            if waiting < 200:
+                for _ in range(200 - waiting):
+                    publish()
+            else:
+                time.sleep(0.0005)
+        wait_for(lambda: len(reports) == seq, 60, "every report")
+        t1, c1 = time.monotonic(), cpu_ticks(gw.pid)
+        back.loop_stop()
+        back.disconnect()
+        gw.send_signal(signal.SIGTERM)
+        gw.wait(30)
+        gw_log.flush()
+        flushes = re.findall(r"journal_flushes=(\d+)", (logs / "gateway-mqtt.log").read_text(encoding="utf-8"))
+        n = seq - base
+        tck = os.sysconf("SC_CLK_TCK")
+        return {
+            "mode": "mqtt (Mosquitto, kind = \"mqtt\")",
+            "messages": n,
+            "all_messages": seq,
+            "delivered": sum(1 for s in reports.values() if s == "delivered"),
+            "reports": len(reports),
+            "seconds": t1 - t0,
+            "msg_per_s": n / (t1 - t0),
+            "cpu_us_per_msg": (c1 - c0) * 1e6 / tck / max(n, 1),
+            "journal_flushes_per_msg": int(flushes[-1]) / seq if flushes else None,
+        }
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        gw_log.close()
 
 
 def main() -> int:
@@ -67,21 +216,35 @@ def main() -> int:
             argv.append("--quick")
         print("+ " + " ".join(argv), flush=True)
         rc = subprocess.run(argv, check=False).returncode
+        m = None
+        if rc == 0:
+            try:
+                m = mqtt_mode(binary, address, logs, 2.0 if a.quick else 10.0)
+            except Exception as exc:  # noqa: BLE001 - reported, then the run fails
+                print(f"pymodbus bench: mqtt mode failed: {exc}", file=sys.stderr)
+                rc = 1
     finally:
         device.terminate()
         device.wait(10)
     if rc != 0:
         print(f"pymodbus bench: the bench failed (exit {rc})", file=sys.stderr)
         return 1
+    mqtt_json = Path(a.json).with_name(Path(a.json).stem + "-mqtt.json")
+    mqtt_json.write_text(json.dumps(m, indent=2) + "\n", encoding="utf-8")
     c = json.loads(Path(a.json).read_text(encoding="utf-8"))["ceiling"]
     applied = sum(1 for line in write_log.read_text(encoding="utf-8").splitlines() if line.strip())
-    expected = c["ceiling_writes"] + c["gateway_messages"]
+    expected = c["ceiling_writes"] + c["gateway_messages"] + m["all_messages"]
     print(f"pymodbus bench: ceiling {c['ceiling_per_s']:.0f} writes/s, gateway {c['gateway_per_s']:.0f} msg/s "
           f"({100 * c['share']:.1f} % of it), {c['cpu_us_per_msg']:.0f} us CPU and "
           f"{c['journal_flushes_per_msg']:.3f} journal flushes per message; the device applied {applied} writes "
           f"({c['ceiling_writes']} from the tight loop, {c['gateway_messages']} messages)")
-    if c["delivered"] != c["messages"] or applied != expected:
-        print(f"pymodbus bench: FAILED: {c['messages']} messages, {c['delivered']} delivered; "
+    flushes = m["journal_flushes_per_msg"]
+    print(f"pymodbus bench (mqtt mode): {m['msg_per_s']:.0f} msg/s through Mosquitto, {m['cpu_us_per_msg']:.0f} us CPU "
+          f"and {flushes if flushes is None else round(flushes, 3)} journal flushes per message; "
+          f"{m['delivered']} of {m['all_messages']} delivered; the device applied {applied} writes in all")
+    if c["delivered"] != c["messages"] or m["delivered"] != m["all_messages"] or applied != expected:
+        print(f"pymodbus bench: FAILED: {c['messages']} messages, {c['delivered']} delivered; mqtt mode "
+              f"{m['delivered']} of {m['all_messages']}; "
               f"device applied {applied} writes, expected {expected} (each message exactly once)", file=sys.stderr)
         return 1
     return 0

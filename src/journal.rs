@@ -641,9 +641,21 @@ impl Journal {
     /// The body of an unfinished message: inside its entry, or in the
     /// bodies tree (one item, or chunks).
     pub fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, JournalError> {
-        if let (_, Some(inline)) = self.get_raw(seq)? {
-            return Ok(Some(inline));
+        self.get_with_body(seq).map(|(_, body)| body)
+    }
+
+    /// An entry and, while it is unfinished, its body (one read when the
+    /// body is inside the entry).
+    pub fn get_with_body(&self, seq: u64) -> Result<(Entry, Option<Vec<u8>>), JournalError> {
+        let (e, inline) = self.get_raw(seq)?;
+        if inline.is_some() || e.state.is_final() {
+            return Ok((e, inline));
         }
+        Ok((e, self.tree_body(seq)?))
+    }
+
+    /// A body kept in the bodies tree (one item, or chunks).
+    fn tree_body(&self, seq: u64) -> Result<Option<Vec<u8>>, JournalError> {
         let mut body = Vec::new();
         let mut any = false;
         for v in self.inner.bodies.scan_prefix(key(seq)).values() {

@@ -460,15 +460,15 @@ impl Pipeline {
     /// journal) and hands it to its bus worker, or rejects it. Says
     /// whether the worker got it.
     fn send_job(&mut self, seq: u64) -> (bool, Vec<Action>) {
-        let e = match self.journal.get(seq) {
-            Ok(e) if !e.state.is_final() => e,
+        let (e, body) = match self.journal.get_with_body(seq) {
+            Ok((e, body)) if !e.state.is_final() => (e, body),
             Ok(_) => return (false, Vec::new()),
             Err(err) => {
                 tracing::error!(seq, error = %err, "cannot read a queued message back from the journal");
                 return (false, Vec::new());
             }
         };
-        let (bus, job) = match self.make_job(&e) {
+        let (bus, job) = match self.make_job(&e, body) {
             Ok(bj) => bj,
             Err(why) => return (false, self.reject(seq, why)),
         };
@@ -487,13 +487,9 @@ impl Pipeline {
     }
 
     /// The job for an entry and the name of the bus it goes to.
-    fn make_job(&self, e: &Entry) -> Result<(String, Job), String> {
+    fn make_job(&self, e: &Entry, body: Option<Vec<u8>>) -> Result<(String, Job), String> {
         let route = router::route(&self.cfg, e.device.as_deref()).map_err(|e| e.to_string())?;
-        let body = self
-            .journal
-            .body(e.seq)
-            .map_err(|err| err.to_string())?
-            .ok_or_else(|| "the message body is missing from the journal".to_string())?;
+        let body = body.ok_or_else(|| "the message body is missing from the journal".to_string())?;
         let request = router::command(&route, &body).map_err(|e| e.to_string())?;
         // $.exp is the hub's wall-clock time; max_age counts the age the
         // journal measured (monotonic: a wall-clock step does not move it).

@@ -183,8 +183,8 @@ impl MqttDialect {
             m.reject = Some(format!("body of {} bytes exceeds max_body = {}", payload.len(), self.max_body));
             return Some(m);
         }
-        if let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(payload) {
-            m.id = match obj.get("id") {
+        if let Ok(body) = serde_json::from_slice::<Peek>(payload) {
+            m.id = match body.id.as_ref() {
                 Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
                 // Integers only: a float (or an integer past 64 bits, read as
                 // one) is rounded, and two different ids could meet.
@@ -196,9 +196,9 @@ impl MqttDialect {
                 _ => None,
             };
             // Envelope for serial devices: {"id": ..., "text": "..."} sends the text.
-            if let Some(serde_json::Value::String(text)) = obj.get("text") {
-                if obj.keys().all(|k| k == "id" || k == "text") {
-                    m.body = text.clone().into_bytes();
+            if let Some(serde_json::Value::String(text)) = body.text {
+                if !body.others {
+                    m.body = text.into_bytes();
                 }
             }
         }
@@ -216,6 +216,54 @@ impl MqttDialect {
 
     pub fn describe(&self) -> String {
         format!("MQTT broker {}:{}{}", self.host, self.port, if self.tls { " (TLS)" } else { "" })
+    }
+}
+
+/// What the dialect reads from a JSON object body: its `id` and, for the
+/// serial envelope, its `text` (the last of each, as a JSON object keeps
+/// it); every other field is checked and skipped without building a JSON
+/// tree of it (a command's points are the router's to read).
+#[derive(Default)]
+struct Peek {
+    id: Option<serde_json::Value>,
+    text: Option<serde_json::Value>,
+    /// Fields other than `id` and `text`.
+    others: bool,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum PeekKey {
+    Id,
+    Text,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Peek {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Peek, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Peek;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Peek, A::Error> {
+                let mut p = Peek::default();
+                while let Some(key) = map.next_key::<PeekKey>()? {
+                    match key {
+                        PeekKey::Id => p.id = Some(map.next_value()?),
+                        PeekKey::Text => p.text = Some(map.next_value()?),
+                        PeekKey::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            p.others = true;
+                        }
+                    }
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(Fields)
     }
 }
 
@@ -295,5 +343,42 @@ mod tests {
         let big = vec![b'x'; 70_000];
         let m = d.inbound("gateway/a/c2d", &big).unwrap();
         assert!(m.reject.unwrap().contains("exceeds max_body"));
+    }
+
+    /// The body's `id` and `text` as a JSON tree would give them (the way
+    /// they were read before `Peek`), on bodies of every awkward shape.
+    #[test]
+    fn peek_reads_id_and_text_as_a_json_object_would() {
+        let tree = |b: &[u8]| match serde_json::from_slice::<serde_json::Value>(b) {
+            Ok(serde_json::Value::Object(o)) => {
+                Some((o.get("id").cloned(), o.get("text").cloned(), o.keys().any(|k| k != "id" && k != "text")))
+            }
+            _ => None,
+        };
+        let peek = |b: &[u8]| serde_json::from_slice::<Peek>(b).ok().map(|p| (p.id, p.text, p.others));
+        for body in [
+            &br#"{"id": "a1", "point": "x", "value": 1}"#[..],
+            br#"{"id": 1, "id": "later"}"#,
+            br#"{"\u0069d": "escaped key", "te\u0078t": "hi"}"#,
+            br#"{"id": "s", "text": "line"}"#,
+            br#"{"text": 5, "points": {"a": [1, {"b": null}], "c": 1.5e300}}"#,
+            br#"{"id": 18446744073709551616}"#,
+            br#"{"id": -3.5}"#,
+            br#"{}"#,
+            br#"[1, 2]"#,
+            br#""id""#,
+            br#"{"id": "x"} trailing"#,
+            br#"{"id": "x""#,
+            b"\xff\xfe",
+            b"",
+        ] {
+            assert_eq!(peek(body), tree(body), "{}", String::from_utf8_lossy(body));
+        }
+        // A number past f64 in another field made the whole tree fail, and
+        // the message lose its id; skipped unread, it keeps it (the router
+        // still rejects the body, under the message's own id).
+        let b = br#"{"id": "big", "value": 1e400}"#;
+        assert_eq!(tree(b), None);
+        assert_eq!(peek(b).and_then(|p| p.0), Some(serde_json::json!("big")));
     }
 }

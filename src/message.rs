@@ -230,29 +230,9 @@ mod entry_encoding {
 
     fn entry() -> Entry {
         Entry {
-            seq: 7,
-            id: "m-1".into(),
-            id_generated: false,
             device: Some("boiler".into()),
-            correlation_id: None,
-            expires_at: None,
-            received_at: 1_700_000_000_000,
-            state: State::Queued,
-            attempts: 0,
-            detail: String::new(),
-            completed_at: None,
-            handed_over: false,
-            reported: false,
-            resent_after_crash: false,
-            resent: false,
-            unconfirmed: false,
-            reject: None,
             body_len: 25,
-            steps: Vec::new(),
-            fingerprint: None,
-            conflict: false,
-            acked: false,
-            final_uptime: None,
+            ..Entry::new(7, "m-1".into(), 1_700_000_000_000, State::Queued)
         }
     }
 

@@ -441,6 +441,35 @@ mod tests {
         (spawn("field".into(), link, settings, journal.clone(), done_tx, stop_rx), done_rx, stop_tx)
     }
 
+    /// A journal in `dir` holding one message for `valve`; its sequence.
+    fn journal_with_one_message(dir: &std::path::Path) -> (Journal, u64) {
+        let bounds = Bounds { max_messages: 100, max_bytes: 1 << 20 };
+        let (journal, _) = Journal::open(&dir.join("j"), 1 << 20, bounds).unwrap();
+        let inbound = Inbound {
+            id: Some("m-1".into()),
+            device: Some("valve".into()),
+            body: b"{}".to_vec(),
+            ..Default::default()
+        };
+        match journal.admit(inbound, None, 1).unwrap() {
+            crate::journal::Admitted::New(e) => (journal, e.seq),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Waits (5 s at most) until entry `seq` is back to `queued` after one attempt.
+    async fn requeued_once(journal: &Journal, seq: u64) -> crate::message::Entry {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let e = journal.get(seq).unwrap();
+            if e.state == State::Queued && e.attempts == 1 {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "not requeued: {e:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Write 1 of 2 lands, then the device drops off before write 2 (nothing
     /// of it sent). The journal keeps the confirmed step with the requeue;
     /// a job rebuilt from that entry (as after a reload, a clean stop or a
@@ -448,18 +477,7 @@ mod tests {
     #[tokio::test]
     async fn a_multi_step_command_resumes_after_the_confirmed_steps() {
         let tmp = tempfile::tempdir().unwrap();
-        let bounds = Bounds { max_messages: 100, max_bytes: 1 << 20 };
-        let (journal, _) = Journal::open(&tmp.path().join("j"), 1 << 20, bounds).unwrap();
-        let inbound = Inbound {
-            id: Some("m-1".into()),
-            device: Some("valve".into()),
-            body: b"{}".to_vec(),
-            ..Default::default()
-        };
-        let seq = match journal.admit(inbound, None, 1).unwrap() {
-            crate::journal::Admitted::New(e) => e.seq,
-            other => panic!("{other:?}"),
-        };
+        let (journal, seq) = journal_with_one_message(tmp.path());
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -467,15 +485,7 @@ mod tests {
         let (bus, _done, stop) = worker(address, &journal);
         bus.jobs.send(Work::Write(job(seq, &[]))).unwrap();
         assert_eq!(device.await.unwrap(), [(10, 1)]);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let entry = loop {
-            let e = journal.get(seq).unwrap();
-            if e.state == State::Queued && e.attempts == 1 {
-                break e;
-            }
-            assert!(Instant::now() < deadline, "not requeued: {e:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let entry = requeued_once(&journal, seq).await;
         assert_eq!(entry.steps, ["holding 10 = 1"], "the confirmed step is journaled with the requeue");
         let _ = stop.send(true);
         bus.task.await.unwrap();
@@ -511,18 +521,7 @@ mod tests {
     #[tokio::test]
     async fn an_unconfirmed_attempt_survives_a_rebuilt_job_and_the_resend_is_recorded() {
         let tmp = tempfile::tempdir().unwrap();
-        let bounds = Bounds { max_messages: 100, max_bytes: 1 << 20 };
-        let (journal, _) = Journal::open(&tmp.path().join("j"), 1 << 20, bounds).unwrap();
-        let inbound = Inbound {
-            id: Some("m-1".into()),
-            device: Some("valve".into()),
-            body: b"{}".to_vec(),
-            ..Default::default()
-        };
-        let seq = match journal.admit(inbound, None, 1).unwrap() {
-            crate::journal::Admitted::New(e) => e.seq,
-            other => panic!("{other:?}"),
-        };
+        let (journal, seq) = journal_with_one_message(tmp.path());
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -530,15 +529,7 @@ mod tests {
         let (bus, _done, stop) = worker(address, &journal);
         bus.jobs.send(Work::Write(Job { idempotent: true, ..job(seq, &[]) })).unwrap();
         device.await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let entry = loop {
-            let e = journal.get(seq).unwrap();
-            if e.state == State::Queued && e.attempts == 1 {
-                break e;
-            }
-            assert!(Instant::now() < deadline, "not requeued: {e:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let entry = requeued_once(&journal, seq).await;
         assert!(entry.unconfirmed, "the requeue journals the unconfirmed attempt: {entry:?}");
         assert!(!entry.resent);
         let _ = stop.send(true);

@@ -266,7 +266,7 @@ pub async fn run(
         let _ = journal.update(seq, |e| e.reported = true);
     }
     for &seq in &stopped.acked {
-        let _ = journal.acked(seq);
+        journal.acked(seq);
     }
     if let Some(why) = journal_failed {
         return Err(DaemonError::Runtime(format!("stopped: the journal cannot be written: {why}")));

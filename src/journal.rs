@@ -152,6 +152,12 @@ struct Index {
     /// PUBACK sent in this run, not yet in the stored entry (written with
     /// the entry's next change, or at the clean stop).
     acked: HashSet<u64>,
+    /// Handed over (acknowledged before delivery) in this run, not yet in
+    /// the stored entry (written with the entry's next change).
+    handed: HashSet<u64>,
+    /// The newest sequence number issued (numbers above it are not the
+    /// journal's: the pipeline's own for messages it could not journal).
+    newest: u64,
     /// Unfinished entries, oldest first: uptime at receipt (earlier runs:
     /// estimated from the wall clock at the open, so it may be before zero).
     arrived: BTreeMap<u64, i64>,
@@ -173,6 +179,7 @@ impl Index {
         }
         self.entries = self.entries.saturating_sub(1);
         self.acked.remove(&e.seq);
+        self.handed.remove(&e.seq);
         self.arrived.remove(&e.seq);
     }
 }
@@ -313,7 +320,11 @@ impl Journal {
                 // named none (it went to the default device).
                 (!named && device.is_some()).then(|| idx.by_key.get(&(None, id.clone())).copied()).flatten()
             });
-            let known = found.map(|seq| self.get_locked(seq)).transpose()?;
+            let mut known = found.map(|seq| self.get_locked(seq)).transpose()?;
+            if let Some(k) = known.as_mut() {
+                // Its PUBACK went out before (handed over): so may this one's.
+                k.handed_over |= k.acked || idx.handed.contains(&k.seq) || idx.acked.contains(&k.seq);
+            }
             if let Some(known) = known.as_ref().filter(|k| k.fingerprint.is_none_or(|f| f == fp)) {
                 return Ok(Admitted::Duplicate(known.clone()));
             }
@@ -328,6 +339,7 @@ impl Journal {
                     return Ok(Admitted::Full { detail, inbound });
                 }
                 let seq = self.inner.db.generate_id()?;
+                idx.newest = idx.newest.max(seq);
                 let entry = Entry {
                     device,
                     correlation_id: inbound.correlation_id,
@@ -353,6 +365,7 @@ impl Journal {
             return Ok(Admitted::Full { detail, inbound });
         }
         let seq = self.inner.db.generate_id()?;
+        idx.newest = idx.newest.max(seq);
         let (id, id_generated) = match inbound.id {
             Some(id) => (id, false),
             None => (format!("gw-{seq:016x}-{:08x}", fastrand::u32(..)), true),
@@ -430,30 +443,31 @@ impl Journal {
         }
     }
 
+    /// Unfinished message `seq` is acknowledged to the hub before delivery
+    /// (handed over; the journal keeps custody). Noted in memory and in the
+    /// entry with its next write, not flushed: its PUBACK needs only the
+    /// message durable. A redelivery of it in this run is acknowledged at
+    /// once (see [`Journal::admit`]); after a crash it waits for its
+    /// outcome. Other sequences (final, or not the journal's) are ignored.
+    pub fn hand_over(&self, seq: u64) {
+        let mut idx = self.lock();
+        if idx.arrived.contains_key(&seq) {
+            idx.handed.insert(seq);
+        }
+    }
+
     /// The PUBACK of entry `seq` went to the hub: from now on it may be
     /// forgotten early at the journal's bound (see [`Journal::admit`]);
     /// until then only the dedupe window removes it, since the hub may
-    /// still deliver it again. The mark goes into the entry with its next
-    /// write; an entry that has none coming (final and reported) is
-    /// written now. Unknown sequences (pruned, or never journaled) are
-    /// ignored.
-    pub fn acked(&self, seq: u64) -> Result<(), JournalError> {
+    /// still deliver it again. Noted in memory, without a read or a write:
+    /// the mark goes into the entry with its next write (usually its
+    /// report's), or at the clean stop ([`Journal::seal`]); a crash may
+    /// lose it, which only leaves the entry to its dedupe window.
+    /// Sequences the journal never issued are ignored.
+    pub fn acked(&self, seq: u64) {
         let mut idx = self.lock();
-        let mut e = match self.get_locked(seq) {
-            Ok(e) => e,
-            Err(JournalError::Missing(_)) => return Ok(()),
-            Err(err) => return Err(err),
-        };
-        if e.acked {
-            return Ok(());
-        }
-        if e.state.is_final() && e.reported {
-            e.acked = true;
-            idx.acked.remove(&seq);
-            self.put(&e, None)
-        } else {
+        if seq <= idx.newest {
             idx.acked.insert(seq);
-            Ok(())
         }
     }
 
@@ -647,11 +661,24 @@ impl Journal {
     /// An entry and, while it is unfinished, its body (one read when the
     /// body is inside the entry).
     pub fn get_with_body(&self, seq: u64) -> Result<(Entry, Option<Vec<u8>>), JournalError> {
-        let (e, inline) = self.get_raw(seq)?;
+        let (e, inline) = self.get_inline(seq)?;
+        self.with_body(e, inline)
+    }
+
+    /// An entry and its body if the body is kept inside it (see
+    /// `journal/codec.rs`); [`Journal::with_body`] completes it.
+    pub fn get_inline(&self, seq: u64) -> Result<(Entry, Option<Vec<u8>>), JournalError> {
+        self.get_raw(seq)
+    }
+
+    /// Completes [`Journal::get_inline`]: the body of an unfinished entry
+    /// kept in the bodies tree.
+    pub fn with_body(&self, e: Entry, inline: Option<Vec<u8>>) -> Result<(Entry, Option<Vec<u8>>), JournalError> {
         if inline.is_some() || e.state.is_final() {
             return Ok((e, inline));
         }
-        Ok((e, self.tree_body(seq)?))
+        let body = self.tree_body(e.seq)?;
+        Ok((e, body))
     }
 
     /// A body kept in the bodies tree (one item, or chunks).
@@ -680,21 +707,38 @@ impl Journal {
     /// durable without the outcome (a `sending` entry with no body). A body
     /// left behind by a crash after the first write goes at the next open.
     pub fn update(&self, seq: u64, f: impl FnOnce(&mut Entry)) -> Result<Entry, JournalError> {
+        self.update_if(seq, |e| {
+            f(e);
+            true
+        })
+        .map(|(e, _)| e)
+    }
+
+    /// [`Journal::update`] that writes only when `f` says the entry
+    /// changed; says whether it wrote.
+    fn update_if(&self, seq: u64, f: impl FnOnce(&mut Entry) -> bool) -> Result<(Entry, bool), JournalError> {
         let mut idx = self.lock();
         let (mut e, inline) = self.get_raw(seq)?;
         let was_final = e.state.is_final();
-        f(&mut e);
+        if !f(&mut e) {
+            return Ok((e, false));
+        }
         let now_final = !was_final && e.state.is_final();
         if now_final {
             e.final_uptime = e.final_uptime.or(Some(self.uptime()));
         }
         let acked = idx.acked.remove(&seq);
         e.acked |= acked;
+        let handed = idx.handed.remove(&seq);
+        e.handed_over |= handed;
         // A final entry is written without its inline body: outcome and
         // removal in one write.
         if let Err(err) = self.put(&e, inline.as_deref()) {
             if acked {
                 idx.acked.insert(seq);
+            }
+            if handed {
+                idx.handed.insert(seq);
             }
             return Err(err);
         }
@@ -718,7 +762,7 @@ impl Journal {
                 }
             }
         }
-        Ok(e)
+        Ok((e, true))
     }
 
     /// `sending`, one more attempt (`resend`, or the entry's `unconfirmed`
@@ -794,22 +838,16 @@ impl Journal {
         now_ms: u64,
         attempts: u32,
     ) -> Result<(Entry, bool), JournalError> {
-        {
-            let _idx = self.lock();
-            let e = self.get_locked(seq)?;
+        self.update_if(seq, |e| {
             if e.state.is_final() {
-                return Ok((e, false));
+                return false;
             }
-        }
-        let e = self.update(seq, |e| {
-            if !e.state.is_final() {
-                e.state = outcome.state;
-                e.detail = outcome.detail.clone();
-                e.completed_at = Some(now_ms);
-                e.attempts = e.attempts.max(attempts);
-            }
-        })?;
-        Ok((e, true))
+            e.state = outcome.state;
+            e.detail = outcome.detail.clone();
+            e.completed_at = Some(now_ms);
+            e.attempts = e.attempts.max(attempts);
+            true
+        })
     }
 
     /// Unfinished entries (`queued`, `sending`) in arrival order.
@@ -1020,6 +1058,7 @@ fn open_inner(
             }
         }
     }
+    idx.newest = newest.unwrap_or(0);
     if let Some(s) = sealed {
         if (s.entries, s.newest) != (found, newest) {
             return Err(JournalError::Unusable(format!(

@@ -123,10 +123,14 @@ impl Commit {
             return;
         }
         let upto = self.journal.durable_upto();
-        let (go, keep): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.pending).into_iter().partition(|(_, written)| !ok || *written <= upto);
-        self.pending = keep;
-        for (mut d, written) in go {
+        // Recorded in order: what a flush covered is a prefix (all of it
+        // after a failed flush).
+        let n = if ok {
+            self.pending.iter().take_while(|(_, written)| *written <= upto).count()
+        } else {
+            self.pending.len()
+        };
+        for (mut d, written) in self.pending.drain(..n) {
             d.durable = written <= upto;
             let _ = self.done.send(d);
         }
@@ -160,7 +164,7 @@ mod tests {
     fn outcome(j: &Journal, c: &mut Commit, seq: u64) {
         let o = Outcome::delivered("ok");
         j.finish(seq, &o, 2).unwrap();
-        c.record(Done { seq, device: "d".into(), outcome: o, attempts: 1, durable: false });
+        c.record(Done { seq, device: "d".into(), outcome: o, attempts: 1, durable: false, entry: None });
     }
 
     #[tokio::test]

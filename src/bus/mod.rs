@@ -74,6 +74,9 @@ pub struct Done {
     /// The outcome is already flushed to the journal (a flush of the worker
     /// covered it): no flush needed before the ack.
     pub durable: bool,
+    /// The entry as the worker's record left it (final), if it could
+    /// record it: the pipeline need not read it back.
+    pub entry: Option<crate::message::Entry>,
 }
 
 /// How one attempt on the wire ended.

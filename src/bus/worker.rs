@@ -200,10 +200,14 @@ async fn poll(link: &mut Link, p: Poll) {
 /// Records the outcome in the journal; it reaches the pipeline once a
 /// flush covers it (see `commit.rs`).
 fn finish(journal: &Journal, commit: &mut Commit, job: Job, outcome: Outcome) {
-    if let Err(e) = journal.record(job.seq, &outcome, crate::message::now_ms(), job.attempts) {
-        tracing::error!(message_id = %job.id, error = %e, "cannot record an outcome");
-    }
-    commit.record(Done { seq: job.seq, device: job.device, outcome, attempts: job.attempts, durable: false });
+    let entry = match journal.record(job.seq, &outcome, crate::message::now_ms(), job.attempts) {
+        Ok((e, _)) => Some(e),
+        Err(e) => {
+            tracing::error!(message_id = %job.id, error = %e, "cannot record an outcome");
+            None
+        }
+    };
+    commit.record(Done { seq: job.seq, device: job.device, outcome, attempts: job.attempts, durable: false, entry });
 }
 
 fn expiry_detail(job: &Job) -> String {

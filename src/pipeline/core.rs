@@ -133,7 +133,8 @@ pub enum Action {
     Finish { seq: u64, outcome: Outcome },
     /// Back to `queued`, flagged: sent again after a crash mid-send.
     Resend(u64),
-    /// Mark handed over: acknowledged before delivery, the journal keeps custody.
+    /// Mark handed over: acknowledged before delivery, the journal keeps
+    /// custody (the mark is kept in memory; see [`Core::hand_over`]).
     HandOver { seq: u64, why: &'static str },
     /// Make every write so far durable; answer with [`Core::flushed`].
     Flush,
@@ -153,12 +154,14 @@ pub enum Action {
     MarkReported(u64),
 }
 
+/// Why a message is handed over: it outlived `handover_after`.
+pub const HANDOVER_SLOW: &str = "not finished within handover_after";
+
 /// What waits for a flush.
 #[derive(Debug)]
 enum Gated {
     Admission { generation: u64, pkid: u16, admission: Admission },
     Final { seq: u64, state: State, reported: bool },
-    HandedOver(u64),
 }
 
 #[derive(Debug)]
@@ -328,7 +331,6 @@ impl Core {
                         self.report(seq, state, &mut out);
                     }
                 }
-                Gated::HandedOver(seq) => self.acks.mark_ready(seq),
             }
         }
         out.extend(self.pop_acks());
@@ -422,7 +424,7 @@ impl Core {
         // Handovers first: a held redelivery of a message handed over now
         // must find it handed over when it is admitted.
         let overdue = self.acks.overdue(now, self.settings.handover_after);
-        out.extend(self.hand_over(overdue, "not finished within handover_after"));
+        out.extend(self.hand_over(overdue, HANDOVER_SLOW));
         if self.gated.iter().any(|(t, _)| *t == RETRY) {
             let ticket = self.flushes_asked + 1;
             for (t, _) in self.gated.iter_mut().filter(|(t, _)| *t == RETRY) {
@@ -504,20 +506,17 @@ impl Core {
         self.hand_over(seqs, "too many messages are waiting for their devices")
     }
 
+    /// Acknowledges these unfinished messages before delivery. Their
+    /// admission is durable (a slot exists only after that): the journal
+    /// has custody, so no flush comes first. The mark is not durable: a
+    /// redelivery after a crash waits for the outcome.
     fn hand_over(&mut self, seqs: Vec<u64>, why: &'static str) -> Vec<Action> {
-        let gated: HashSet<u64> =
-            self.gated.iter().filter_map(|(_, g)| if let Gated::HandedOver(s) = g { Some(*s) } else { None }).collect();
-        let seqs: Vec<u64> = seqs.into_iter().filter(|s| !gated.contains(s)).collect();
-        if seqs.is_empty() {
-            return Vec::new();
-        }
-        let ticket = self.flushes_asked + 1;
         let mut out = Vec::with_capacity(seqs.len() + 1);
         for seq in seqs {
             out.push(Action::HandOver { seq, why });
-            self.gated.push((ticket, Gated::HandedOver(seq)));
+            self.acks.mark_ready(seq);
         }
-        out.extend(self.ask_flush());
+        out.extend(self.pop_acks());
         out
     }
 

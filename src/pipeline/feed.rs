@@ -46,6 +46,22 @@ impl Feed {
         Some(seq)
     }
 
+    /// Whether a new message of `device` may go to its worker at once
+    /// (nothing of it waits, and it has room); if so it is counted as out.
+    pub fn take_now(&mut self, device: &str) -> bool {
+        match self.devices.get_mut(device) {
+            None => {
+                self.devices.insert(device.to_string(), Device { out: 1, waiting: VecDeque::new() });
+                true
+            }
+            Some(d) if d.waiting.is_empty() && d.out < JOBS_PER_DEVICE => {
+                d.out += 1;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
     /// A job of `device` came back from its worker, or never reached it.
     pub fn returned(&mut self, device: &str) {
         if let Some(d) = self.devices.get_mut(device) {

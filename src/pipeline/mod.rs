@@ -64,6 +64,9 @@ pub struct Pipeline {
     core: Core,
     /// What each device's bus worker has, and what waits for it.
     feed: feed::Feed,
+    /// Outcomes the bus workers just handed on, as they recorded them:
+    /// their reports need not read them back (kept while `on_done` acts).
+    finals: HashMap<u64, crate::message::Entry>,
     /// The journal was opened after a crash and not yet recovered.
     after_crash: bool,
 }
@@ -84,6 +87,7 @@ impl Pipeline {
             status: parts.status,
             core: Core::new(Settings::from_config(&cfg)),
             feed: feed::Feed::default(),
+            finals: HashMap::new(),
             cfg,
         }
     }
@@ -259,9 +263,7 @@ impl Pipeline {
                 self.act(actions).await;
             }
             HubEvent::Acked { seq } => {
-                if let Err(err) = self.journal.acked(seq) {
-                    tracing::debug!(seq, error = %err, "cannot mark a PUBACK as sent");
-                }
+                self.journal.acked(seq);
             }
             HubEvent::Message { generation, pkid, inbound } => {
                 let mut batch = vec![Arrival { generation, pkid, inbound }];
@@ -329,9 +331,8 @@ impl Pipeline {
                     Vec::new()
                 }
                 Action::HandOver { seq, why } => {
-                    if let Ok(e) = self.journal.update(seq, |e| e.handed_over = true) {
-                        tracing::info!(message_id = %e.id, reason = why, "acknowledged to the hub before delivery; delivery goes on from the journal");
-                    }
+                    self.journal.hand_over(seq);
+                    log_handover(&self.journal, seq, why);
                     Vec::new()
                 }
                 Action::Dispatch(seq) => self.dispatch(seq),
@@ -346,7 +347,11 @@ impl Pipeline {
                     Vec::new()
                 }
                 Action::Report(seq) => {
-                    match self.journal.get(seq) {
+                    let e = match self.finals.remove(&seq) {
+                        Some(e) => Ok(e),
+                        None => self.journal.get(seq),
+                    };
+                    match e {
                         Ok(e) => self.send_report(&e, Some(seq)),
                         Err(err) => tracing::debug!(seq, error = %err, "no entry to report (pruned meanwhile?)"),
                     }
@@ -410,10 +415,11 @@ impl Pipeline {
     }
 
     /// Routes an unfinished entry and queues it for its device (see
-    /// `feed.rs`), or rejects it.
+    /// `feed.rs`), or rejects it. A device with nothing waiting and room
+    /// gets it at once (the entry read once).
     fn dispatch(&mut self, seq: u64) -> Vec<Action> {
-        let e = match self.journal.get(seq) {
-            Ok(e) if !e.state.is_final() => e,
+        let (e, inline) = match self.journal.get_inline(seq) {
+            Ok((e, inline)) if !e.state.is_final() => (e, inline),
             Ok(_) => return Vec::new(),
             Err(err) => {
                 tracing::error!(seq, error = %err, "cannot read a queued message back from the journal");
@@ -424,6 +430,13 @@ impl Pipeline {
             Ok(r) => r.device.to_string(),
             Err(why) => return self.reject(seq, why.to_string()),
         };
+        if self.feed.take_now(&device) {
+            let (sent, actions) = self.send_entry(e, inline);
+            if !sent {
+                self.feed.returned(&device);
+            }
+            return actions;
+        }
         self.feed.push(&device, seq);
         self.feed_device(&device)
     }
@@ -460,9 +473,22 @@ impl Pipeline {
     /// journal) and hands it to its bus worker, or rejects it. Says
     /// whether the worker got it.
     fn send_job(&mut self, seq: u64) -> (bool, Vec<Action>) {
-        let (e, body) = match self.journal.get_with_body(seq) {
-            Ok((e, body)) if !e.state.is_final() => (e, body),
-            Ok(_) => return (false, Vec::new()),
+        match self.journal.get_inline(seq) {
+            Ok((e, inline)) if !e.state.is_final() => self.send_entry(e, inline),
+            Ok(_) => (false, Vec::new()),
+            Err(err) => {
+                tracing::error!(seq, error = %err, "cannot read a queued message back from the journal");
+                (false, Vec::new())
+            }
+        }
+    }
+
+    /// [`Pipeline::send_job`] of an entry read already (`inline`: its
+    /// body, if kept inside it).
+    fn send_entry(&mut self, e: crate::message::Entry, inline: Option<Vec<u8>>) -> (bool, Vec<Action>) {
+        let seq = e.seq;
+        let (e, body) = match self.journal.with_body(e, inline) {
+            Ok(eb) => eb,
             Err(err) => {
                 tracing::error!(seq, error = %err, "cannot read a queued message back from the journal");
                 return (false, Vec::new());
@@ -527,7 +553,11 @@ impl Pipeline {
             // Bus workers record and flush their outcomes before handing
             // them on; one that could not record it left the entry
             // unfinished: recorded here, it needs a flush after all.
-            match self.journal.record(d.seq, &d.outcome, now, d.attempts) {
+            let recorded = match d.entry {
+                Some(e) if e.state.is_final() => Ok((e, false)),
+                _ => self.journal.record(d.seq, &d.outcome, now, d.attempts),
+            };
+            match recorded {
                 Ok((e, wrote)) => {
                     log_final(&e);
                     finished.push(Finished {
@@ -536,6 +566,7 @@ impl Pipeline {
                         durable: !wrote && d.durable,
                         reported: e.reported,
                     });
+                    self.finals.insert(d.seq, e);
                 }
                 Err(err) => tracing::error!(seq = d.seq, error = %err, "cannot record an outcome"),
             }
@@ -545,6 +576,8 @@ impl Pipeline {
             actions.extend(self.feed_device(&device));
         }
         self.act(actions).await;
+        // A report the core holds back reads its entry when it goes.
+        self.finals.clear();
         self.publish_status();
     }
 
@@ -588,6 +621,23 @@ impl Pipeline {
 }
 
 /// Logs a final outcome as it is reported.
+/// A handover at `info` when the message outlived `handover_after` (a slow
+/// or dead device: worth an operator's eye); at `debug` when the hub's
+/// window was full (flow control under a burst: every message of it).
+fn log_handover(journal: &Journal, seq: u64, why: &'static str) {
+    let slow = why == core::HANDOVER_SLOW;
+    if !(slow && tracing::enabled!(tracing::Level::INFO) || tracing::enabled!(tracing::Level::DEBUG)) {
+        return;
+    }
+    let Ok(e) = journal.get(seq) else { return };
+    const WHAT: &str = "acknowledged to the hub before delivery; delivery goes on from the journal";
+    if slow {
+        tracing::info!(message_id = %e.id, reason = why, "{WHAT}");
+    } else {
+        tracing::debug!(message_id = %e.id, reason = why, "{WHAT}");
+    }
+}
+
 fn log_final(e: &Entry) {
     let device = e.device.as_deref().unwrap_or("");
     if e.state == State::Delivered {

@@ -69,6 +69,11 @@ impl Journal {
 
     fn crash(&mut self) {
         self.live = self.durable.clone();
+        // The handover mark is kept in memory (written with an entry's
+        // next change at best): a crash may lose it.
+        for e in self.live.values_mut() {
+            e.handed_over = false;
+        }
         self.unsettled.clear();
     }
 
@@ -346,10 +351,13 @@ impl World {
             if let Some(seq) = Journal::by_key(&self.journal.durable, &key) {
                 let d = &self.journal.durable[&seq];
                 if d.body == msg.body {
-                    let ok = d.state.is_final() || d.handed_over || self.settings.complete == Complete::AfterJournal;
+                    // Handed over: its admission is durable (it is in
+                    // `durable`), the journal has custody.
+                    let handed_over = self.journal.live.get(&seq).is_some_and(|e| e.handed_over);
+                    let ok = d.state.is_final() || handed_over || self.settings.complete == Complete::AfterJournal;
                     assert!(
                         ok,
-                        "PUBACK of {key:?} while it is {:?} and not handed over, durably: {d:?}; live: {:?}; core {:?}",
+                        "PUBACK of {key:?} while it is {:?} durably and not handed over: {d:?}; live: {:?}; core {:?}",
                         d.state, self.journal.live[&seq], self.core
                     );
                 }

@@ -933,7 +933,7 @@ pub(in crate::pagecache) fn make_stable_inner(
             // nothing to write, don't bother sealing
             // current IO buffer.
         } else {
-            maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
+            seal_and_write(iobufs, &iobuf, header, false, true)?;
             stable = iobufs.stable();
             // NB we have to continue here to possibly clear
             // the next io buffer, which may have dirty
@@ -1022,6 +1022,19 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     iobuf: &Arc<IoBuf>,
     header: Header,
     from_reserve: bool,
+) -> Result<()> {
+    seal_and_write(iobufs, iobuf, header, from_reserve, false)
+}
+
+/// c2d-gateway: `maybe_seal_and_write_iobuf`, and with `inline` (a flush
+/// that waits for this write anyway, see `make_stable_inner`) the write is
+/// made on the calling thread instead of the pool's.
+fn seal_and_write(
+    iobufs: &Arc<IoBufs>,
+    iobuf: &Arc<IoBuf>,
+    header: Header,
+    from_reserve: bool,
+    inline: bool,
 ) -> Result<()> {
     if header::is_sealed(header) {
         // this buffer is already sealed. nothing to do here.
@@ -1172,7 +1185,22 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     drop(measure_assign_offset);
 
     // if writers is 0, it's our responsibility to write the buffer.
-    if header::n_writers(sealed) == 0 {
+    if header::n_writers(sealed) == 0 && inline {
+        // c2d-gateway: a flush waits for this write anyway: write it on
+        // this thread rather than hand it to the pool and wait for the
+        // pool's thread (two thread switches per flush). Errors are
+        // handled as the pool's closure below handles them.
+        iobufs.config.global_error()?;
+        if let Err(e) = iobufs.write_to_log(iobuf) {
+            error!("hit error while writing iobuf with lsn {}: {:?}", lsn, e);
+            iobufs.config.set_global_error(e.clone());
+            let intervals = iobufs.intervals.lock();
+            drop(intervals);
+            let _notified = iobufs.interval_updated.notify_all();
+            return Err(e);
+        }
+        Ok(())
+    } else if header::n_writers(sealed) == 0 {
         iobufs.config.global_error()?;
         trace!(
             "asynchronously writing iobuf with lsn {} to log from maybe_seal",

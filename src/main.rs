@@ -39,6 +39,8 @@ enum Command {
     HubEmulator(cli::emulator::Args),
     /// Send a cloud-to-device message through the emulator's HTTP API; prints its id.
     Send(cli::send::Args),
+    /// Invoke a direct method through the emulator's HTTP API; prints the status and the answer.
+    Invoke(cli::invoke::Args),
     /// Measure the gateway (a separate process) against the emulator and simulated devices; prints a table.
     Bench(bench::Args),
 }
@@ -117,6 +119,7 @@ fn main() -> ExitCode {
             block_on(cli::emulator::run(args))
         }
         Command::Send(args) => report(cli::send::run(args)),
+        Command::Invoke(args) => report(cli::invoke::run(args)),
         Command::Bench(args) => block_on(bench::run(args)),
     }
 }

@@ -1,8 +1,9 @@
 //! Subcommands beyond `run` and `check-config`: the hub emulator, the
-//! `send` back end, and the demo.
+//! `send` and `invoke` back end calls, and the demo.
 
 pub mod demo;
 pub mod emulator;
+pub mod invoke;
 pub mod send;
 
 /// Parses a CLI duration such as `500ms`, `30s`, `1h`.

@@ -13,6 +13,11 @@
 //! - `GET /feedback`: delivery feedback records
 //! - `GET /devices/{id}/events`: D2C messages with their properties
 //! - `DELETE /devices/{id}/messages`: purge
+//! - `POST /twins/{id}/methods`: invoke a direct method (`{"methodName",
+//!   "payload", "responseTimeoutInSeconds", "connectTimeoutInSeconds"}`)
+//!   → 200 `{"status", "payload"}` (the device's answer); 404 (not
+//!   registered, or not online within the connect timeout), 504 (no answer
+//!   within the response timeout), 400, each `{"errorCode", "message"}`
 //!
 //! Errors are JSON `{"error": ..., "status": ...}` with a status that says
 //! why: unknown device 404, queue full 403, bad header 400, too large 413.
@@ -47,6 +52,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/devices/{id}/messages", post(send).get(queue).delete(purge))
         .route("/devices/{id}/events", get(events))
         .route("/feedback", get(feedback))
+        .route("/twins/{id}/methods", post(invoke))
         .with_state(shared)
 }
 
@@ -146,4 +152,23 @@ async fn events(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> Respon
 
 async fn feedback(State(sh): State<Arc<Shared>>) -> Response {
     Json(sh.state().feedback.clone()).into_response()
+}
+
+async fn invoke(State(sh): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Response {
+    use super::methods::{Invocation, InvokeError};
+    let fail = |e: InvokeError| {
+        let (status, code) = e.status_and_code();
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let msg = e.to_string();
+        (status, Json(json!({"errorCode": code, "message": msg, "error": msg, "status": status.as_u16()})))
+            .into_response()
+    };
+    let call: Invocation = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return fail(InvokeError::BadRequest(format!("the call is not a method invocation: {e}"))),
+    };
+    match sh.invoke(&id, &call).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => fail(e),
+    }
 }

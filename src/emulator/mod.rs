@@ -4,6 +4,7 @@
 //! and a D2C event store.
 
 pub mod http;
+pub mod methods;
 pub mod mqtt;
 pub mod probe;
 pub mod state;
@@ -76,6 +77,8 @@ pub struct Shared {
     /// Timestamps for `bench` (see `probe.rs`), when `probing`.
     probing: AtomicBool,
     probe: Mutex<probe::Probe>,
+    /// Direct method calls waiting for their answer.
+    methods: Mutex<methods::Pending>,
 }
 
 impl Shared {
@@ -219,6 +222,7 @@ impl Emulator {
             next_conn: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             probe: Mutex::new(probe::Probe::default()),
+            methods: Mutex::new(methods::Pending::default()),
         });
         let mut tasks = Vec::new();
         let mut mqtt_addr = None;

@@ -21,7 +21,16 @@ const MAX_PACKET: usize = 512 * 1024;
 /// What the hub sends down a connection.
 #[derive(Debug)]
 pub enum ConnMsg {
-    Deliver { pkid: u16, topic: String, body: Vec<u8> },
+    Deliver {
+        pkid: u16,
+        topic: String,
+        body: Vec<u8>,
+    },
+    /// A QoS 0 PUBLISH (method requests).
+    Publish0 {
+        topic: String,
+        body: Vec<u8>,
+    },
     Close(&'static str),
 }
 
@@ -113,6 +122,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
                     if let Err(e) = w.write(Packet::Publish(p)).await { break e; }
                     if let Some(t) = probed { shared.probe().publish(conn, pkid, &t, std::time::Instant::now()); }
                 }
+                Some(ConnMsg::Publish0 { topic, body }) => {
+                    if let Err(e) = w.write(Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body))).await { break e; }
+                }
                 Some(ConnMsg::Close(why)) => break why.to_string(),
                 None => break "hub stopped".into(),
             },
@@ -124,6 +136,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
                         if f.path == propbag::devicebound_filter(&device) {
                             shared.subscribed(&device, conn);
                             codes.push(SubscribeReasonCode::Success(QoS::AtLeastOnce));
+                        } else if f.path == super::methods::FILTER {
+                            shared.methods_subscribed(&device, conn);
+                            codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
                         } else if f.path.starts_with("$iothub/") {
                             codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
                         } else {
@@ -132,6 +147,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
                     }
                     if let Err(e) = w.write(Packet::SubAck(SubAck::new(s.pkid, codes))).await { break e; }
                     shared.pump();
+                }
+                Ok(Packet::Publish(p)) if p.topic.starts_with(super::methods::RESPONSE_PREFIX) => {
+                    if let Err(e) = shared.method_answer(&device, &p.topic, &p.payload) { break e; }
+                    if p.qos != QoS::AtMostOnce {
+                        if let Err(e) = w.write(Packet::PubAck(PubAck::new(p.pkid))).await { break e; }
+                    }
                 }
                 Ok(Packet::Publish(p)) => {
                     let prefix = format!("devices/{device}/messages/events/");

@@ -80,6 +80,9 @@ pub struct Device {
     pub subscribed: bool,
     /// A session is stored (the last connection used CleanSession = 0).
     pub has_session: bool,
+    /// The connection that subscribed to method requests (they reach a
+    /// device only on it).
+    pub methods_conn: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -246,6 +249,9 @@ impl HubState {
     /// A connection ended: what it held becomes deliverable again.
     pub fn disconnected(&mut self, device: &str, conn: u64) {
         if let Some(d) = self.devices.get_mut(device) {
+            if d.methods_conn == Some(conn) {
+                d.methods_conn = None;
+            }
             if d.conn == Some(conn) {
                 d.conn = None;
                 // A clean session ends with its connection; a persistent

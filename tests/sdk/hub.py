@@ -144,6 +144,22 @@ class Hub:
         finally:
             conn.close()
 
+    def invoke(self, device: str, method: str, payload=None, *, response_timeout: int = 5,
+               connect_timeout: int = 0, raw: bytes | None = None) -> HttpResult:
+        """`POST /twins/{device}/methods`, as the service SDK's invoke_device_method."""
+        body = raw if raw is not None else json.dumps({
+            "methodName": method, "payload": payload,
+            "responseTimeoutInSeconds": response_timeout, "connectTimeoutInSeconds": connect_timeout,
+        }).encode()
+        conn = http.client.HTTPConnection(HOST, self.http_port, timeout=response_timeout + connect_timeout + 10)
+        try:
+            conn.request("POST", f"/twins/{urllib.parse.quote(device, safe='')}/methods", body,
+                         {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            return HttpResult(r.status, r.read())
+        finally:
+            conn.close()
+
     def post_c2d(self, device: str, body: bytes = b"{}", headers=()) -> HttpResult:
         return self.request("POST", f"/devices/{urllib.parse.quote(device, safe='')}/messages", body, headers)
 

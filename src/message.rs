@@ -77,6 +77,9 @@ pub struct Inbound {
     pub body: Vec<u8>,
     /// Set when the message can never be delivered (malformed topic, oversize...).
     pub reject: Option<String>,
+    /// The direct method call (its request id) that carried it: answered
+    /// with the outcome. Not journaled.
+    pub reply_to: Option<String>,
 }
 
 /// A reading of one device's telemetry points.

@@ -4,7 +4,7 @@
 //! polls only when no write is waiting, so commands keep priority. Readings
 //! go to the hub as D2C JSON, alerts as application properties.
 
-use crate::bus::{Poll, Work};
+use crate::bus::{Poll, Reply, Work};
 use crate::config::{Config, PointConfig};
 pub use crate::message::Reading;
 use serde_json::{json, Map, Value};
@@ -46,7 +46,10 @@ pub fn spawn(
                     _ = shutdown.changed() => return,
                 }
                 let (device, unit, reads) = (poll.0.clone(), poll.1, poll.2.clone());
-                if bus.send(Work::Poll(Poll { device, unit, reads, reply: readings.clone() })).is_err() {
+                if bus
+                    .send(Work::Poll(Poll { device, unit, reads, reply: Reply::Telemetry(readings.clone()) }))
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -55,13 +55,29 @@ pub enum Work {
     Poll(Poll),
 }
 
-/// A telemetry read of one device.
+/// A read of one device's points: a telemetry poll, or a `read` method.
 #[derive(Debug)]
 pub struct Poll {
     pub device: String,
     pub unit: u8,
     pub reads: Vec<(String, crate::config::PointConfig)>,
-    pub reply: tokio::sync::mpsc::UnboundedSender<crate::message::Reading>,
+    pub reply: Reply,
+}
+
+/// Where a read's values go.
+#[derive(Debug)]
+pub enum Reply {
+    /// Telemetry: a failed poll is skipped (the next one comes), and a newer
+    /// poll of the device replaces one still waiting.
+    Telemetry(tokio::sync::mpsc::UnboundedSender<crate::message::Reading>),
+    /// A caller waiting for this read: gets the values or why not.
+    Caller(tokio::sync::oneshot::Sender<Result<crate::message::Reading, String>>),
+}
+
+impl Poll {
+    fn is_telemetry(&self) -> bool {
+        matches!(self.reply, Reply::Telemetry(_))
+    }
 }
 
 /// A message a bus worker has finished with.

@@ -8,7 +8,7 @@ use super::commit::{Commit, MAX_AHEAD};
 use super::modbus::ModbusLink;
 use super::schedule::{Scheduler, Verdict};
 use super::serial::SerialLink;
-use super::{Done, Job, Poll, Request, Wire, Work};
+use super::{Done, Job, Poll, Reply, Request, Wire, Work};
 use crate::journal::Journal;
 use crate::message::Outcome;
 use std::collections::VecDeque;
@@ -132,6 +132,8 @@ async fn run(
         if let Some(p) = polls.pop_front() {
             if !sched.is_isolated(&p.device) {
                 poll(&mut link, p).await;
+            } else if let Reply::Caller(tx) = p.reply {
+                let _ = tx.send(Err(format!("device {} keeps timing out: isolated by the circuit breaker", p.device)));
             }
             continue;
         }
@@ -167,7 +169,7 @@ fn accept(sched: &mut Scheduler<Job>, polls: &mut VecDeque<Poll>, work: Work) ->
             expired
         }
         Work::Poll(p) => {
-            match polls.iter_mut().find(|q| q.device == p.device) {
+            match polls.iter_mut().find(|q| q.device == p.device && q.is_telemetry() && p.is_telemetry()) {
                 Some(q) => *q = p,
                 None => polls.push_back(p),
             }
@@ -176,25 +178,39 @@ fn accept(sched: &mut Scheduler<Job>, polls: &mut VecDeque<Poll>, work: Work) ->
     }
 }
 
-/// Reads a device's telemetry points and hands the reading back.
+/// Reads a device's points and hands the reading (or, to a caller, why
+/// not) back.
 async fn poll(link: &mut Link, p: Poll) {
-    let Link::Modbus(l) = link else { return };
+    let read = read_points(link, &p).await;
+    match p.reply {
+        Reply::Telemetry(tx) => match read {
+            Ok(r) => {
+                let _ = tx.send(r);
+            }
+            Err(e) => tracing::debug!(device = %p.device, error = %e, "telemetry read failed"),
+        },
+        Reply::Caller(tx) => {
+            let _ = tx.send(read);
+        }
+    }
+}
+
+async fn read_points(link: &mut Link, p: &Poll) -> Result<crate::message::Reading, String> {
+    let Link::Modbus(l) = link else {
+        return Err(format!("device {} is on a serial bus: it has no points to read", p.device));
+    };
     let mut values = Vec::with_capacity(p.reads.len());
     for (name, point) in &p.reads {
-        match l.read(p.unit, point.table, point.address, point.ty.width()).await {
-            Ok((words, bits)) => {
-                if let Some(v) = crate::router::encode::decode(point, &words, &bits) {
-                    values.push((name.clone(), v));
-                }
-            }
-            Err(e) => {
-                tracing::debug!(device = %p.device, point = %name, error = %e, "telemetry read failed");
-                return;
-            }
+        let (words, bits) = l
+            .read(p.unit, point.table, point.address, point.ty.width())
+            .await
+            .map_err(|e| format!("reading point {name}: {e}"))?;
+        if let Some(v) = crate::router::encode::decode(point, &words, &bits) {
+            values.push((name.clone(), v));
         }
     }
     let at_ms = crate::message::now_ms();
-    let _ = p.reply.send(crate::message::Reading { device: p.device, at_ms, values });
+    Ok(crate::message::Reading { device: p.device.clone(), at_ms, values })
 }
 
 /// Records the outcome in the journal; it reaches the pipeline once a

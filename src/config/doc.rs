@@ -3,7 +3,7 @@
 //! byte spans into lines and columns. Shared by loading (`load.rs`) and
 //! the checks across parts (`validate.rs`), which both depend on it.
 
-use super::{BusConfig, Config, DeviceConfig, GatewayConfig, HubConfig, RoutingConfig};
+use super::{BusConfig, Config, DeviceConfig, GatewayConfig, HubConfig, MethodsConfig, RoutingConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Range;
@@ -185,6 +185,7 @@ pub(super) struct Parts {
     pub gateway: Option<GatewayConfig>,
     pub hub: Option<HubConfig>,
     pub routing: Option<RoutingConfig>,
+    pub methods: Option<MethodsConfig>,
     pub buses: BTreeMap<String, BusConfig>,
     pub devices: BTreeMap<String, DeviceConfig>,
     pub bus_names: BTreeSet<String>,
@@ -199,6 +200,7 @@ impl Parts {
             routing: self.routing?,
             buses: self.buses,
             devices: self.devices,
+            methods: self.methods?,
         })
     }
 }

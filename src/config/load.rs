@@ -19,7 +19,9 @@
 use super::doc::{dotted, Doc, Parts, Report, SECRET_KEYS};
 pub use super::doc::{Diagnostic, Diagnostics};
 use super::validate;
-use super::{BusConfig, Config, DeviceConfig, GatewayConfig, HubConfig, HubKind, PointConfig, RoutingConfig};
+use super::{
+    BusConfig, Config, DeviceConfig, GatewayConfig, HubConfig, HubKind, MethodsConfig, PointConfig, RoutingConfig,
+};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -85,7 +87,7 @@ fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-const SECTIONS: [&str; 5] = ["gateway", "hub", "routing", "buses", "devices"];
+const SECTIONS: [&str; 6] = ["gateway", "hub", "routing", "buses", "devices", "methods"];
 
 fn deserialize(doc: &Doc<'_>, r: &mut Report) -> Parts {
     let root = doc.0;
@@ -105,6 +107,10 @@ fn deserialize(doc: &Doc<'_>, r: &mut Report) -> Parts {
         Some(v) => de::<RoutingConfig>(v, &["routing"], r),
         None => Some(RoutingConfig::default()),
     };
+    let methods = match root.get("methods") {
+        Some(v) => de::<MethodsConfig>(v, &["methods"], r),
+        None => Some(MethodsConfig::default()),
+    };
     let hub = match root.get("hub") {
         Some(v) => hub(v, r),
         None => {
@@ -116,6 +122,7 @@ fn deserialize(doc: &Doc<'_>, r: &mut Report) -> Parts {
         gateway,
         hub,
         routing,
+        methods,
         buses: BTreeMap::new(),
         devices: BTreeMap::new(),
         bus_names: BTreeSet::new(),

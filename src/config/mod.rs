@@ -89,6 +89,24 @@ pub struct Config {
     pub buses: BTreeMap<String, BusConfig>,
     #[serde(default)]
     pub devices: BTreeMap<String, DeviceConfig>,
+    #[serde(default)]
+    pub methods: MethodsConfig,
+}
+
+/// `[methods]`: direct methods (IoT Hub only).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodsConfig {
+    /// A `write` not final within this long is answered 504 (the command
+    /// stays queued; its result report follows as D2C); also the longest
+    /// a `read` waits. Under IoT Hub's default 30 s call timeout.
+    pub timeout: Dur,
+}
+
+impl Default for MethodsConfig {
+    fn default() -> Self {
+        MethodsConfig { timeout: Dur::secs(25) }
+    }
 }
 
 impl Config {

@@ -139,6 +139,10 @@ pub async fn run(
                     HubCommand::Publish { topic, payload, .. } => {
                         client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone()).map_err(|_| ())
                     }
+                    HubCommand::Answer { rid, status, payload } => {
+                        let topic = super::azure::methods::response_topic(*status, rid);
+                        client.try_publish(topic, QoS::AtMostOnce, false, payload.clone()).map_err(|_| ())
+                    }
                     HubCommand::Reconnect => {
                         // Acks handed over before it and not yet written
                         // are dropped with the connection (not counted as
@@ -157,7 +161,7 @@ pub async fn run(
                         inflight.queued(inflight::Publish { topic, payload, report })
                     }
                     (Ok(()), HubCommand::Ack { pkid, seq, .. }) => acks.handed(pkid, Some(seq)),
-                    (Ok(()), HubCommand::Reconnect) => {}
+                    (Ok(()), HubCommand::Reconnect | HubCommand::Answer { .. }) => {}
                 }
             }
         }
@@ -204,7 +208,13 @@ pub async fn run(
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let pkid = if p.qos == QoS::AtMostOnce { 0 } else { p.pkid };
+                        let method = dialect.method_call(&p.topic);
                         match dialect.inbound(&p.topic, &p.payload) {
+                            _ if method.is_some() => {
+                                let (name, rid) = method.expect("a method call");
+                                let _ = events.send(HubEvent::Method { name, rid, payload: p.payload.to_vec() }).await;
+                                if pkid != 0 { outbox.push_back(HubCommand::Ack { generation, pkid, seq: u64::MAX }); }
+                            }
                             Some(inbound) => {
                                 let _ = events.send(HubEvent::Message { generation, pkid, inbound }).await;
                             }
@@ -334,6 +344,14 @@ async fn stop(
                 if client.try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone()).is_ok() {
                     inflight.queued(inflight::Publish { topic, payload, report });
                 }
+            }
+            HubCommand::Answer { rid, status, payload } => {
+                let _ = client.try_publish(
+                    super::azure::methods::response_topic(status, &rid),
+                    QoS::AtMostOnce,
+                    false,
+                    payload,
+                );
             }
             HubCommand::Ack { .. } | HubCommand::Reconnect => {}
         }

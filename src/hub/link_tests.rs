@@ -246,7 +246,7 @@ impl Link {
                         self.commands.send(HubCommand::Ack { generation, pkid, seq: u64::from(pkid) }).unwrap()
                     }
                 }
-                HubEvent::Disconnected { .. } => {}
+                HubEvent::Disconnected { .. } | HubEvent::Method { .. } => {}
             }
         }
     }

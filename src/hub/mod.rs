@@ -41,6 +41,13 @@ pub enum HubEvent {
     Acked {
         seq: u64,
     },
+    /// A direct method call (IoT Hub, QoS 0): answer it with
+    /// [`HubCommand::Answer`] and its `rid`.
+    Method {
+        name: String,
+        rid: String,
+        payload: Vec<u8>,
+    },
 }
 
 /// What the pipeline asks of the link.
@@ -54,6 +61,9 @@ pub enum HubCommand {
     /// entry this is the result report of; its PUBACK comes back as
     /// [`HubEvent::Reported`].
     Publish { topic: String, payload: Vec<u8>, report: Option<u64> },
+    /// Answer direct method call `rid` (QoS 0; an answer the hub no longer
+    /// waits for is dropped there).
+    Answer { rid: String, status: u16, payload: Vec<u8> },
     /// End the current connection and connect again with the usual
     /// back-off: the hub redelivers what was not acknowledged, and nothing
     /// after this command is acknowledged on the connection it ended.
@@ -90,8 +100,16 @@ impl Dialect {
 
     pub fn subscriptions(&self) -> Vec<String> {
         match self {
-            Dialect::Azure(d) => vec![d.subscription()],
+            Dialect::Azure(d) => vec![d.subscription(), azure::methods::FILTER.to_string()],
             Dialect::Mqtt(d) => vec![d.subscription()],
+        }
+    }
+
+    /// The method name and request id of a direct method call's topic.
+    pub fn method_call(&self, topic: &str) -> Option<(String, String)> {
+        match self {
+            Dialect::Azure(_) => azure::methods::parse_request_topic(topic),
+            Dialect::Mqtt(_) => None,
         }
     }
 

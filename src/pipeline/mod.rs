@@ -4,8 +4,10 @@
 //! task carries them out against the journal, the buses and the hub link,
 //! and feeds back what happened.
 
+mod calls;
 pub mod core;
 mod feed;
+mod methods;
 #[cfg(test)]
 mod model;
 
@@ -67,6 +69,13 @@ pub struct Pipeline {
     /// Outcomes the bus workers just handed on, as they recorded them:
     /// their reports need not read them back (kept while `on_done` acts).
     finals: HashMap<u64, crate::message::Entry>,
+    /// The hub connection's generation (direct method calls arrive on it).
+    generation: u64,
+    /// `write` calls waiting for their message's outcome, by sequence.
+    waits: HashMap<u64, Vec<calls::Wait>>,
+    /// `write` calls repeating an id whose outcome is stored: answered
+    /// after a flush.
+    dup_answers: Vec<(String, crate::message::Entry)>,
     /// The journal was opened after a crash and not yet recovered.
     after_crash: bool,
 }
@@ -88,6 +97,9 @@ impl Pipeline {
             core: Core::new(Settings::from_config(&cfg)),
             feed: feed::Feed::default(),
             finals: HashMap::new(),
+            generation: 0,
+            waits: HashMap::new(),
+            dup_answers: Vec::new(),
             cfg,
         }
     }
@@ -226,6 +238,7 @@ impl Pipeline {
                     self.act(actions).await;
                     if now >= housekeeping {
                         housekeeping = now + Duration::from_secs(1);
+                        self.expire_waits(now);
                         self.publish_status();
                     }
                     if now >= prune_at {
@@ -250,7 +263,9 @@ impl Pipeline {
 
     async fn on_hub_event(&mut self, ev: HubEvent, more: &mut mpsc::Receiver<HubEvent>) {
         match ev {
+            HubEvent::Method { name, rid, payload } => self.on_method(name, rid, payload).await,
             HubEvent::Connected { generation } => {
+                self.generation = generation;
                 self.core.on_connected(generation);
                 self.publish_status();
             }
@@ -352,7 +367,10 @@ impl Pipeline {
                         None => self.journal.get(seq),
                     };
                     match e {
-                        Ok(e) => self.send_report(&e, Some(seq)),
+                        Ok(e) => {
+                            self.send_report(&e, Some(seq));
+                            self.answer_final(&e);
+                        }
                         Err(err) => tracing::debug!(seq, error = %err, "no entry to report (pruned meanwhile?)"),
                     }
                     Vec::new()
@@ -363,6 +381,8 @@ impl Pipeline {
                     Vec::new()
                 }
                 Action::MarkReported(seq) => {
+                    // Not reported by policy: a waiting call is answered now.
+                    self.answer_final_seq(seq);
                     if let Err(err) = self.journal.update(seq, |e| e.reported = true) {
                         tracing::debug!(seq, error = %err, "cannot mark a report as done (pruned meanwhile?)");
                     }
@@ -378,11 +398,15 @@ impl Pipeline {
     fn admit(&mut self, batch: Vec<Arrival>) -> Vec<(u64, u16, Admission)> {
         let now = now_ms();
         let mut out = Vec::with_capacity(batch.len());
-        for Arrival { generation, pkid, inbound } in batch {
+        for Arrival { generation, pkid, mut inbound } in batch {
+            let reply_to = inbound.reply_to.take();
             let admission = match self.journal.admit(inbound, self.cfg.routing.default_device.as_deref(), now) {
                 // A conflict is journaled already final (rejected): it takes
                 // the same way as a message refused on arrival.
                 Ok(Admitted::New(e) | Admitted::Conflict(e)) => {
+                    if let Some(rid) = reply_to {
+                        self.call_admitted(rid, &e, false);
+                    }
                     tracing::info!(message_id = %e.id, device = e.device.as_deref().unwrap_or(""), seq = e.seq, "received");
                     if e.state.is_final() {
                         log_final(&e);
@@ -391,6 +415,9 @@ impl Pipeline {
                 }
                 Ok(Admitted::Duplicate(e)) => {
                     tracing::info!(message_id = %e.id, state = %e.state, "redelivered message: not executed again");
+                    if let Some(rid) = reply_to {
+                        self.call_admitted(rid, &e, true);
+                    }
                     Admission::Duplicate {
                         seq: e.seq,
                         state: e.state,
@@ -399,11 +426,17 @@ impl Pipeline {
                     }
                 }
                 Ok(Admitted::Full { detail, inbound }) => {
+                    if let Some(rid) = reply_to {
+                        self.answer(rid, 503, serde_json::json!({"error": detail}));
+                    }
                     let e = unjournaled(inbound, detail, now);
                     tracing::error!(message_id = %e.id, detail = %e.detail, "journal full: rejecting a new message");
                     Admission::Refused(Box::new(e))
                 }
                 Err(e) => {
+                    if let Some(rid) = reply_to {
+                        self.answer(rid, 503, serde_json::json!({"error": format!("cannot journal the command: {e}")}));
+                    }
                     // Not journaled: not acknowledged; the hub delivers it again.
                     tracing::error!(error = %e, "cannot journal a received message: leaving it unacknowledged");
                     Admission::Failed
@@ -620,7 +653,6 @@ impl Pipeline {
     }
 }
 
-/// Logs a final outcome as it is reported.
 /// A handover at `info` when the message outlived `handover_after` (a slow
 /// or dead device: worth an operator's eye); at `debug` when the hub's
 /// window was full (flow control under a burst: every message of it).
@@ -638,6 +670,7 @@ fn log_handover(journal: &Journal, seq: u64, why: &'static str) {
     }
 }
 
+/// Logs a final outcome as it is reported.
 fn log_final(e: &Entry) {
     let device = e.device.as_deref().unwrap_or("");
     if e.state == State::Delivered {

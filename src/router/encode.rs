@@ -118,6 +118,10 @@ pub fn decode(point: &PointConfig, words: &[u16], bits: &[bool]) -> Option<Value
         let v = x * scale;
         // Through f32's shortest text so 0.1 stays 0.1 rather than 0.100000001.
         let v = if point.ty == PointType::F32 { format!("{}", v as f32).parse().unwrap_or(v) } else { v };
+        // An integer point read as a whole number stays an integer (42, not 42.0).
+        if point.ty != PointType::F32 && v.fract() == 0.0 && v.abs() < 9.0e15 {
+            return Some(Value::from(v as i64));
+        }
         serde_json::Number::from_f64(v).map(Value::Number)
     };
     match point.ty {
@@ -221,10 +225,12 @@ mod tests {
     fn decoding_follows_type_scale_and_word_order() {
         assert_eq!(decode(&pt("f32", ""), &[0x41AC, 0], &[]), Some(json!(21.5)));
         assert_eq!(decode(&pt("f32", "word_order = \"little\""), &[0, 0x41AC], &[]), Some(json!(21.5)));
-        assert_eq!(decode(&pt("i16", ""), &[0xFFFE], &[]), Some(json!(-2.0)));
+        assert_eq!(decode(&pt("i16", ""), &[0xFFFE], &[]), Some(json!(-2)), "whole numbers stay integers");
         assert_eq!(decode(&pt("u16", "scale = 0.1"), &[215], &[]), Some(json!(21.5)));
-        assert_eq!(decode(&pt("i32", ""), &[0xFFFF, 0xFFFE], &[]), Some(json!(-2.0)));
-        assert_eq!(decode(&pt("u32", ""), &[1, 0], &[]), Some(json!(65536.0)));
+        assert_eq!(decode(&pt("i32", ""), &[0xFFFF, 0xFFFE], &[]), Some(json!(-2)));
+        assert_eq!(decode(&pt("u32", ""), &[1, 0], &[]), Some(json!(65536)));
+        assert_eq!(decode(&pt("u16", "scale = 0.5"), &[4], &[]), Some(json!(2)));
+        assert_eq!(decode(&pt("f32", ""), &[0x4000, 0], &[]), Some(json!(2.0)), "a float stays a float");
         let coil: PointConfig = toml::from_str("table = \"coil\"\naddress = 0\ntype = \"bool\"").unwrap();
         assert_eq!(decode(&coil, &[], &[true]), Some(json!(true)));
         assert_eq!(decode(&pt("u32", ""), &[1], &[]), None, "short read");

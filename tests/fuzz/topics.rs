@@ -21,6 +21,7 @@ pub fn properties() -> Vec<Property> {
         Property { target: "topics", name: "mqtt: generated topic and body", weight: 5, run: mqtt_generated },
         Property { target: "topics", name: "mqtt: any topic, matches the filter", weight: 4, run: mqtt_any },
         Property { target: "topics", name: "mqtt: broker url", weight: 2, run: urls },
+        Property { target: "topics", name: "azure: method topics, both ends", weight: 3, run: method_topics },
     ]
 }
 
@@ -281,6 +282,33 @@ fn urls(ctx: &Ctx) -> Result<(), String> {
         } + if slash { "/" } else { "" };
         let want = (tls, host.clone(), port.unwrap_or(if tls { 8883 } else { 1883 }));
         prop_assert_eq!(parse_url(&url), Ok(want), "{}", url);
+        Ok(())
+    })
+}
+
+/// Direct method topics: a request topic the gateway reads back names the
+/// method and request id it was made of (the emulator's format); any
+/// other string is a method call only if it has the request prefix; the
+/// answer's topic parses back at the emulator.
+fn method_topics(ctx: &Ctx) -> Result<(), String> {
+    use c2d_gateway::emulator::methods::parse_response_topic;
+    use c2d_gateway::hub::azure::methods::{parse_request_topic, response_topic};
+    const NAME: &[&str] = &["a", "b", "write", "_", "-", ".", "0", "9", "é"];
+    const RID: &[&str] = &["0", "1", "a", "f", "7"];
+    let name = alphabet_string(NAME, 20).prop_map(|s| format!("m{s}"));
+    let rid = alphabet_string(RID, 12).prop_map(|s| format!("r{s}"));
+    let any = prop_oneof![
+        2 => tricky_string(40).prop_map(|t| format!("$iothub/methods/POST/{t}")),
+        1 => lossy_string(60),
+    ];
+    check(ctx, (name, rid, any, 100u16..600), |(name, rid, any, status)| {
+        let topic = format!("$iothub/methods/POST/{name}/?$rid={rid}");
+        prop_assert_eq!(parse_request_topic(&topic), Some((name.clone(), rid.clone())));
+        prop_assert_eq!(parse_response_topic(&response_topic(status, &rid)), Ok((status, rid.clone())));
+        if let Some((n, r)) = parse_request_topic(&any) {
+            prop_assert!(any.starts_with("$iothub/methods/POST/") && !n.is_empty() && !r.is_empty(), "{:?}", any);
+        }
+        let _ = parse_response_topic(&any);
         Ok(())
     })
 }

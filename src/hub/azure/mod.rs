@@ -3,5 +3,6 @@
 
 pub mod connstr;
 pub mod dialect;
+pub mod methods;
 pub mod propbag;
 pub mod sas;

@@ -320,6 +320,15 @@ fn the_hub_is_checked_by_kind() {
     assert_eq!(ok(azure).hub.missing_id, MissingId::Execute, "the default");
     assert_eq!(ok(&format!("{azure}missing_id = \"reject\"\n")).hub.missing_id, MissingId::Reject);
     assert_eq!(ok(&format!("{mqtt}missing_id = \"execute\"\n")).hub.missing_id, MissingId::Execute);
+    // [methods]
+    assert_eq!(*ok(azure).methods.timeout, std::time::Duration::from_secs(25), "the default");
+    assert_eq!(
+        *ok(&format!("{azure}[methods]\ntimeout = \"10s\"\n")).methods.timeout,
+        std::time::Duration::from_secs(10)
+    );
+    one(&format!("{azure}[methods]\ntimeout = \"0s\"\n"), "timeout", "between 1s and 300s");
+    one(&format!("{azure}[methods]\ntimeout = \"10m\"\n"), "timeout", "between 1s and 300s");
+    one(&format!("{azure}[methods]\nwait = \"1s\"\n"), "wait", "unknown field");
 }
 
 #[test]

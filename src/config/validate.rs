@@ -50,6 +50,12 @@ pub(super) fn check(parts: &Parts, doc: &Doc<'_>, report: &mut Report) {
     if let Some(rt) = &parts.routing {
         routing(&mut c, rt, parts);
     }
+    if let Some(m) = &parts.methods {
+        let t = m.timeout.as_secs_f64();
+        if !(1.0..=300.0).contains(&t) {
+            c.value(&["methods", "timeout"], "must be between 1s and 300s (IoT Hub waits 5 s to 300 s for an answer)");
+        }
+    }
     for (name, bus) in &parts.buses {
         self::bus(&mut c, name, bus);
     }

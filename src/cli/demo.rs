@@ -3,7 +3,9 @@
 //! TCP boiler, a simulated serial panel on a pseudo-terminal pair, and the
 //! gateway in azure mode. It sends a few C2D messages and prints each one's
 //! journey as observed: the gateway's own log events, the device, the hub's
-//! feedback and the result report.
+//! feedback and the result report; then telemetry, and direct method calls
+//! (a read, a write answered after the device acknowledged, the same write
+//! repeated, a bad one).
 
 use crate::config::{Config, Framing};
 use crate::emulator::{C2dRequest, Emulator, EmulatorOptions};
@@ -353,11 +355,76 @@ bus = "display"
     }
     println!();
 
-    let setpoint_writes = boiler.writes().iter().filter(|w| w.address == 100).count();
+    // Direct methods: commands that answer.
+    println!("Direct methods on the gateway's identity (a back end's calls, answered by the gateway):");
+    let method_writes_before = boiler.writes().iter().filter(|w| w.address == 100).count();
+    let calls = [
+        ("read", serde_json::json!({"device": "boiler", "points": ["temperature", "setpoint"]}), 200, None),
+        (
+            "write",
+            serde_json::json!({"device": "boiler", "id": "demo-method-1", "point": "setpoint", "value": 23.0}),
+            200,
+            Some(false),
+        ),
+        (
+            "write",
+            serde_json::json!({"device": "boiler", "id": "demo-method-1", "point": "setpoint", "value": 23.0}),
+            200,
+            Some(true),
+        ),
+        ("write", serde_json::json!({"device": "boiler", "point": "setpoint", "value": 500}), 400, None),
+    ];
+    for (name, payload, want, duplicate) in calls {
+        let t = tokio::time::Instant::now();
+        let inv = crate::emulator::methods::Invocation {
+            method_name: name.into(),
+            payload: payload.clone(),
+            response_timeout_in_seconds: 10,
+            connect_timeout_in_seconds: 5,
+        };
+        println!("  {name} {payload}");
+        match emu.shared().invoke("demo-gateway", &inv).await {
+            Ok(a) => {
+                let took = t.elapsed().as_secs_f64() * 1000.0;
+                let what = match (name, a.status) {
+                    ("read", 200) => format!("values {}", a.payload["values"]),
+                    ("write", 200) => format!(
+                        "{} after the device acknowledged ({}){}",
+                        a.payload["status"].as_str().unwrap_or("?"),
+                        a.payload["detail"].as_str().unwrap_or(""),
+                        if a.payload["duplicate"] == true {
+                            "; a repeated id: the stored outcome, nothing written"
+                        } else {
+                            ""
+                        }
+                    ),
+                    _ => a.payload["error"].as_str().unwrap_or("").to_string(),
+                };
+                println!("    → {} in {took:.1} ms: {what}", a.status);
+                let dup_ok = duplicate.is_none_or(|d| (a.payload["duplicate"] == true) == d);
+                if a.status != want || !dup_ok {
+                    ok = false;
+                    println!("    !! expected {want}");
+                }
+            }
+            Err(e) => {
+                ok = false;
+                println!("    !! the call failed: {e}");
+            }
+        }
+    }
+    let method_writes = boiler.writes().iter().filter(|w| w.address == 100).count() - method_writes_before;
+    if method_writes != 1 {
+        ok = false;
+        println!("  !! the write method wrote the setpoint {method_writes} times (expected once)");
+    }
+    println!();
+
+    let setpoint_writes = boiler.writes().iter().filter(|w| w.address == 100).count() - method_writes;
     let value = f32::from_bits(((boiler.holding(1, 100) as u32) << 16) | boiler.holding(1, 101) as u32);
     println!("Devices now:");
     println!(
-        "  boiler setpoint = {value} (written {setpoint_writes} time(s) for 2 messages with the same id), pump = {}",
+        "  boiler setpoint = {value} (written {setpoint_writes} time(s) for 2 C2D messages with the same id, {method_writes} time(s) for 2 write calls with the same id), pump = {}",
         boiler.coil(1, 7)
     );
     println!("  panel shows {:?}", shown.lock().unwrap_or_else(|p| p.into_inner()).last().cloned().unwrap_or_default());
@@ -370,7 +437,14 @@ bus = "display"
         "Summary: {} messages sent, {} completed at the hub, {} result reports; expected outcomes {:?}; left in the hub queue: {queue_left}",
         msgs.len(),
         emu.feedback().len(),
-        emu.events("demo-gateway").iter().filter(|e| e.properties.iter().any(|(k, _)| k == "c2d-status")).count(),
+        emu.events("demo-gateway")
+            .iter()
+            .filter(|e| e.properties.iter().any(|(k, _)| k == "c2d-status"))
+            .filter(|e| e
+                .properties
+                .iter()
+                .any(|(k, v)| k == "$.cid" && msgs.iter().any(|m| v.as_deref() == Some(m.id.as_str()))))
+            .count(),
         by_status
     );
     if setpoint_writes != 1 || queue_left != 0 {
@@ -382,6 +456,7 @@ bus = "display"
         println!("\nStill running (Ctrl-C stops). Try:");
         println!("  c2d-gateway send --hub http://{http} --device demo-gateway --ack full --property device=boiler --wait '{{\"point\": \"setpoint\", \"value\": 22}}'");
         println!("  c2d-gateway send --hub http://{http} --device demo-gateway --property device=panel 'GOOD MORNING'");
+        println!("  c2d-gateway invoke --hub http://{http} --device demo-gateway read '{{\"device\": \"boiler\", \"points\": [\"temperature\"]}}'");
         println!("  curl http://{http}/devices/demo-gateway/events");
         let _ = tokio::signal::ctrl_c().await;
     }

@@ -7,7 +7,7 @@
 use super::Shared;
 use crate::hub::azure::{propbag, sas};
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, PubAck, SubAck, SubscribeReasonCode};
+use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, PubAck, SubAck, SubscribeReasonCode, UnsubAck};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::Publish;
 use std::sync::Arc;
@@ -65,6 +65,33 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
+/// Twin topics a device may subscribe to.
+const TWIN_FILTERS: [&str; 2] = ["$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#"];
+
+/// The longest IoT Hub lets a connection stay silent: 1.5 keep-alive
+/// periods, at most 1767 s (also for 0, no keep-alive).
+pub fn keep_alive_limit(keep_alive_s: u16) -> Duration {
+    const MAX_MS: u64 = 1_767_000;
+    match keep_alive_s {
+        0 => Duration::from_millis(MAX_MS),
+        k => Duration::from_millis((u64::from(k) * 1500).min(MAX_MS)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keep_alive_limits() {
+        use super::keep_alive_limit as l;
+        use std::time::Duration;
+        assert_eq!(l(60), Duration::from_secs(90));
+        assert_eq!(l(1), Duration::from_millis(1500));
+        assert_eq!(l(0), Duration::from_secs(1767));
+        assert_eq!(l(1200), Duration::from_secs(1767));
+        assert_eq!(l(u16::MAX), Duration::from_secs(1767));
+    }
+}
+
 /// Serves one client connection until it ends.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Shared>) {
     let mut w = Wire { stream, buf: BytesMut::with_capacity(4096) };
@@ -111,9 +138,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
     let token_left = Duration::from_secs(expiry.saturating_sub(now_unix()));
     let expire = sleep(token_left);
     tokio::pin!(expire);
+    // IoT Hub closes a connection silent for 1.5 keep-alive periods (at
+    // most 1767 s, the longest keep-alive it allows).
+    let silence = keep_alive_limit(connect.keep_alive);
+    let idle = sleep(silence);
+    tokio::pin!(idle);
     let why = loop {
         tokio::select! {
             _ = &mut expire => break "SAS token expired".to_string(),
+            _ = &mut idle => break format!("nothing from the client for {} s (1.5 keep-alive periods)", silence.as_secs()),
             msg = rx.recv() => match msg {
                 Some(ConnMsg::Deliver { pkid, topic, body }) => {
                     let probed = shared.probing().then(|| topic.clone());
@@ -128,25 +161,39 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
                 Some(ConnMsg::Close(why)) => break why.to_string(),
                 None => break "hub stopped".into(),
             },
-            p = w.read() => match p {
+            p = w.read() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + silence);
+                match p {
                 Err(e) => break e,
                 Ok(Packet::Subscribe(s)) => {
                     let mut codes = Vec::new();
+                    let mut unsupported = None;
                     for f in &s.filters {
                         if f.path == propbag::devicebound_filter(&device) {
                             shared.subscribed(&device, conn);
-                            codes.push(SubscribeReasonCode::Success(QoS::AtLeastOnce));
+                            // QoS 0 asked, QoS 0 granted.
+                            let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                            codes.push(SubscribeReasonCode::Success(qos));
                         } else if f.path == super::methods::FILTER {
                             shared.methods_subscribed(&device, conn);
                             codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
-                        } else if f.path.starts_with("$iothub/") {
+                        } else if TWIN_FILTERS.contains(&f.path.as_str()) {
                             codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
                         } else {
-                            codes.push(SubscribeReasonCode::Failure);
+                            unsupported = Some(f.path.clone());
                         }
+                    }
+                    if let Some(topic) = unsupported {
+                        break format!("subscription to a topic IoT Hub does not support: {topic}");
                     }
                     if let Err(e) = w.write(Packet::SubAck(SubAck::new(s.pkid, codes))).await { break e; }
                     shared.pump();
+                }
+                Ok(Packet::Unsubscribe(u)) => {
+                    if let Err(e) = w.write(Packet::UnsubAck(UnsubAck::new(u.pkid))).await { break e; }
+                }
+                Ok(Packet::Publish(p)) if p.qos == QoS::ExactlyOnce => {
+                    break format!("a QoS 2 PUBLISH (IoT Hub does not support QoS 2): {}", p.topic);
                 }
                 Ok(Packet::Publish(p)) if p.topic.starts_with(super::methods::RESPONSE_PREFIX) => {
                     if let Err(e) = shared.method_answer(&device, &p.topic, &p.payload) { break e; }
@@ -175,7 +222,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
                 }
                 Ok(Packet::PingReq) => { if let Err(e) = w.write(Packet::PingResp).await { break e; } }
                 Ok(Packet::Disconnect) => break "client disconnected".into(),
-                Ok(Packet::Unsubscribe(_)) | Ok(_) => {}
+                Ok(_) => {}
+                }
             }
         }
     };

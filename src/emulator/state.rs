@@ -30,6 +30,11 @@ pub struct C2d {
     pub state: C2dState,
     pub lock: Option<(u64, u16, SystemTime)>,
     pub deliveries: u32,
+    /// When its current lock's PUBLISH was sent, in the hub's send order:
+    /// strict mode judges a PUBACK's order by this, not by queue order (a
+    /// message redelivered after its lock ran out goes after those sent
+    /// before it).
+    pub sent: u64,
 }
 
 impl C2d {
@@ -110,6 +115,8 @@ pub struct HubState {
     pub feedback: Vec<Feedback>,
     pub events: Vec<Event>,
     next_pkid: HashMap<u64, u16>,
+    /// Counts PUBLISHes sent (see [`C2d::sent`]).
+    sends: u64,
     pub lock_timeout: Duration,
 }
 
@@ -168,6 +175,7 @@ impl HubState {
             state: C2dState::Enqueued,
             lock: None,
             deliveries: 0,
+            sent: 0,
         });
         Ok(id)
     }
@@ -207,6 +215,8 @@ impl HubState {
                 m.state = C2dState::Locked;
                 m.lock = Some((conn, *pk, now + lock));
                 m.deliveries += 1;
+                self.sends += 1;
+                m.sent = self.sends;
                 out.push(Delivery {
                     conn,
                     pkid: *pk,
@@ -228,13 +238,15 @@ impl HubState {
     /// the packet is not the oldest one outstanding on that connection.
     pub fn complete(&mut self, device: &str, conn: u64, pkid: u16, strict: bool) -> bool {
         let Some(d) = self.devices.get_mut(device) else { return true };
-        let outstanding: Vec<(usize, u16)> = d
+        // In the order their PUBLISHes went out on this connection.
+        let mut outstanding: Vec<(usize, u16, u64)> = d
             .queue
             .iter()
             .enumerate()
-            .filter_map(|(i, m)| m.lock.filter(|(c, _, _)| *c == conn).map(|(_, p, _)| (i, p)))
+            .filter_map(|(i, m)| m.lock.filter(|(c, _, _)| *c == conn).map(|(_, p, _)| (i, p, m.sent)))
             .collect();
-        let Some(pos) = outstanding.iter().position(|(_, p)| *p == pkid) else {
+        outstanding.sort_by_key(|(_, _, sent)| *sent);
+        let Some(pos) = outstanding.iter().position(|(_, p, _)| *p == pkid) else {
             return true; // unknown or stale packet id: ignored, like IoT Hub
         };
         if strict && pos != 0 {
@@ -373,6 +385,32 @@ mod tests {
         assert!(h.pump(now + Duration::from_secs(61)).is_empty());
         assert_eq!(h.feedback[1].status_code, "Expired");
         assert_eq!(h.feedback[1].original_message_id, "");
+    }
+
+    #[test]
+    fn strict_order_follows_the_order_publishes_were_sent_not_the_queue() {
+        let (mut h, now) = hub();
+        let lock = Duration::from_secs(60);
+        h.enqueue("d", props("a", "none"), vec![], Duration::from_secs(3600), now).unwrap();
+        let d = h.devices.get_mut("d").unwrap();
+        d.conn = Some(1);
+        d.subscribed = true;
+        let a1 = h.pump(now)[0].pkid;
+        let half = now + lock / 2;
+        h.enqueue("d", props("b", "none"), vec![], Duration::from_secs(3600), half).unwrap();
+        let b = h.pump(half)[0].pkid;
+        // a's lock runs out: it goes again, after b on the wire.
+        let later = now + lock + Duration::from_secs(1);
+        let again = h.pump(later);
+        assert_eq!(again.len(), 1, "only a's lock ran out");
+        let a2 = again[0].pkid;
+        assert!(a2 != a1 && a2 != b);
+        // The client acks in the order it received: a's first copy (stale:
+        // ignored), b, then a's second copy. Nothing is out of order.
+        assert!(h.complete("d", 1, a1, true), "a stale packet id is ignored");
+        assert!(h.complete("d", 1, b, true), "b went out before a's second copy");
+        assert!(h.complete("d", 1, a2, true));
+        assert!(h.devices["d"].queue.is_empty());
     }
 
     #[test]

@@ -56,7 +56,7 @@ def test_the_devices_status_is_passed_through(hub, sdk_client):
 def test_a_device_that_is_not_online_is_a_404(hub, sdk_client):
     h, client, _ = answering_client(hub, sdk_client)
     client.disconnect()
-    wait_until(lambda: h.invoke("dev1", "read").status == 404, 10, "the device counted as offline")
+    wait_until(lambda: h.invoke("dev1", "read").status == 404, 10, what="the device counted as offline")
     r = h.invoke("dev1", "read")
     assert r.json()["errorCode"] == 404103, r
     r = h.invoke("nobody", "read")
@@ -102,7 +102,7 @@ def test_a_device_that_does_not_answer_in_time_is_a_504_and_its_late_answer_is_d
     assert (r.status, r.json()["errorCode"]) == (504, 504101), r
     assert 4.5 <= took < 9, took
     client.send_method_response(MethodResponse.create_from_method_request(late[0], 200, "too late"))
-    wait_until(lambda: "nobody waits for" in h.log_text(), 10, "the late answer dropped")
+    wait_until(lambda: "nobody waits for" in h.log_text(), 10, what="the late answer dropped")
     # The connection stays, and the next call works (nothing was redelivered).
     assert len(late) == 1
     assert h.invoke("dev1", "write", {"id": "m1"}, response_timeout=5).status == 504

@@ -78,20 +78,6 @@ pub fn keep_alive_limit(keep_alive_s: u16) -> Duration {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn keep_alive_limits() {
-        use super::keep_alive_limit as l;
-        use std::time::Duration;
-        assert_eq!(l(60), Duration::from_secs(90));
-        assert_eq!(l(1), Duration::from_millis(1500));
-        assert_eq!(l(0), Duration::from_secs(1767));
-        assert_eq!(l(1200), Duration::from_secs(1767));
-        assert_eq!(l(u16::MAX), Duration::from_secs(1767));
-    }
-}
-
 /// Serves one client connection until it ends.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Shared>) {
     let mut w = Wire { stream, buf: BytesMut::with_capacity(4096) };
@@ -230,4 +216,18 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
     tracing::info!(%device, conn, reason = %why, "emulator: connection closed");
     let _ = w.stream.shutdown().await;
     shared.unregister(&device, conn);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keep_alive_limits() {
+        use super::keep_alive_limit as l;
+        use std::time::Duration;
+        assert_eq!(l(60), Duration::from_secs(90));
+        assert_eq!(l(1), Duration::from_millis(1500));
+        assert_eq!(l(0), Duration::from_secs(1767));
+        assert_eq!(l(1200), Duration::from_secs(1767));
+        assert_eq!(l(u16::MAX), Duration::from_secs(1767));
+    }
 }

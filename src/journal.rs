@@ -844,6 +844,7 @@ impl Journal {
             }
             e.state = outcome.state;
             e.detail = outcome.detail.clone();
+            e.values = outcome.values.clone();
             e.completed_at = Some(now_ms);
             e.attempts = e.attempts.max(attempts);
             true

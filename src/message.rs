@@ -47,20 +47,29 @@ impl fmt::Display for State {
 pub struct Outcome {
     pub state: State,
     pub detail: String,
+    /// What a read returned (point name → value): into the result report.
+    pub values: Option<serde_json::Value>,
 }
 
 impl Outcome {
+    fn new(state: State, detail: impl Into<String>) -> Self {
+        Outcome { state, detail: detail.into(), values: None }
+    }
     pub fn delivered(detail: impl Into<String>) -> Self {
-        Outcome { state: State::Delivered, detail: detail.into() }
+        Outcome::new(State::Delivered, detail)
     }
     pub fn rejected(detail: impl Into<String>) -> Self {
-        Outcome { state: State::Rejected, detail: detail.into() }
+        Outcome::new(State::Rejected, detail)
     }
     pub fn expired(detail: impl Into<String>) -> Self {
-        Outcome { state: State::Expired, detail: detail.into() }
+        Outcome::new(State::Expired, detail)
     }
     pub fn uncertain(detail: impl Into<String>) -> Self {
-        Outcome { state: State::Uncertain, detail: detail.into() }
+        Outcome::new(State::Uncertain, detail)
+    }
+    /// The outcome of a read, with the values read.
+    pub fn read(detail: impl Into<String>, values: serde_json::Value) -> Self {
+        Outcome { values: Some(values), ..Outcome::new(State::Delivered, detail) }
     }
 }
 
@@ -171,6 +180,9 @@ pub struct Entry {
     /// wall-clock step cannot prune early.
     #[serde(default, rename = "fin_up", skip_serializing_if = "Option::is_none")]
     pub final_uptime: Option<u64>,
+    /// A read's values (point name → value), for its result report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<serde_json::Value>,
 }
 
 impl Entry {
@@ -198,6 +210,7 @@ impl Entry {
             body_len: 0,
             steps: Vec::new(),
             fingerprint: None,
+            values: None,
             conflict: false,
             acked: false,
             final_uptime: None,

@@ -18,6 +18,9 @@ struct Body<'a> {
     completed_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     correlation_id: Option<&'a str>,
+    /// What a read returned (point name → value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    values: Option<&'a serde_json::Value>,
     /// The device may have received the command twice (idempotent device,
     /// sent again after the gateway stopped mid-send).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -60,6 +63,7 @@ pub fn body(e: &Entry) -> Vec<u8> {
         received_at: rfc3339_ms(e.received_at),
         completed_at: e.completed_at.map(rfc3339_ms),
         correlation_id: e.correlation_id.as_deref(),
+        values: e.values.as_ref(),
         resent_after_crash: e.resent_after_crash,
         resent: e.resent,
         id_generated: e.id_generated,

@@ -131,3 +131,27 @@ async fn bad_calls_are_refused_with_a_reason_and_reach_neither_journal_nor_wire(
     assert!(rig.reports().is_empty(), "no report for a refused call");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_c2d_read_reports_the_values_and_writes_nothing() {
+    let rig = Rig::new(Duration::from_secs(60)).await;
+    let gw = Gateway::start(&rig.config("")).await;
+    rig.dev.mem().holding.insert((1, 10), 42);
+    rig.dev.mem().coils.insert((1, 7), true);
+    rig.send("boiler", "read-1", r#"{"read": ["mode", "pump"]}"#);
+    wait_until("the read's report", T, || rig.report_for("read-1").is_some()).await;
+    let (status, report) = rig.report_for("read-1").unwrap();
+    assert_eq!(status, "delivered", "{report}");
+    assert_eq!(report["values"], json!({"mode": 42, "pump": true}), "{report}");
+    assert_eq!(report["detail"], "read mode, pump");
+    wait_until("completed at the hub", T, || rig.feedback_for("read-1").len() == 1).await;
+    // A bad read is rejected with a reason, like a bad write.
+    rig.send("boiler", "read-2", r#"{"read": ["nope"]}"#);
+    wait_until("the bad read's report", T, || rig.report_for("read-2").is_some()).await;
+    let (status, report) = rig.report_for("read-2").unwrap();
+    assert_eq!(status, "rejected");
+    assert!(report["detail"].as_str().unwrap().contains("has no point \"nope\""), "{report}");
+    assert!(report.get("values").is_none());
+    assert!(rig.dev.writes().is_empty(), "a read writes nothing");
+    gw.stop().await;
+}

@@ -199,18 +199,28 @@ async fn read_points(link: &mut Link, p: &Poll) -> Result<crate::message::Readin
     let Link::Modbus(l) = link else {
         return Err(format!("device {} is on a serial bus: it has no points to read", p.device));
     };
-    let mut values = Vec::with_capacity(p.reads.len());
-    for (name, point) in &p.reads {
+    let values = read_values(l, p.unit, &p.reads).await?;
+    let at_ms = crate::message::now_ms();
+    Ok(crate::message::Reading { device: p.device.clone(), at_ms, values })
+}
+
+/// Reads points of unit `unit`, decoded (type, word order, scale).
+async fn read_values(
+    l: &mut ModbusLink,
+    unit: u8,
+    points: &[(String, crate::config::PointConfig)],
+) -> Result<Vec<(String, serde_json::Value)>, String> {
+    let mut values = Vec::with_capacity(points.len());
+    for (name, point) in points {
         let (words, bits) = l
-            .read(p.unit, point.table, point.address, point.ty.width())
+            .read(unit, point.table, point.address, point.ty.width())
             .await
             .map_err(|e| format!("reading point {name}: {e}"))?;
         if let Some(v) = crate::router::encode::decode(point, &words, &bits) {
             values.push((name.clone(), v));
         }
     }
-    let at_ms = crate::message::now_ms();
-    Ok(crate::message::Reading { device: p.device.clone(), at_ms, values })
+    Ok(values)
 }
 
 /// Records the outcome in the journal; it reaches the pipeline once a
@@ -251,6 +261,7 @@ fn unwritten(job: &Job) -> String {
             writes.iter().skip(job.progress).map(|w| w.describe()).collect::<Vec<_>>().join("; ")
         }
         Request::Serial(_) => "the rest".into(),
+        Request::Read(_) => "the read".into(),
     }
 }
 
@@ -275,7 +286,7 @@ fn resumes_cleanly(job: &Job) -> bool {
                 && job.progress <= writes.len()
                 && writes.iter().zip(&job.acked).all(|(w, done)| step_is(w, done))
         }
-        Request::Serial(_) => false,
+        Request::Serial(_) | Request::Read(_) => false,
     }
 }
 
@@ -299,6 +310,24 @@ async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job, commit: &mut
         tracing::debug!(device = %job.device, error = %e, "cannot reach the device");
         job.last_error = Some(e.to_string());
         return Step::Retry { timeout: false };
+    }
+    // A read changes nothing on the device: no marks, no flush, sent again
+    // as often as it takes.
+    if let (Request::Read(points), Link::Modbus(l)) = (&job.request, &mut *link) {
+        job.attempts += 1;
+        return match read_values(l, job.unit, points).await {
+            Ok(values) => {
+                let names: Vec<&str> = values.iter().map(|(n, _)| n.as_str()).collect();
+                let detail = format!("read {}", names.join(", "));
+                let values: serde_json::Map<String, serde_json::Value> = values.into_iter().collect();
+                Step::Final(Outcome::read(detail, values.into()), Verdict::Done { timeout: false })
+            }
+            Err(e) => {
+                job.last_error = Some(e);
+                requeue(journal, job);
+                Step::Retry { timeout: false }
+            }
+        };
     }
     // An idempotent device's plain attempt leaves no `sending` mark (the
     // entry's next write, its outcome or a requeue, records the attempt);

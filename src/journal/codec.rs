@@ -18,6 +18,9 @@ pub const INLINE_BODY: usize = 512;
 
 /// The first byte of a stored entry in this form.
 const V1: u8 = 1;
+/// V1 followed by the read's values (JSON text): an entry with values.
+/// Entries without values stay V1, readable by the versions before it.
+const V2: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -93,7 +96,13 @@ pub fn encode(e: &Entry, body: Option<&[u8]>) -> Vec<u8> {
         final_uptime: e.final_uptime,
         body: body.filter(|_| !e.state.is_final()).map(Cow::Borrowed),
     };
-    postcard::to_extend(&s, vec![V1]).expect("an entry serialises")
+    match &e.values {
+        None => postcard::to_extend(&s, vec![V1]).expect("an entry serialises"),
+        Some(values) => {
+            let v = postcard::to_extend(&s, vec![V2]).expect("an entry serialises");
+            postcard::to_extend(&values.to_string(), v).expect("values serialise")
+        }
+    }
 }
 
 /// An entry and its inline body, from either stored form.
@@ -101,8 +110,15 @@ pub fn decode(v: &[u8]) -> Result<(Entry, Option<Vec<u8>>), DecodeError> {
     match v.first() {
         None => Err(DecodeError::Empty),
         Some(b'{') => Ok((serde_json::from_slice(v)?, None)),
-        Some(&V1) => {
-            let s: Stored = postcard::from_bytes(&v[1..])?;
+        Some(&version @ (V1 | V2)) => {
+            let (s, rest): (Stored, &[u8]) = postcard::take_from_bytes(&v[1..])?;
+            let values = match version {
+                V2 => {
+                    let text: Cow<'_, str> = postcard::from_bytes(rest)?;
+                    Some(serde_json::from_str(&text)?)
+                }
+                _ => None,
+            };
             let e = Entry {
                 seq: s.seq,
                 id: s.id.into_owned(),
@@ -127,6 +143,7 @@ pub fn decode(v: &[u8]) -> Result<(Entry, Option<Vec<u8>>), DecodeError> {
                 conflict: s.conflict,
                 acked: s.acked,
                 final_uptime: s.final_uptime,
+                values,
             };
             Ok((e, s.body.map(Cow::into_owned)))
         }
@@ -170,6 +187,19 @@ mod tests {
         assert_eq!((back, body), (e.clone(), None));
         let json = serde_json::to_vec(&e).unwrap();
         assert!(v.len() * 2 < json.len(), "{} bytes stored, {} as JSON", v.len(), json.len());
+    }
+
+    #[test]
+    fn a_reads_values_come_back_and_entries_without_stay_v1() {
+        let e =
+            Entry { values: Some(serde_json::json!({"temperature": 48.2, "pump": true})), ..entry(State::Delivered) };
+        let v = encode(&e, None);
+        assert_eq!(v[0], V2);
+        assert_eq!(decode(&v).unwrap(), (e, None));
+        assert_eq!(encode(&entry(State::Delivered), None)[0], V1);
+        for n in 0..v.len() {
+            let _ = decode(&v[..n]);
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ use modbus::Write;
 pub enum Request {
     Modbus(Vec<Write>),
     Serial(Vec<u8>),
+    /// Read these points (Modbus); the values go into the result report.
+    Read(Vec<(String, crate::config::PointConfig)>),
 }
 
 /// A routed message: device name, its config and its bus's.
@@ -97,9 +99,10 @@ pub fn route<'a>(cfg: &'a Config, named: Option<&str>) -> Result<Route<'a>, Rout
 /// Turns the body into the request for the device's bus.
 pub fn command(route: &Route<'_>, body: &[u8]) -> Result<Request, CommandError> {
     match route.bus.kind {
-        BusKind::ModbusRtu | BusKind::ModbusTcp => {
-            Ok(Request::Modbus(modbus::parse_body(body, route.device, route.config)?))
-        }
+        BusKind::ModbusRtu | BusKind::ModbusTcp => Ok(match modbus::parse_command(body, route.device, route.config)? {
+            modbus::Command::Writes(w) => Request::Modbus(w),
+            modbus::Command::Read(points) => Request::Read(points),
+        }),
         BusKind::Serial => {
             if body.is_empty() {
                 return Err(CommandError::EmptySerialBody);

@@ -125,6 +125,22 @@ fn list<T: fmt::Display>(values: &[T]) -> String {
 /// `device_name` is only used in messages. Either every write of the body is
 /// returned or the body is rejected as a whole.
 pub fn parse_body(body: &[u8], device_name: &str, device: &DeviceConfig) -> Result<Vec<Write>, Reject> {
+    match parse_command(body, device_name, device)? {
+        Command::Writes(w) => Ok(w),
+        Command::Read(_) => Err(Reject::ReadNotWrite),
+    }
+}
+
+/// What a Modbus body asks for: writes, or a read of points
+/// (`{"read": ["setpoint", "temperature"]}`; the report carries the values).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Writes(Vec<Write>),
+    Read(Vec<(String, PointConfig)>),
+}
+
+/// [`parse_body`], reads included.
+pub fn parse_command(body: &[u8], device_name: &str, device: &DeviceConfig) -> Result<Command, Reject> {
     let text = match std::str::from_utf8(body) {
         Ok(t) => t,
         Err(e) => return Err(Reject::NotUtf8 { offset: e.valid_up_to() }),
@@ -141,7 +157,35 @@ pub fn parse_body(body: &[u8], device_name: &str, device: &DeviceConfig) -> Resu
         other => return Err(Reject::NotObject { got: show(&other), kind: kind(&other) }),
     };
     let body = Body::new(&entries)?;
+    if let Some(read) = body.get("read") {
+        body.only(&["read"], "a read takes only \"read\", a list of point names")?;
+        return parse_read(read, device_name, device).map(Command::Read);
+    }
+    parse_writes(&body, &entries, device_name, device).map(Command::Writes)
+}
 
+fn parse_read(read: &Json, device_name: &str, device: &DeviceConfig) -> Result<Vec<(String, PointConfig)>, Reject> {
+    let Json::Other(Value::Array(names)) = read else { return Err(Reject::BadRead) };
+    if names.is_empty() {
+        return Err(Reject::BadRead);
+    }
+    let mut out: Vec<(String, PointConfig)> = Vec::with_capacity(names.len());
+    for n in names {
+        let Value::String(name) = n else { return Err(Reject::BadRead) };
+        if out.iter().any(|(seen, _)| seen == name) {
+            return Err(Reject::DuplicatePoint { point: quote(name) });
+        }
+        out.push((name.clone(), lookup(name, device_name, device)?.clone()));
+    }
+    Ok(out)
+}
+
+fn parse_writes(
+    body: &Body<'_>,
+    entries: &[(String, Json)],
+    device_name: &str,
+    device: &DeviceConfig,
+) -> Result<Vec<Write>, Reject> {
     if body.get("fc").is_some() {
         if let Some(k) = ["point", "points"].into_iter().find(|k| body.get(k).is_some()) {
             return Err(Reject::RawAndPoint { key: k });
@@ -149,7 +193,7 @@ pub fn parse_body(body: &[u8], device_name: &str, device: &DeviceConfig) -> Resu
         if !device.allow_raw {
             return Err(Reject::RawNotAllowed { device: device_name.to_string() });
         }
-        return parse_raw(&body);
+        return parse_raw(body);
     }
     match (body.get("point"), body.get("points")) {
         (Some(_), Some(_)) => Err(Reject::PointAndPoints),

@@ -742,3 +742,30 @@ fn a_message_id_field_is_ignored_in_every_body_form() {
         );
     }
 }
+
+#[test]
+fn a_read_body_names_points_of_any_table_and_nothing_else() {
+    let read = |body: &str| parse_command(body.as_bytes(), "boiler", device());
+    match read(r#"{"read": ["sensor", "setpoint", "alarm"]}"#).unwrap() {
+        Command::Read(points) => {
+            let names: Vec<&str> = points.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, ["sensor", "setpoint", "alarm"], "in the order asked, read-only tables included");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(read(r#"{"id": "m1", "read": ["sensor"]}"#), Ok(Command::Read(_))), "id rides along (mqtt)");
+    assert!(matches!(read(r#"{"point": "count", "value": 1}"#), Ok(Command::Writes(_))));
+    for (body, needle) in [
+        (r#"{"read": []}"#, "non-empty list"),
+        (r#"{"read": "sensor"}"#, "non-empty list"),
+        (r#"{"read": [1]}"#, "non-empty list"),
+        (r#"{"read": ["nope"]}"#, "has no point \"nope\""),
+        (r#"{"read": ["sensor", "sensor"]}"#, "appears twice"),
+        (r#"{"read": ["sensor"], "point": "count", "value": 1}"#, "a read takes only"),
+    ] {
+        let e = read(body).unwrap_err().to_string();
+        assert!(e.contains(needle), "{body}: {e}");
+    }
+    // parse_body is for writes: a read is not one.
+    assert_eq!(parse(r#"{"read": ["sensor"]}"#), Err(Reject::ReadNotWrite));
+}

@@ -62,6 +62,10 @@ pub enum Reject {
     PointsNotObject { got: String, kind: &'static str },
     #[error("\"points\" is empty; name at least one point, e.g. {POINTS_EXAMPLE}")]
     PointsEmpty,
+    #[error("\"read\" must be a non-empty list of point names, e.g. {{\"read\": [\"temperature\"]}}")]
+    BadRead,
+    #[error("a read, not a write")]
+    ReadNotWrite,
     #[error("point {point} appears twice in \"points\"")]
     DuplicatePoint { point: String },
     #[error("device {device} has no point {point}: it has no points configured")]

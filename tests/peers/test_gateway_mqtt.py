@@ -260,3 +260,22 @@ def test_no_secret_in_the_log_even_at_trace(gateway, password_mosquitto, modbus_
                 assert secret not in text, f"a password is in {gw.log_path}"
     finally:
         backend.close()
+
+
+def test_a_read_reports_what_the_device_holds(mosquitto, mqtt_gateway, modbus_device, backend):
+    from pymodbus.client import ModbusTcpClient
+
+    device = modbus_device()
+    other = ModbusTcpClient(device.host, port=device.port)  # a separate client sets the register
+    assert other.connect()
+    try:
+        assert not other.write_register(10, 321, device_id=1).isError()
+    finally:
+        other.close()
+    mqtt_gateway(modbus_tcp_bus("plc", device.address) + BOILER)
+    backend.publish("boiler", {"id": "read-1", "read": ["sp"]})
+    report = backend.wait_report("read-1")
+    assert report["status"] == "delivered", report
+    assert report["values"] == {"sp": 321}, report
+    assert report["detail"] == "read sp"
+    assert without_t(device.writes()) == [sp_write(321)], "only the other client's write: a read writes nothing"

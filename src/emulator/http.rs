@@ -18,6 +18,11 @@
 //!   → 200 `{"status", "payload"}` (the device's answer); 404 (not
 //!   registered, or not online within the connect timeout), 504 (no answer
 //!   within the response timeout), 400, each `{"errorCode", "message"}`
+//! - `GET /twins/{id}`: the twin (`{"deviceId", "version", "properties":
+//!   {"desired", "reported"}}`, each section with its `$version`)
+//! - `PATCH /twins/{id}`: `{"properties": {"desired": {...}}}` merged into
+//!   the desired properties (`null` deletes), pushed to the device if it is
+//!   connected and subscribed; → the twin
 //!
 //! Errors are JSON `{"error": ..., "status": ...}` with a status that says
 //! why: unknown device 404, queue full 403, bad header 400, too large 413.
@@ -53,6 +58,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/devices/{id}/events", get(events))
         .route("/feedback", get(feedback))
         .route("/twins/{id}/methods", post(invoke))
+        .route("/twins/{id}", get(twin).patch(patch_twin))
         .with_state(shared)
 }
 
@@ -170,5 +176,33 @@ async fn invoke(State(sh): State<Arc<Shared>>, Path(id): Path<String>, body: Byt
     match sh.invoke(&id, &call).await {
         Ok(answer) => Json(answer).into_response(),
         Err(e) => fail(e),
+    }
+}
+
+fn twin_error(e: super::twin::TwinError) -> Response {
+    match e {
+        super::twin::TwinError::UnknownDevice(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        super::twin::TwinError::BadPatch(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn twin(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match sh.twin(&id) {
+        Ok(t) => Json(t).into_response(),
+        Err(e) => twin_error(e),
+    }
+}
+
+async fn patch_twin(State(sh): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Response {
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")),
+    };
+    let Some(desired) = v.pointer("/properties/desired") else {
+        return error(StatusCode::BAD_REQUEST, "a twin patch is {\"properties\": {\"desired\": {...}}}");
+    };
+    match sh.patch_desired(&id, desired) {
+        Ok(t) => Json(t).into_response(),
+        Err(e) => twin_error(e),
     }
 }

@@ -9,6 +9,7 @@ pub mod mqtt;
 pub mod probe;
 pub mod state;
 pub mod tls;
+pub mod twin;
 
 use crate::hub::azure::propbag::C2dProperties;
 use mqtt::ConnMsg;

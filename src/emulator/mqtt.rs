@@ -66,7 +66,7 @@ fn now_unix() -> u64 {
 }
 
 /// Twin topics a device may subscribe to.
-const TWIN_FILTERS: [&str; 2] = ["$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#"];
+const TWIN_FILTERS: [&str; 2] = [super::twin::RES_FILTER, super::twin::DESIRED_FILTER];
 
 /// The longest IoT Hub lets a connection stay silent: 1.5 keep-alive
 /// periods, at most 1767 s (also for 0, no keep-alive).
@@ -164,6 +164,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
                             shared.methods_subscribed(&device, conn);
                             codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
                         } else if TWIN_FILTERS.contains(&f.path.as_str()) {
+                            shared.twin_subscribed(&device, conn, &f.path);
                             codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
                         } else {
                             unsupported = Some(f.path.clone());
@@ -185,6 +186,19 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
                     if let Err(e) = shared.method_answer(&device, &p.topic, &p.payload) { break e; }
                     if p.qos != QoS::AtMostOnce {
                         if let Err(e) = w.write(Packet::PubAck(PubAck::new(p.pkid))).await { break e; }
+                    }
+                }
+                Ok(Packet::Publish(p)) if p.topic.starts_with("$iothub/twin/") => {
+                    match shared.twin_request(&device, conn, &p.topic, &p.payload) {
+                        Err(e) => break e,
+                        Ok(answer) => {
+                            if p.qos != QoS::AtMostOnce {
+                                if let Err(e) = w.write(Packet::PubAck(PubAck::new(p.pkid))).await { break e; }
+                            }
+                            if let Some((topic, body)) = answer {
+                                if let Err(e) = w.write(Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body))).await { break e; }
+                            }
+                        }
                     }
                 }
                 Ok(Packet::Publish(p)) => {

@@ -88,6 +88,11 @@ pub struct Device {
     /// The connection that subscribed to method requests (they reach a
     /// device only on it).
     pub methods_conn: Option<u64>,
+    /// Its twin, and the connections subscribed to twin answers and to
+    /// desired pushes.
+    pub twin: super::twin::Twin,
+    pub twin_res_conn: Option<u64>,
+    pub desired_conn: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -261,8 +266,10 @@ impl HubState {
     /// A connection ended: what it held becomes deliverable again.
     pub fn disconnected(&mut self, device: &str, conn: u64) {
         if let Some(d) = self.devices.get_mut(device) {
-            if d.methods_conn == Some(conn) {
-                d.methods_conn = None;
+            for c in [&mut d.methods_conn, &mut d.twin_res_conn, &mut d.desired_conn] {
+                if *c == Some(conn) {
+                    *c = None;
+                }
             }
             if d.conn == Some(conn) {
                 d.conn = None;

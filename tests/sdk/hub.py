@@ -160,6 +160,16 @@ class Hub:
         finally:
             conn.close()
 
+    def twin(self, device: str = "dev1") -> dict:
+        """`GET /twins/{device}`, as the service SDK's get_twin."""
+        return self.get(f"/twins/{urllib.parse.quote(device, safe='')}")
+
+    def patch_desired(self, device: str, desired: dict) -> HttpResult:
+        """`PATCH /twins/{device}` with desired properties, as the service SDK's update_twin."""
+        body = json.dumps({"properties": {"desired": desired}}).encode()
+        return self.request("PATCH", f"/twins/{urllib.parse.quote(device, safe='')}", body,
+                            [("Content-Type", "application/json")])
+
     def post_c2d(self, device: str, body: bytes = b"{}", headers=()) -> HttpResult:
         return self.request("POST", f"/devices/{urllib.parse.quote(device, safe='')}/messages", body, headers)
 

@@ -41,6 +41,8 @@ enum Command {
     Send(cli::send::Args),
     /// Invoke a direct method through the emulator's HTTP API; prints the status and the answer.
     Invoke(cli::invoke::Args),
+    /// Show a device twin through the emulator's HTTP API, or `set` its desired properties.
+    Twin(cli::twin::Args),
     /// Measure the gateway (a separate process) against the emulator and simulated devices; prints a table.
     Bench(bench::Args),
 }
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         }
         Command::Send(args) => report(cli::send::run(args)),
         Command::Invoke(args) => report(cli::invoke::run(args)),
+        Command::Twin(args) => report(cli::twin::run(args)),
         Command::Bench(args) => block_on(bench::run(args)),
     }
 }

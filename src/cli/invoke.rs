@@ -8,12 +8,8 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The emulator's HTTP API.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub hub: String,
-    /// The device (identity) to call: the gateway's.
-    #[arg(long)]
-    pub device: String,
+    #[command(flatten)]
+    pub service: super::Service,
     /// How long the hub waits for the answer (5 s to 300 s, like IoT Hub).
     #[arg(long, default_value = "30s", value_parser = super::duration)]
     pub timeout: Duration,
@@ -36,23 +32,12 @@ pub fn run(a: Args) -> Result<(), String> {
         "responseTimeoutInSeconds": a.timeout.as_secs(),
         "connectTimeoutInSeconds": a.connect_timeout.as_secs(),
     });
-    let base = a.hub.trim_end_matches('/');
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(a.timeout + a.connect_timeout + Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!("{base}/twins/{}/methods", a.device);
-    let mut resp = agent
-        .post(&url)
-        .header("content-type", "application/json")
-        .send(call.to_string().as_bytes())
-        .map_err(|e| format!("cannot reach the hub at {base}: {e}"))?;
-    let status = resp.status();
-    let text = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text.clone()));
+    let agent = super::Service::agent(a.timeout + a.connect_timeout + Duration::from_secs(10));
+    let url = format!("{}/twins/{}/methods", a.service.base(), a.service.device);
+    let sent = agent.post(&url).header("content-type", "application/json").send(call.to_string().as_bytes());
+    let (status, v) = a.service.reply(sent)?;
     if !status.is_success() {
-        let why = v.get("message").and_then(|e| e.as_str()).unwrap_or(&text);
+        let why = v.get("message").and_then(|e| e.as_str()).unwrap_or("");
         return Err(format!("the hub could not complete the call ({status}): {why}"));
     }
     println!("status: {}", v["status"]);

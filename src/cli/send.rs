@@ -8,11 +8,8 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The emulator's HTTP API.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub hub: String,
-    #[arg(long)]
-    pub device: String,
+    #[command(flatten)]
+    pub service: super::Service,
     /// none | positive | negative | full
     #[arg(long)]
     pub ack: Option<String>,
@@ -41,14 +38,6 @@ pub struct Args {
     pub body: String,
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
 pub fn run(a: Args) -> Result<(), String> {
     let body = if a.body == "-" {
         let mut b = Vec::new();
@@ -57,9 +46,9 @@ pub fn run(a: Args) -> Result<(), String> {
     } else {
         a.body.into_bytes()
     };
-    let base = a.hub.trim_end_matches('/');
-    let url = format!("{base}/devices/{}/messages", a.device);
-    let agent = agent();
+    let base = a.service.base().to_string();
+    let url = format!("{base}/devices/{}/messages", a.service.device);
+    let agent = super::Service::agent(Duration::from_secs(10));
     let mut req = agent.post(&url);
     if let Some(v) = &a.ack {
         req = req.header("iothub-ack", v);

@@ -60,3 +60,36 @@ def test_bad_twin_calls_are_refused(hub, sdk_client):
     r = h.request("PATCH", "/twins/dev1", b'{"desired": {"a": 1}}')
     assert r.status == 400, r
     assert h.twin("dev1")["properties"]["desired"] == {"$version": 1}, "nothing changed"
+
+
+def test_the_twin_verb_shows_and_sets_desired_properties(hub, gateway_bin):
+    import json
+    import subprocess
+
+    h = hub(sdk=False)
+
+    def twin(*args):
+        return subprocess.run([str(gateway_bin), "twin", "--hub", f"http://127.0.0.1:{h.http_port}", *args],
+                              capture_output=True, text=True, timeout=30)
+
+    out = twin("--device", "dev1", "set", '{"devices": {"boiler": {"setpoint": 21.5}}}')
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["properties"]["desired"] == {"devices": {"boiler": {"setpoint": 21.5}},
+                                                                "$version": 2}
+    out = twin("--device", "dev1")
+    assert out.returncode == 0 and json.loads(out.stdout)["deviceId"] == "dev1", out
+    out = twin("--device", "nobody")
+    assert out.returncode == 1 and "404" in out.stderr, out.stderr
+    out = twin("--device", "dev1", "set", "not json")
+    assert out.returncode == 1 and "not JSON" in out.stderr, out.stderr
+
+
+def test_the_send_verb_queues_a_c2d_message(hub, gateway_bin):
+    import subprocess
+
+    h = hub(sdk=False)
+    out = subprocess.run([str(gateway_bin), "send", "--hub", f"http://127.0.0.1:{h.http_port}", "--device", "dev1",
+                          "--message-id", "cli-1", "--property", "device=boiler", '{"point": "sp", "value": 1}'],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "cli-1", out
+    assert [m["message_id"] for m in h.queue("dev1")] == ["cli-1"]

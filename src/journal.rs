@@ -21,6 +21,8 @@ mod codec;
 mod files;
 mod seal;
 pub mod space;
+mod twin;
+pub use twin::Applied;
 mod unsettled;
 
 use crate::message::{Entry, Inbound, Outcome, State};

@@ -86,9 +86,19 @@ pub struct Inbound {
     pub body: Vec<u8>,
     /// Set when the message can never be delivered (malformed topic, oversize...).
     pub reject: Option<String>,
-    /// The direct method call (its request id) that carried it: answered
-    /// with the outcome. Not journaled.
-    pub reply_to: Option<String>,
+    /// Who waits for its outcome besides the result report (a direct
+    /// method call, a twin setpoint). Not journaled.
+    pub origin: Option<Origin>,
+}
+
+/// Where a command came from when something waits for its outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// A `write` direct method call: its request id.
+    Method(String),
+    /// A twin setpoint: the desired value of a device's point and the
+    /// desired `$version` it came with.
+    Twin { point: String, value: serde_json::Value, version: u64 },
 }
 
 /// A reading of one device's telemetry points.

@@ -3,7 +3,7 @@
 //! byte spans into lines and columns. Shared by loading (`load.rs`) and
 //! the checks across parts (`validate.rs`), which both depend on it.
 
-use super::{BusConfig, Config, DeviceConfig, GatewayConfig, HubConfig, MethodsConfig, RoutingConfig};
+use super::{BusConfig, Config, DeviceConfig, GatewayConfig, HubConfig, MethodsConfig, RoutingConfig, TwinConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Range;
@@ -186,6 +186,7 @@ pub(super) struct Parts {
     pub hub: Option<HubConfig>,
     pub routing: Option<RoutingConfig>,
     pub methods: Option<MethodsConfig>,
+    pub twin: Option<TwinConfig>,
     pub buses: BTreeMap<String, BusConfig>,
     pub devices: BTreeMap<String, DeviceConfig>,
     pub bus_names: BTreeSet<String>,
@@ -201,6 +202,7 @@ impl Parts {
             buses: self.buses,
             devices: self.devices,
             methods: self.methods?,
+            twin: self.twin?,
         })
     }
 }

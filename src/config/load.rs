@@ -21,6 +21,7 @@ pub use super::doc::{Diagnostic, Diagnostics};
 use super::validate;
 use super::{
     BusConfig, Config, DeviceConfig, GatewayConfig, HubConfig, HubKind, MethodsConfig, PointConfig, RoutingConfig,
+    TwinConfig,
 };
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,7 +88,7 @@ fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-const SECTIONS: [&str; 6] = ["gateway", "hub", "routing", "buses", "devices", "methods"];
+const SECTIONS: [&str; 7] = ["gateway", "hub", "routing", "buses", "devices", "methods", "twin"];
 
 fn deserialize(doc: &Doc<'_>, r: &mut Report) -> Parts {
     let root = doc.0;
@@ -107,6 +108,10 @@ fn deserialize(doc: &Doc<'_>, r: &mut Report) -> Parts {
         Some(v) => de::<RoutingConfig>(v, &["routing"], r),
         None => Some(RoutingConfig::default()),
     };
+    let twin = match root.get("twin") {
+        Some(v) => de::<TwinConfig>(v, &["twin"], r),
+        None => Some(TwinConfig::default()),
+    };
     let methods = match root.get("methods") {
         Some(v) => de::<MethodsConfig>(v, &["methods"], r),
         None => Some(MethodsConfig::default()),
@@ -123,6 +128,7 @@ fn deserialize(doc: &Doc<'_>, r: &mut Report) -> Parts {
         hub,
         routing,
         methods,
+        twin,
         buses: BTreeMap::new(),
         devices: BTreeMap::new(),
         bus_names: BTreeSet::new(),

@@ -91,6 +91,16 @@ pub struct Config {
     pub devices: BTreeMap<String, DeviceConfig>,
     #[serde(default)]
     pub methods: MethodsConfig,
+    #[serde(default)]
+    pub twin: TwinConfig,
+}
+
+/// `[twin]`: desired properties as setpoints (IoT Hub only).
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwinConfig {
+    /// Apply `devices.{name}.{point}` desired values and report them.
+    pub enabled: bool,
 }
 
 /// `[methods]`: direct methods (IoT Hub only).

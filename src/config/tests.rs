@@ -329,6 +329,10 @@ fn the_hub_is_checked_by_kind() {
     one(&format!("{azure}[methods]\ntimeout = \"0s\"\n"), "timeout", "between 1s and 300s");
     one(&format!("{azure}[methods]\ntimeout = \"10m\"\n"), "timeout", "between 1s and 300s");
     one(&format!("{azure}[methods]\nwait = \"1s\"\n"), "wait", "unknown field");
+    // [twin]
+    assert!(!ok(azure).twin.enabled, "off by default");
+    assert!(ok(&format!("{azure}[twin]\nenabled = true\n")).twin.enabled);
+    one(&format!("{mqtt}[twin]\nenabled = true\n"), "enabled", "kind = \"mqtt\" has no twin");
 }
 
 #[test]

@@ -50,6 +50,11 @@ pub(super) fn check(parts: &Parts, doc: &Doc<'_>, report: &mut Report) {
     if let Some(rt) = &parts.routing {
         routing(&mut c, rt, parts);
     }
+    if let (Some(t), Some(h)) = (&parts.twin, &parts.hub) {
+        if t.enabled && h.kind == HubKind::Mqtt {
+            c.value(&["twin", "enabled"], "twin setpoints are IoT Hub's: kind = \"mqtt\" has no twin");
+        }
+    }
     if let Some(m) = &parts.methods {
         let t = m.timeout.as_secs_f64();
         if !(1.0..=300.0).contains(&t) {

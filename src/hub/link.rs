@@ -143,6 +143,9 @@ pub async fn run(
                         let topic = super::azure::methods::response_topic(*status, rid);
                         client.try_publish(topic, QoS::AtMostOnce, false, payload.clone()).map_err(|_| ())
                     }
+                    HubCommand::Twin { topic, payload } => {
+                        client.try_publish(topic.as_str(), QoS::AtMostOnce, false, payload.clone()).map_err(|_| ())
+                    }
                     HubCommand::Reconnect => {
                         // Acks handed over before it and not yet written
                         // are dropped with the connection (not counted as
@@ -161,7 +164,7 @@ pub async fn run(
                         inflight.queued(inflight::Publish { topic, payload, report })
                     }
                     (Ok(()), HubCommand::Ack { pkid, seq, .. }) => acks.handed(pkid, Some(seq)),
-                    (Ok(()), HubCommand::Reconnect | HubCommand::Answer { .. }) => {}
+                    (Ok(()), HubCommand::Reconnect | HubCommand::Answer { .. } | HubCommand::Twin { .. }) => {}
                 }
             }
         }
@@ -209,10 +212,15 @@ pub async fn run(
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let pkid = if p.qos == QoS::AtMostOnce { 0 } else { p.pkid };
                         let method = dialect.method_call(&p.topic);
+                        let twin = dialect.twin_event(&p.topic);
                         match dialect.inbound(&p.topic, &p.payload) {
-                            _ if method.is_some() => {
-                                let (name, rid) = method.expect("a method call");
-                                let _ = events.send(HubEvent::Method { name, rid, payload: p.payload.to_vec() }).await;
+                            _ if method.is_some() || twin.is_some() => {
+                                let ev = match (method, twin) {
+                                    (Some((name, rid)), _) => HubEvent::Method { name, rid, payload: p.payload.to_vec() },
+                                    (None, Some(Some((status, rid)))) => HubEvent::TwinAnswer { status, rid, payload: p.payload.to_vec() },
+                                    _ => HubEvent::DesiredPatch,
+                                };
+                                let _ = events.send(ev).await;
                                 if pkid != 0 { outbox.push_back(HubCommand::Ack { generation, pkid, seq: u64::MAX }); }
                             }
                             Some(inbound) => {
@@ -352,6 +360,9 @@ async fn stop(
                     false,
                     payload,
                 );
+            }
+            HubCommand::Twin { topic, payload } => {
+                let _ = client.try_publish(topic, QoS::AtMostOnce, false, payload);
             }
             HubCommand::Ack { .. } | HubCommand::Reconnect => {}
         }

@@ -246,7 +246,10 @@ impl Link {
                         self.commands.send(HubCommand::Ack { generation, pkid, seq: u64::from(pkid) }).unwrap()
                     }
                 }
-                HubEvent::Disconnected { .. } | HubEvent::Method { .. } => {}
+                HubEvent::Disconnected { .. }
+                | HubEvent::Method { .. }
+                | HubEvent::TwinAnswer { .. }
+                | HubEvent::DesiredPatch => {}
             }
         }
     }

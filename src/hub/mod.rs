@@ -41,6 +41,14 @@ pub enum HubEvent {
     Acked {
         seq: u64,
     },
+    /// The hub's answer to a twin request (`$iothub/twin/res/{status}/?$rid=`).
+    TwinAnswer {
+        status: u16,
+        rid: String,
+        payload: Vec<u8>,
+    },
+    /// Desired properties changed (`$iothub/twin/PATCH/properties/desired/`).
+    DesiredPatch,
     /// A direct method call (IoT Hub, QoS 0): answer it with
     /// [`HubCommand::Answer`] and its `rid`.
     Method {
@@ -61,6 +69,8 @@ pub enum HubCommand {
     /// entry this is the result report of; its PUBACK comes back as
     /// [`HubEvent::Reported`].
     Publish { topic: String, payload: Vec<u8>, report: Option<u64> },
+    /// A twin request (GET, reported PATCH) on this topic, QoS 0.
+    Twin { topic: String, payload: Vec<u8> },
     /// Answer direct method call `rid` (QoS 0; an answer the hub no longer
     /// waits for is dropped there).
     Answer { rid: String, status: u16, payload: Vec<u8> },
@@ -100,8 +110,23 @@ impl Dialect {
 
     pub fn subscriptions(&self) -> Vec<String> {
         match self {
-            Dialect::Azure(d) => vec![d.subscription(), azure::methods::FILTER.to_string()],
+            Dialect::Azure(d) => {
+                let mut v = vec![d.subscription(), azure::methods::FILTER.to_string()];
+                if d.twin {
+                    v.extend([azure::methods::TWIN_RES_FILTER.to_string(), azure::methods::DESIRED_FILTER.to_string()]);
+                }
+                v
+            }
             Dialect::Mqtt(d) => vec![d.subscription()],
+        }
+    }
+
+    /// What a twin topic carries: an answer (status, request id), or a
+    /// desired patch (None).
+    pub fn twin_event(&self, topic: &str) -> Option<Option<(u16, String)>> {
+        match self {
+            Dialect::Azure(_) => azure::methods::parse_twin_topic(topic),
+            Dialect::Mqtt(_) => None,
         }
     }
 

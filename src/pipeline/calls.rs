@@ -8,7 +8,7 @@ use super::methods::{self, Call};
 use super::Pipeline;
 use crate::bus::{Poll, Reply, Work};
 use crate::hub::HubCommand;
-use crate::message::{Entry, Inbound};
+use crate::message::{Entry, Inbound, Origin};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -37,7 +37,8 @@ impl Pipeline {
             }
             Call::Read { device, unit, bus, reads } => self.read(rid, device, unit, bus, reads),
             Call::Write { device, id, body } => {
-                let inbound = Inbound { id, device: Some(device), body, reply_to: Some(rid), ..Inbound::default() };
+                let inbound =
+                    Inbound { id, device: Some(device), body, origin: Some(Origin::Method(rid)), ..Inbound::default() };
                 let arrival = Arrival { generation: self.generation, pkid: 0, inbound };
                 let room = self.space.check_recent();
                 let actions = self.core.on_received(vec![arrival], room);
@@ -54,9 +55,14 @@ impl Pipeline {
         let _ = self.hub.send(HubCommand::Answer { rid, status, payload });
     }
 
-    /// A `write` call's message was admitted: it waits for the outcome, or
-    /// (a repeated id) gets the stored one or its progress.
-    pub(super) fn call_admitted(&mut self, rid: String, e: &Entry, duplicate: bool) {
+    /// A command something waits for was admitted: a `write` call waits
+    /// for the outcome, or (a repeated id) gets the stored one or its
+    /// progress; a twin setpoint waits for its outcome, or records it.
+    pub(super) fn call_admitted(&mut self, origin: Origin, e: &Entry, duplicate: bool) {
+        let rid = match origin {
+            Origin::Method(rid) => rid,
+            Origin::Twin { point, value, version } => return self.setpoint_admitted(e, point, value, version),
+        };
         if duplicate && e.state.is_final() {
             // Answered after a flush (see `answer_duplicates`): the stored
             // outcome may have been written a moment ago.
@@ -67,6 +73,15 @@ impl Pipeline {
         } else {
             let until = Instant::now() + *self.cfg.methods.timeout;
             self.waits.entry(e.seq).or_default().push(Wait { rid, until });
+        }
+    }
+
+    /// A command something waits for could not be journaled.
+    pub(super) fn not_admitted(&mut self, origin: Origin, why: &str) {
+        match origin {
+            Origin::Method(rid) => self.answer(rid, 503, json!({"error": why})),
+            // Not recorded as applied: the next reconcile tries again.
+            Origin::Twin { point, .. } => tracing::error!(%point, reason = why, "cannot journal a twin setpoint"),
         }
     }
 
@@ -88,8 +103,10 @@ impl Pipeline {
         }
     }
 
-    /// The outcome of entry `e` is durable: answers the calls waiting for it.
+    /// The outcome of entry `e` is durable: answers the calls waiting for
+    /// it, records and reports a twin setpoint.
     pub(super) fn answer_final(&mut self, e: &Entry) {
+        self.setpoint_final(e);
         for w in self.waits.remove(&e.seq).unwrap_or_default() {
             let (s, v) = methods::final_answer(e, false);
             self.answer(w.rid, s, v);
@@ -98,7 +115,7 @@ impl Pipeline {
 
     /// [`Pipeline::answer_final`] for entry `seq`, if a call waits for it.
     pub(super) fn answer_final_seq(&mut self, seq: u64) {
-        if self.waits.contains_key(&seq) {
+        if self.waits.contains_key(&seq) || self.setpoints.contains_key(&seq) {
             if let Ok(e) = self.journal.get(seq) {
                 self.answer_final(&e);
             }

@@ -10,6 +10,7 @@ mod feed;
 mod methods;
 #[cfg(test)]
 mod model;
+mod twin;
 
 use self::core::{Action, Admission, Arrival, Core, Finished, Settings, Unfinished, BATCH};
 use crate::bus::worker::BusHandle;
@@ -76,6 +77,13 @@ pub struct Pipeline {
     /// `write` calls repeating an id whose outcome is stored: answered
     /// after a flush.
     dup_answers: Vec<(String, crate::message::Entry)>,
+    /// Twin setpoints waiting for their outcome, by sequence: (device,
+    /// point, desired value, desired version).
+    setpoints: HashMap<u64, (String, String, serde_json::Value, u64)>,
+    /// Numbers the twin's reported patches.
+    twin_rid: u64,
+    /// When this run started (unix ms), for the reported `gateway`.
+    started_ms: u64,
     /// The journal was opened after a crash and not yet recovered.
     after_crash: bool,
 }
@@ -100,6 +108,9 @@ impl Pipeline {
             generation: 0,
             waits: HashMap::new(),
             dup_answers: Vec::new(),
+            setpoints: HashMap::new(),
+            twin_rid: 0,
+            started_ms: now_ms(),
             cfg,
         }
     }
@@ -264,10 +275,13 @@ impl Pipeline {
     async fn on_hub_event(&mut self, ev: HubEvent, more: &mut mpsc::Receiver<HubEvent>) {
         match ev {
             HubEvent::Method { name, rid, payload } => self.on_method(name, rid, payload).await,
+            HubEvent::TwinAnswer { status, rid, payload } => self.on_twin_answer(status, rid, payload).await,
+            HubEvent::DesiredPatch => self.on_desired_patch(),
             HubEvent::Connected { generation } => {
                 self.generation = generation;
                 self.core.on_connected(generation);
                 self.publish_status();
+                self.twin_connected();
             }
             HubEvent::Disconnected { .. } => {
                 self.core.on_disconnected();
@@ -399,13 +413,13 @@ impl Pipeline {
         let now = now_ms();
         let mut out = Vec::with_capacity(batch.len());
         for Arrival { generation, pkid, mut inbound } in batch {
-            let reply_to = inbound.reply_to.take();
+            let origin = inbound.origin.take();
             let admission = match self.journal.admit(inbound, self.cfg.routing.default_device.as_deref(), now) {
                 // A conflict is journaled already final (rejected): it takes
                 // the same way as a message refused on arrival.
                 Ok(Admitted::New(e) | Admitted::Conflict(e)) => {
-                    if let Some(rid) = reply_to {
-                        self.call_admitted(rid, &e, false);
+                    if let Some(o) = origin {
+                        self.call_admitted(o, &e, false);
                     }
                     tracing::info!(message_id = %e.id, device = e.device.as_deref().unwrap_or(""), seq = e.seq, "received");
                     if e.state.is_final() {
@@ -415,8 +429,8 @@ impl Pipeline {
                 }
                 Ok(Admitted::Duplicate(e)) => {
                     tracing::info!(message_id = %e.id, state = %e.state, "redelivered message: not executed again");
-                    if let Some(rid) = reply_to {
-                        self.call_admitted(rid, &e, true);
+                    if let Some(o) = origin {
+                        self.call_admitted(o, &e, true);
                     }
                     Admission::Duplicate {
                         seq: e.seq,
@@ -426,16 +440,16 @@ impl Pipeline {
                     }
                 }
                 Ok(Admitted::Full { detail, inbound }) => {
-                    if let Some(rid) = reply_to {
-                        self.answer(rid, 503, serde_json::json!({"error": detail}));
+                    if let Some(o) = origin {
+                        self.not_admitted(o, &detail);
                     }
                     let e = unjournaled(inbound, detail, now);
                     tracing::error!(message_id = %e.id, detail = %e.detail, "journal full: rejecting a new message");
                     Admission::Refused(Box::new(e))
                 }
                 Err(e) => {
-                    if let Some(rid) = reply_to {
-                        self.answer(rid, 503, serde_json::json!({"error": format!("cannot journal the command: {e}")}));
+                    if let Some(o) = origin {
+                        self.not_admitted(o, &format!("cannot journal the command: {e}"));
                     }
                     // Not journaled: not acknowledged; the hub delivers it again.
                     tracing::error!(error = %e, "cannot journal a received message: leaving it unacknowledged");

@@ -24,6 +24,8 @@ pub struct AzureDialect {
     device_property: String,
     max_body: usize,
     missing_id: MissingId,
+    /// Twin setpoints on: subscribe to twin answers and desired changes.
+    pub twin: bool,
 }
 
 /// Where the connection string comes from, in order: inline, file, the
@@ -95,6 +97,7 @@ impl AzureDialect {
             device_property: cfg.routing.device_property.clone(),
             max_body: hub.max_body,
             missing_id: hub.missing_id,
+            twin: cfg.twin.enabled,
         })
     }
 

@@ -22,6 +22,8 @@ fn the_demo_runs_on_its_own_and_everything_turns_out_as_expected() {
         "delivered after the device acknowledged (holding 100..101 = [16824, 0])",
         "a repeated id: the stored outcome, nothing written",
         "→ 400 in",
+        "desired_version\":2,\"status\":\"delivered\",\"value\":false}",
+        "pump = false (the twin's)",
         "panel shows \"HELLO FROM THE CLOUD\"",
         "6 messages sent, 6 completed at the hub, 6 result reports",
         "left in the hub queue: 0",

@@ -5,7 +5,7 @@
 //! journey as observed: the gateway's own log events, the device, the hub's
 //! feedback and the result report; then telemetry, and direct method calls
 //! (a read, a write answered after the device acknowledged, the same write
-//! repeated, a bad one).
+//! repeated, a bad one), and a twin setpoint applied and reported.
 
 use crate::config::{Config, Framing};
 use crate::emulator::{C2dRequest, Emulator, EmulatorOptions};
@@ -205,6 +205,8 @@ points.temperature = {{ table = "input", address = 0, type = "f32" }}
 telemetry = {{ interval = "250ms", points = ["temperature", "setpoint"], alerts = {{ temperatureAlert = "temperature > 30" }} }}
 [devices.panel]
 bus = "display"
+[twin]
+enabled = true
 "#,
         state = tmp.join("state").display(),
         port = emu.tls_addr().map(|a| a.port()).unwrap_or(0),
@@ -420,11 +422,45 @@ bus = "display"
     }
     println!();
 
+    // Twin: a setpoint kept in the cloud, applied and reported.
+    println!("Twin setpoint (desired properties, applied through the journal and reported back):");
+    let desired = serde_json::json!({"devices": {"boiler": {"pump": false}}});
+    println!("  desired {desired}");
+    let t = tokio::time::Instant::now();
+    if let Err(e) = emu.shared().patch_desired("demo-gateway", &desired) {
+        ok = false;
+        println!("  !! {e}");
+    }
+    let pump_reported = || {
+        emu.shared().twin("demo-gateway").ok().and_then(|t| {
+            let r = &t["properties"]["reported"]["devices"]["boiler"]["pump"];
+            (r["value"] == false).then(|| r.clone())
+        })
+    };
+    while pump_reported().is_none() && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match pump_reported() {
+        Some(r) => println!(
+            "    → applied in {:.1} ms, reported: {r} (the device's pump coil is now {})",
+            t.elapsed().as_secs_f64() * 1000.0,
+            boiler.coil(1, 7)
+        ),
+        None => {
+            ok = false;
+            println!("  !! the setpoint was not reported within 10 s");
+        }
+    }
+    if boiler.coil(1, 7) {
+        ok = false;
+    }
+    println!();
+
     let setpoint_writes = boiler.writes().iter().filter(|w| w.address == 100).count() - method_writes;
     let value = f32::from_bits(((boiler.holding(1, 100) as u32) << 16) | boiler.holding(1, 101) as u32);
     println!("Devices now:");
     println!(
-        "  boiler setpoint = {value} (written {setpoint_writes} time(s) for 2 C2D messages with the same id, {method_writes} time(s) for 2 write calls with the same id), pump = {}",
+        "  boiler setpoint = {value} (written {setpoint_writes} time(s) for 2 C2D messages with the same id, {method_writes} time(s) for 2 write calls with the same id), pump = {} (the twin's)",
         boiler.coil(1, 7)
     );
     println!("  panel shows {:?}", shown.lock().unwrap_or_else(|p| p.into_inner()).last().cloned().unwrap_or_default());
@@ -457,6 +493,7 @@ bus = "display"
         println!("  c2d-gateway send --hub http://{http} --device demo-gateway --ack full --property device=boiler --wait '{{\"point\": \"setpoint\", \"value\": 22}}'");
         println!("  c2d-gateway send --hub http://{http} --device demo-gateway --property device=panel 'GOOD MORNING'");
         println!("  c2d-gateway invoke --hub http://{http} --device demo-gateway read '{{\"device\": \"boiler\", \"points\": [\"temperature\"]}}'");
+        println!("  c2d-gateway twin --hub http://{http} --device demo-gateway set '{{\"devices\": {{\"boiler\": {{\"setpoint\": 19}}}}}}'");
         println!("  curl http://{http}/devices/demo-gateway/events");
         let _ = tokio::signal::ctrl_c().await;
     }

@@ -9,8 +9,6 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 pub const QUEUE_LIMIT: usize = 50;
-/// IoT Hub's default maximum delivery count.
-pub const MAX_DELIVERIES: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -191,7 +189,6 @@ impl HubState {
         let lock = self.lock_timeout;
         let mut out = Vec::new();
         let mut expired = Vec::new();
-        let mut exceeded = Vec::new();
         for (name, d) in self.devices.iter_mut() {
             // Expiry and lock ends first.
             let mut keep = VecDeque::new();
@@ -200,14 +197,13 @@ impl HubState {
                     expired.push((name.clone(), m));
                     continue;
                 }
+                // A lock that runs out does not count toward the max
+                // delivery count (only an abandon does, and MQTT has none):
+                // the message goes again until its TTL ends.
                 if let Some((_, _, until)) = m.lock {
                     if until <= now {
                         m.lock = None;
                         m.state = C2dState::Enqueued;
-                        if m.deliveries >= MAX_DELIVERIES {
-                            exceeded.push((name.clone(), m));
-                            continue;
-                        }
                     }
                 }
                 keep.push_back(m);
@@ -232,9 +228,6 @@ impl HubState {
         }
         for (dev, m) in expired {
             self.feedback_for(&dev, &m, "Expired", "Message expired");
-        }
-        for (dev, m) in exceeded {
-            self.feedback_for(&dev, &m, "DeliveryCountExceeded", "Delivery count exceeded");
         }
         out
     }
@@ -448,6 +441,22 @@ mod tests {
         assert_eq!(again.len(), 1, "redelivered after the lock");
         assert!(h.pump(now + Duration::from_secs(121)).is_empty());
         assert_eq!(h.feedback.last().unwrap().status_code, "Expired");
+    }
+
+    #[test]
+    fn a_lock_that_runs_out_does_not_count_toward_the_max_delivery_count() {
+        let (mut h, now) = hub();
+        h.enqueue("d", props("a", "full"), vec![], Duration::from_secs(3600), now).unwrap();
+        let d = h.devices.get_mut("d").unwrap();
+        d.conn = Some(1);
+        d.subscribed = true;
+        // Twenty locks run out (IoT Hub's max delivery count is 10): it goes
+        // again each time, and no DeliveryCountExceeded.
+        for n in 0..20u64 {
+            assert_eq!(h.pump(now + Duration::from_secs(61 * n)).len(), 1, "delivery {n}");
+        }
+        assert!(h.feedback.is_empty(), "{:?}", h.feedback);
+        assert_eq!(h.devices["d"].queue.len(), 1);
     }
 
     #[test]

@@ -155,3 +155,26 @@ async fn a_c2d_read_reports_the_values_and_writes_nothing() {
     assert!(rig.dev.writes().is_empty(), "a read writes nothing");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_hub_gave_up_on_is_not_written_again_when_the_back_end_calls_again() {
+    let rig = Rig::new(Duration::from_secs(60)).await;
+    let gw = Gateway::start(&rig.config("")).await; // methods.timeout 25 s: the hub's 5 s run out first
+    rig.dev.set_dead(1, true);
+    let payload = json!({"device": "boiler", "id": "hub-504", "point": "mode", "value": 9});
+    let inv = Invocation {
+        method_name: "write".into(),
+        payload: payload.clone(),
+        response_timeout_in_seconds: 5,
+        connect_timeout_in_seconds: 10,
+    };
+    assert_eq!(rig.emu.shared().invoke("gw1", &inv).await, Err(InvokeError::Timeout("gw1".into())));
+    rig.dev.set_dead(1, false);
+    wait_until("the D2C report", T, || rig.report_for("hub-504").is_some()).await;
+    // The back end retries with the same id: the stored outcome, no write.
+    let again = call(&rig, "write", payload).await;
+    assert_eq!((again.status, &again.payload["duplicate"]), (200, &json!(true)), "{again:?}");
+    let writes = rig.dev.writes().iter().filter(|w| w.unit == 1 && w.address == 10).count();
+    assert_eq!(writes, 1, "the device acted once");
+    gw.stop().await;
+}

@@ -75,7 +75,7 @@ pub enum Reply {
 }
 
 impl Poll {
-    fn is_telemetry(&self) -> bool {
+    pub(crate) fn is_telemetry(&self) -> bool {
         matches!(self.reply, Reply::Telemetry(_))
     }
 }

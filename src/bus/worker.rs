@@ -168,8 +168,15 @@ fn accept(sched: &mut Scheduler<Job>, polls: &mut VecDeque<Poll>, work: Work) ->
             sched.push(&dev, job);
             expired
         }
+        Work::Poll(p) if !p.is_telemetry() => {
+            // A caller's read goes ahead of telemetry polls (after other
+            // callers' reads), still behind every write that is ready.
+            let at = polls.iter().position(Poll::is_telemetry).unwrap_or(polls.len());
+            polls.insert(at, p);
+            false
+        }
         Work::Poll(p) => {
-            match polls.iter_mut().find(|q| q.device == p.device && q.is_telemetry() && p.is_telemetry()) {
+            match polls.iter_mut().find(|q| q.device == p.device && q.is_telemetry()) {
                 Some(q) => *q = p,
                 None => polls.push_back(p),
             }
@@ -443,6 +450,26 @@ mod tests {
     use crate::router::modbus::Write;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    #[test]
+    fn a_callers_read_goes_ahead_of_telemetry_polls_and_is_never_replaced() {
+        let mut sched: Scheduler<Job> = Scheduler::new(Duration::from_secs(1), 3, Duration::from_secs(60));
+        let mut polls = VecDeque::new();
+        let (readings, _rx) = mpsc::unbounded_channel();
+        let poll = |device: &str, reply| Poll { device: device.into(), unit: 1, reads: Vec::new(), reply };
+        let caller = || Reply::Caller(tokio::sync::oneshot::channel().0);
+        accept(&mut sched, &mut polls, Work::Poll(poll("a", Reply::Telemetry(readings.clone()))));
+        accept(&mut sched, &mut polls, Work::Poll(poll("b", Reply::Telemetry(readings.clone()))));
+        accept(&mut sched, &mut polls, Work::Poll(poll("b", caller())));
+        accept(&mut sched, &mut polls, Work::Poll(poll("a", caller())));
+        accept(&mut sched, &mut polls, Work::Poll(poll("b", Reply::Telemetry(readings.clone()))));
+        let order: Vec<(&str, bool)> = polls.iter().map(|p| (p.device.as_str(), p.is_telemetry())).collect();
+        assert_eq!(
+            order,
+            [("b", false), ("a", false), ("a", true), ("b", true)],
+            "callers first, in order; a newer poll replaces the telemetry one only"
+        );
+    }
 
     /// A Modbus TCP device that takes one connection, echoes its first
     /// `answer` FC6 writes, then drops the connection and stops listening

@@ -571,7 +571,7 @@ impl Journal {
             // PUBACK marks still only in memory go into their entries.
             let mut idx = self.lock();
             for seq in std::mem::take(&mut idx.acked) {
-                if let Ok((mut e, body)) = self.get_raw(seq) {
+                if let Ok((mut e, body)) = self.get_inline(seq) {
                     e.acked = true;
                     self.put(&e, body.as_deref())?;
                 }
@@ -645,13 +645,7 @@ impl Journal {
     }
 
     fn get_locked(&self, seq: u64) -> Result<Entry, JournalError> {
-        self.get_raw(seq).map(|(e, _)| e)
-    }
-
-    /// An entry and its inline body (see `journal/codec.rs`).
-    fn get_raw(&self, seq: u64) -> Result<(Entry, Option<Vec<u8>>), JournalError> {
-        let v = self.inner.messages.get(key(seq))?.ok_or(JournalError::Missing(seq))?;
-        codec::decode(&v).map_err(|e| JournalError::Decode(seq, e))
+        self.get_inline(seq).map(|(e, _)| e)
     }
 
     /// The body of an unfinished message: inside its entry, or in the
@@ -670,7 +664,8 @@ impl Journal {
     /// An entry and its body if the body is kept inside it (see
     /// `journal/codec.rs`); [`Journal::with_body`] completes it.
     pub fn get_inline(&self, seq: u64) -> Result<(Entry, Option<Vec<u8>>), JournalError> {
-        self.get_raw(seq)
+        let v = self.inner.messages.get(key(seq))?.ok_or(JournalError::Missing(seq))?;
+        codec::decode(&v).map_err(|e| JournalError::Decode(seq, e))
     }
 
     /// Completes [`Journal::get_inline`]: the body of an unfinished entry
@@ -720,7 +715,7 @@ impl Journal {
     /// changed; says whether it wrote.
     fn update_if(&self, seq: u64, f: impl FnOnce(&mut Entry) -> bool) -> Result<(Entry, bool), JournalError> {
         let mut idx = self.lock();
-        let (mut e, inline) = self.get_raw(seq)?;
+        let (mut e, inline) = self.get_inline(seq)?;
         let was_final = e.state.is_final();
         if !f(&mut e) {
             return Ok((e, false));

@@ -211,25 +211,22 @@ pub async fn run(
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let pkid = if p.qos == QoS::AtMostOnce { 0 } else { p.pkid };
-                        let method = dialect.method_call(&p.topic);
-                        let twin = dialect.twin_event(&p.topic);
-                        match dialect.inbound(&p.topic, &p.payload) {
-                            _ if method.is_some() || twin.is_some() => {
-                                let ev = match (method, twin) {
-                                    (Some((name, rid)), _) => HubEvent::Method { name, rid, payload: p.payload.to_vec() },
-                                    (None, Some(Some((status, rid)))) => HubEvent::TwinAnswer { status, rid, payload: p.payload.to_vec() },
-                                    _ => HubEvent::DesiredPatch,
-                                };
-                                let _ = events.send(ev).await;
-                                if pkid != 0 { outbox.push_back(HubCommand::Ack { generation, pkid, seq: u64::MAX }); }
-                            }
-                            Some(inbound) => {
-                                let _ = events.send(HubEvent::Message { generation, pkid, inbound }).await;
-                            }
-                            None => {
-                                tracing::warn!(topic = %p.topic, "PUBLISH on a topic that is not a C2D topic: acknowledged and ignored");
-                                if pkid != 0 { outbox.push_back(HubCommand::Ack { generation, pkid, seq: u64::MAX }); }
-                            }
+                        // Methods and twin (IoT Hub's `$iothub/` topics), else a C2D message.
+                        let other = match dialect.method_call(&p.topic) {
+                            Some((name, rid)) => Some(HubEvent::Method { name, rid, payload: p.payload.to_vec() }),
+                            None => dialect.twin_event(&p.topic).map(|t| match t {
+                                Some((status, rid)) => HubEvent::TwinAnswer { status, rid, payload: p.payload.to_vec() },
+                                None => HubEvent::DesiredPatch,
+                            }),
+                        };
+                        if let Some(ev) = other {
+                            let _ = events.send(ev).await;
+                            if pkid != 0 { outbox.push_back(HubCommand::Ack { generation, pkid, seq: u64::MAX }); }
+                        } else if let Some(inbound) = dialect.inbound(&p.topic, &p.payload) {
+                            let _ = events.send(HubEvent::Message { generation, pkid, inbound }).await;
+                        } else {
+                            tracing::warn!(topic = %p.topic, "PUBLISH on a topic that is not a C2D topic: acknowledged and ignored");
+                            if pkid != 0 { outbox.push_back(HubCommand::Ack { generation, pkid, seq: u64::MAX }); }
                         }
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => inflight.sent(pkid),

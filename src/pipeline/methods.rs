@@ -111,10 +111,16 @@ fn parse_write(cfg: &Config, mut m: Map<String, Value>) -> Result<Call, Refusal>
     };
     m.remove("device");
     let body = serde_json::to_vec(&Value::Object(m)).expect("a JSON object serialises");
-    // The same checks a C2D message meets at dispatch, before anything is
-    // journaled: a bad command never reaches the journal or the wire.
-    let route = crate::router::route(cfg, Some(&device)).map_err(|e| Refusal { status: 404, reason: e.to_string() })?;
-    if let Err(e) = crate::router::command(&route, &body) {
+    check_command(cfg, &device, &body)?;
+    Ok(Call::Write { device, id, body })
+}
+
+/// The checks a C2D message meets at dispatch, made before anything is
+/// journaled (a `write` call, a twin setpoint): a bad command never reaches
+/// the journal or the wire. 404 for an unknown device or point, else 400.
+pub fn check_command(cfg: &Config, device: &str, body: &[u8]) -> Result<(), Refusal> {
+    let route = crate::router::route(cfg, Some(device)).map_err(|e| Refusal { status: 404, reason: e.to_string() })?;
+    if let Err(e) = crate::router::command(&route, body) {
         use crate::router::modbus::Reject;
         use crate::router::CommandError;
         let status = match &e {
@@ -123,7 +129,7 @@ fn parse_write(cfg: &Config, mut m: Map<String, Value>) -> Result<Call, Refusal>
         };
         return refuse(status, e.to_string());
     }
-    Ok(Call::Write { device, id, body })
+    Ok(())
 }
 
 /// The answer to a `write` whose outcome is durable: status and the result

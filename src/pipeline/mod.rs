@@ -465,14 +465,7 @@ impl Pipeline {
     /// `feed.rs`), or rejects it. A device with nothing waiting and room
     /// gets it at once (the entry read once).
     fn dispatch(&mut self, seq: u64) -> Vec<Action> {
-        let (e, inline) = match self.journal.get_inline(seq) {
-            Ok((e, inline)) if !e.state.is_final() => (e, inline),
-            Ok(_) => return Vec::new(),
-            Err(err) => {
-                tracing::error!(seq, error = %err, "cannot read a queued message back from the journal");
-                return Vec::new();
-            }
-        };
+        let Some((e, inline)) = self.read_unfinished(seq) else { return Vec::new() };
         let device = match router::route(&self.cfg, e.device.as_deref()) {
             Ok(r) => r.device.to_string(),
             Err(why) => return self.reject(seq, why.to_string()),
@@ -520,19 +513,28 @@ impl Pipeline {
     /// journal) and hands it to its bus worker, or rejects it. Says
     /// whether the worker got it.
     fn send_job(&mut self, seq: u64) -> (bool, Vec<Action>) {
+        match self.read_unfinished(seq) {
+            Some((e, inline)) => self.send_entry(e, inline),
+            None => (false, Vec::new()),
+        }
+    }
+
+    /// Entry `seq` and its inline body while it is unfinished (an error
+    /// reading it is logged).
+    fn read_unfinished(&self, seq: u64) -> Option<(Entry, Option<Vec<u8>>)> {
         match self.journal.get_inline(seq) {
-            Ok((e, inline)) if !e.state.is_final() => self.send_entry(e, inline),
-            Ok(_) => (false, Vec::new()),
+            Ok((e, inline)) if !e.state.is_final() => Some((e, inline)),
+            Ok(_) => None,
             Err(err) => {
                 tracing::error!(seq, error = %err, "cannot read a queued message back from the journal");
-                (false, Vec::new())
+                None
             }
         }
     }
 
     /// [`Pipeline::send_job`] of an entry read already (`inline`: its
     /// body, if kept inside it).
-    fn send_entry(&mut self, e: crate::message::Entry, inline: Option<Vec<u8>>) -> (bool, Vec<Action>) {
+    fn send_entry(&mut self, e: Entry, inline: Option<Vec<u8>>) -> (bool, Vec<Action>) {
         let seq = e.seq;
         let (e, body) = match self.journal.with_body(e, inline) {
             Ok(eb) => eb,

@@ -138,10 +138,7 @@ impl Pipeline {
         let mut arrivals = Vec::new();
         for s in todo {
             let body = serde_json::to_vec(&json!({"point": s.point, "value": s.value})).expect("JSON");
-            let route_ok = crate::router::route(&self.cfg, Some(&s.device))
-                .map_err(|e| e.to_string())
-                .and_then(|r| crate::router::command(&r, &body).map(|_| ()).map_err(|e| e.to_string()));
-            if let Err(why) = route_ok {
+            if let Err(why) = super::methods::check_command(&self.cfg, &s.device, &body).map_err(|r| r.reason) {
                 // Never written: recorded (not tried again until the value
                 // changes) and reported with the reason.
                 let a = Applied { value: s.value, version, status: "rejected".into(), detail: why, at_ms: now_ms() };

@@ -173,6 +173,11 @@ pub async fn run(
     let (status_tx, mut status_rx) = watch::channel(Status::default());
     let (reload_tx, reload_rx) = mpsc::unbounded_channel();
     let heartbeat = Arc::new(AtomicU64::new(0));
+    let live = Arc::new(crate::live::Live::default());
+    let (asks_tx, asks_rx) = mpsc::channel(16);
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
 
     let parts = crate::pipeline::Parts {
         journal: journal.clone(),
@@ -183,6 +188,7 @@ pub async fn run(
         status: status_tx,
         heartbeat: heartbeat.clone(),
         space,
+        live: live.clone(),
     };
     let mut pipeline = Pipeline::new(cfg.clone(), parts);
     pipeline.start_buses()?;
@@ -190,7 +196,14 @@ pub async fn run(
 
     let link_task = tokio::spawn(link::run(link_dialect, hub_events_tx, hub_cmd_rx, hub_stop_rx));
     let (pipe_stop_tx, pipe_stop_rx) = watch::channel(false);
-    let pipe_task = tokio::spawn(pipeline.run(hub_events_rx, done_rx, readings_rx, reload_rx, pipe_stop_rx));
+    let pipe_task = tokio::spawn(pipeline.run(hub_events_rx, done_rx, readings_rx, reload_rx, asks_rx, pipe_stop_rx));
+    let ctx = Arc::new(crate::operate::Ctx {
+        journal: journal.clone(),
+        live,
+        hub: cfg.hub.kind,
+        started_ms: crate::message::now_ms(),
+    });
+    let operator = operator_surface(&cfg, ctx, asks_tx).await;
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(buses = cfg.buses.len(), devices = cfg.devices.len(), "c2d-gateway running");
@@ -254,6 +267,12 @@ pub async fn run(
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    for t in operator {
+        t.abort();
+    }
+    if let Some(path) = cfg.gateway.control_socket() {
+        let _ = std::fs::remove_file(path);
+    }
     let _ = pipe_stop_tx.send(true);
     let hub_events = pipe_task.await.ok();
     let _ = hub_stop_tx.send(true);
@@ -309,6 +328,33 @@ async fn drain_while_stopping(
     seen.reported.extend(at_stop.reported);
     seen.acked.extend(at_stop.acked);
     seen
+}
+
+/// Starts the control socket and the HTTP server (`src/operate/`). Neither
+/// is needed to deliver messages: one that cannot start is logged, and the
+/// gateway runs without it.
+async fn operator_surface(
+    cfg: &Config,
+    ctx: Arc<crate::operate::Ctx>,
+    asks: mpsc::Sender<crate::pipeline::operator::Ask>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use crate::operate::{control, http};
+    let mut tasks = Vec::new();
+    if let Some(path) = cfg.gateway.control_socket() {
+        match control::bind(&path).await {
+            Ok(l) => tasks.push(tokio::spawn(control::serve(l, path, ctx.clone(), asks))),
+            Err(e) => {
+                tracing::error!(error = %e, "no control socket: the status and queue verbs cannot reach this gateway")
+            }
+        }
+    }
+    if let Some(addr) = &cfg.gateway.http {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => tasks.push(tokio::spawn(http::serve(l, ctx))),
+            Err(e) => tracing::error!(address = %addr, error = %e, "cannot serve the status page and /metrics"),
+        }
+    }
+    tasks
 }
 
 pub fn status_line(s: &Status) -> String {

@@ -19,6 +19,7 @@
 pub mod clock;
 mod codec;
 mod files;
+pub mod operator;
 mod seal;
 pub mod space;
 mod twin;
@@ -162,10 +163,39 @@ struct Index {
     newest: u64,
     /// Unfinished entries, oldest first: uptime at receipt (earlier runs:
     /// estimated from the wall clock at the open, so it may be before zero).
-    arrived: BTreeMap<u64, i64>,
+    arrived: BTreeMap<u64, Arrived>,
+    /// `uncertain` and `expired` entries: an operator may want to retry or
+    /// resolve them.
+    unresolved: BTreeMap<u64, State>,
+    /// Device names of unfinished entries, one shared copy each (at most
+    /// 1,024 kept: names come from messages).
+    names: HashMap<String, Arc<str>>,
+}
+
+/// An unfinished entry as the index keeps it.
+struct Arrived {
+    /// Uptime at receipt (see [`Index::arrived`]).
+    at: i64,
+    /// The device it is for (one shared copy per name).
+    device: Option<Arc<str>>,
 }
 
 impl Index {
+    fn arrival(&mut self, at: i64, device: Option<&str>) -> Arrived {
+        let device = device.map(|d| match self.names.get(d) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = Arc::from(d);
+                // Names come from messages: only so many are kept shared.
+                if self.names.len() < 1024 {
+                    self.names.insert(d.to_string(), n.clone());
+                }
+                n
+            }
+        });
+        Arrived { at, device }
+    }
+
     /// Forgets a removed entry.
     fn remove(&mut self, e: &Entry) {
         let k = key_of(e);
@@ -183,6 +213,7 @@ impl Index {
         self.acked.remove(&e.seq);
         self.handed.remove(&e.seq);
         self.arrived.remove(&e.seq);
+        self.unresolved.remove(&e.seq);
     }
 }
 
@@ -241,7 +272,12 @@ fn remove_body(bodies: &sled::Tree, seq: u64) -> sled::Result<bool> {
 
 /// The entry stored under key `k` (its inline body left aside).
 fn decode_at(k: &[u8], v: &[u8]) -> Result<Entry, JournalError> {
-    codec::decode(v).map(|(e, _)| e).map_err(|err| JournalError::Decode(seq_of(k), err))
+    decode_full(k, v).map(|(e, _)| e)
+}
+
+/// The entry stored under key `k` and its inline body.
+fn decode_full(k: &[u8], v: &[u8]) -> Result<(Entry, Option<Vec<u8>>), JournalError> {
+    codec::decode(v).map_err(|err| JournalError::Decode(seq_of(k), err))
 }
 
 fn seq_of(k: &[u8]) -> u64 {
@@ -397,7 +433,8 @@ impl Journal {
             }
             idx.body_bytes += body_len;
             idx.unfinished += 1;
-            idx.arrived.insert(seq, self.uptime() as i64);
+            let a = idx.arrival(self.uptime() as i64, entry.device.as_deref());
+            idx.arrived.insert(seq, a);
         }
         self.put(&entry, inline.as_deref())?;
         idx.by_key.insert(key_of(&entry), seq);
@@ -440,7 +477,7 @@ impl Journal {
     pub fn age(&self, e: &Entry) -> Duration {
         let idx = self.lock();
         match idx.arrived.get(&e.seq) {
-            Some(&at) => clock::since(self.uptime(), at),
+            Some(a) => clock::since(self.uptime(), a.at),
             None => Duration::from_millis(self.inner.clock.wall_ms().saturating_sub(e.received_at)),
         }
     }
@@ -488,6 +525,9 @@ impl Journal {
         if !count_over(idx) && !bytes_over(idx) {
             return Ok(None);
         }
+        if bytes_over(idx) {
+            self.forget_kept_bodies(idx, |idx| bytes_over(idx))?;
+        }
         if !bytes_over(idx) {
             let mut evicted = 0usize;
             for kv in self.inner.messages.iter() {
@@ -495,16 +535,13 @@ impl Journal {
                     break;
                 }
                 let (k, v) = kv?;
-                let e = decode_at(&k, &v)?;
+                let (e, inline) = decode_full(&k, &v)?;
                 // Entries of older versions (no fingerprint) never had the mark:
                 // evicted as they were, or an upgrade at the bound would refuse
                 // every new message for a whole dedupe window.
                 let puback_sent = e.acked || idx.acked.contains(&e.seq) || e.fingerprint.is_none();
                 if e.state.is_final() && e.reported && puback_sent {
-                    let r = self.inner.messages.remove(&k);
-                    self.wrote();
-                    self.check(r)?;
-                    idx.remove(&e);
+                    self.remove_final(idx, &k, &e, inline.is_some())?;
                     evicted += 1;
                 }
             }
@@ -523,6 +560,48 @@ impl Journal {
             b.max_messages,
             b.max_bytes
         )))
+    }
+
+    /// Removes final entry `e` (stored under `k`) and a body kept with it.
+    fn remove_final(&self, idx: &mut Index, k: &[u8], e: &Entry, inline: bool) -> Result<(), JournalError> {
+        let r = self.inner.messages.remove(k);
+        self.wrote();
+        self.check(r)?;
+        idx.remove(e);
+        if e.state.keeps_body() {
+            self.forget_body(idx, e, inline)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the bodies kept for operators' retries (`uncertain` and
+    /// `expired` entries), oldest first, while `over` says the bodies take
+    /// too much: new messages go before retries of old ones. Logged.
+    fn forget_kept_bodies(&self, idx: &mut Index, over: impl Fn(&Index) -> bool) -> Result<(), JournalError> {
+        let mut forgot = Vec::new();
+        for kv in self.inner.messages.iter() {
+            if !over(idx) {
+                break;
+            }
+            let (k, v) = kv?;
+            let (e, inline) = decode_full(&k, &v)?;
+            if !(e.state.is_final() && e.state.keeps_body()) {
+                continue;
+            }
+            let has_body = inline.is_some() || self.inner.bodies.scan_prefix(key(e.seq)).keys().next().is_some();
+            if !has_body {
+                continue;
+            }
+            if inline.is_some() {
+                self.put(&e, None)?;
+            }
+            self.forget_body(idx, &e, inline.is_some())?;
+            forgot.push(e.id);
+        }
+        if !forgot.is_empty() {
+            tracing::warn!(messages = ?forgot, "journal at its byte bound: forgot the bodies kept for retries of the oldest uncertain/expired messages (they can no longer be retried)");
+        }
+        Ok(())
     }
 
     /// Makes everything written so far durable. Concurrent callers share
@@ -716,11 +795,14 @@ impl Journal {
     fn update_if(&self, seq: u64, f: impl FnOnce(&mut Entry) -> bool) -> Result<(Entry, bool), JournalError> {
         let mut idx = self.lock();
         let (mut e, inline) = self.get_inline(seq)?;
-        let was_final = e.state.is_final();
+        let was = e.state;
         if !f(&mut e) {
             return Ok((e, false));
         }
-        let now_final = !was_final && e.state.is_final();
+        let now_final = !was.is_final() && e.state.is_final();
+        // Back to the queue (an operator's retry): unfinished again.
+        let reopened = was.is_final() && !e.state.is_final();
+        let drops_body = was.keeps_body() && !e.state.keeps_body();
         if now_final {
             e.final_uptime = e.final_uptime.or(Some(self.uptime()));
         }
@@ -739,27 +821,47 @@ impl Journal {
             }
             return Err(err);
         }
+        if reopened {
+            idx.unfinished += 1;
+            let a = idx.arrival(self.uptime() as i64, e.device.as_deref());
+            idx.arrived.insert(seq, a);
+        }
         if now_final {
             idx.unfinished = idx.unfinished.saturating_sub(1);
             idx.arrived.remove(&seq);
             if let Some(device) = &e.device {
                 self.unsettled().finished(device, seq, self.inner.written.load(Ordering::Acquire));
             }
+        }
+        if e.state.needs_operator() {
+            idx.unresolved.insert(seq, e.state);
+        } else {
+            idx.unresolved.remove(&seq);
+        }
+        if drops_body {
             #[cfg(test)]
             if self.inner.cut_update.load(Ordering::Relaxed) {
                 return Err(JournalError::Unusable("power cut (test)".into()));
             }
-            if inline.is_some() {
-                idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
-            } else {
-                let r = remove_body(&self.inner.bodies, seq);
-                self.wrote();
-                if self.check(r)? {
-                    idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
-                }
-            }
+            self.forget_body(&mut idx, &e, inline.is_some())?;
         }
         Ok((e, true))
+    }
+
+    /// The body of entry `e` is gone or goes now: an inline one went with
+    /// the entry's last write or removal (`inline`), one in the bodies tree
+    /// is removed here. Counted off `body_bytes` if there was one.
+    fn forget_body(&self, idx: &mut Index, e: &Entry, inline: bool) -> Result<(), JournalError> {
+        if inline {
+            idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
+            return Ok(());
+        }
+        let r = remove_body(&self.inner.bodies, e.seq);
+        self.wrote();
+        if self.check(r)? {
+            idx.body_bytes = idx.body_bytes.saturating_sub(e.body_len);
+        }
+        Ok(())
     }
 
     /// `sending`, one more attempt (`resend`, or the entry's `unconfirmed`
@@ -881,23 +983,35 @@ impl Journal {
         let mut removed = 0;
         for kv in self.inner.messages.iter() {
             let (k, v) = kv?;
-            let e = decode_at(&k, &v)?;
+            let (e, inline) = decode_full(&k, &v)?;
             let past =
                 clock::past_window(now_ms, e.completed_at, now_up, e.final_uptime, self.inner.open_uptime, window);
             if e.state.is_final() && e.reported && past {
-                let r = self.inner.messages.remove(&k);
-                self.wrote();
-                r?;
-                idx.remove(&e);
+                self.remove_final(&mut idx, &k, &e, inline.is_some())?;
                 removed += 1;
             } else if e.state.is_final() && e.final_uptime.is_none() {
                 // Written by an older version: it counts from this open, and
                 // from no later one (a gateway restarting daily must prune).
-                self.put(&Entry { final_uptime: Some(self.inner.open_uptime), ..e }, None)?;
+                self.put(&Entry { final_uptime: Some(self.inner.open_uptime), ..e }, inline.as_deref())?;
             }
         }
         self.save_uptime()?;
         Ok(removed)
+    }
+
+    /// Unfinished messages per device (as the entries name them; `None`:
+    /// none named) and the age of each device's oldest, without reading
+    /// an entry.
+    pub fn queues(&self) -> BTreeMap<Option<String>, (usize, Duration)> {
+        let idx = self.lock();
+        let now = self.uptime();
+        let mut out: BTreeMap<Option<String>, (usize, Duration)> = BTreeMap::new();
+        for a in idx.arrived.values() {
+            let q = out.entry(a.device.as_deref().map(str::to_string)).or_insert((0, Duration::ZERO));
+            q.0 += 1;
+            q.1 = q.1.max(clock::since(now, a.at));
+        }
+        out
     }
 
     pub fn stats(&self) -> Stats {
@@ -1029,12 +1143,20 @@ fn open_inner(
         let seq = seq_of(&k);
         found += 1;
         newest = Some(seq);
-        match codec::decode(&v).map(|(e, _)| e) {
-            Ok(e) => {
+        match codec::decode(&v) {
+            Ok((e, inline)) => {
                 if !e.state.is_final() {
                     idx.unfinished += 1;
                     idx.body_bytes += e.body_len;
-                    unfinished_received.push((seq, e.received_at));
+                    unfinished_received.push((seq, e.received_at, e.device.clone()));
+                } else if e.state.keeps_body()
+                    && (inline.is_some() || bodies.scan_prefix(key(seq)).keys().next().is_some())
+                {
+                    // Kept for an operator's retry (older versions kept none).
+                    idx.body_bytes += e.body_len;
+                }
+                if e.state.needs_operator() {
+                    idx.unresolved.insert(seq, e.state);
                 }
                 open_uptime = open_uptime.max(e.final_uptime.unwrap_or(0));
                 idx.entries += 1;
@@ -1067,14 +1189,15 @@ fn open_inner(
         }
         seal::remove(dir).map_err(sled::Error::from)?;
     }
-    for (seq, received_at) in unfinished_received {
-        idx.arrived.insert(seq, clock::received_before_open(open_uptime, opened_wall, received_at));
+    for (seq, received_at, device) in unfinished_received {
+        let a = idx.arrival(clock::received_before_open(open_uptime, opened_wall, received_at), device.as_deref());
+        idx.arrived.insert(seq, a);
     }
     // Bodies without an unfinished entry are leftovers of a crash mid-write.
     for k in bodies.iter().keys() {
         let k = k?;
         let keep = match messages.get(key(seq_of(&k)))? {
-            Some(v) => codec::decode(&v).map(|(e, _)| !e.state.is_final()).unwrap_or(false),
+            Some(v) => codec::decode(&v).map(|(e, _)| e.state.keeps_body()).unwrap_or(false),
             None => false,
         };
         if !keep {

@@ -43,6 +43,10 @@ enum Command {
     Invoke(cli::invoke::Args),
     /// Show a device twin through the emulator's HTTP API, or `set` its desired properties.
     Twin(cli::twin::Args),
+    /// The running gateway's state: hub link, queue, buses, devices, messages waiting for an operator.
+    Status(cli::operator::StatusArgs),
+    /// List, show, retry, resolve or drop messages in the running gateway's journal.
+    Queue(cli::operator::QueueArgs),
     /// Measure the gateway (a separate process) against the emulator and simulated devices; prints a table.
     Bench(bench::Args),
 }
@@ -77,6 +81,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(cfg) => {
+                for w in cfg.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: ok: {}", config.display(), cfg.summary());
                 ExitCode::SUCCESS
             }
@@ -124,5 +131,7 @@ fn main() -> ExitCode {
         Command::Invoke(args) => report(cli::invoke::run(args)),
         Command::Twin(args) => report(cli::twin::run(args)),
         Command::Bench(args) => block_on(bench::run(args)),
+        Command::Status(args) => report(cli::operator::status(args)),
+        Command::Queue(args) => report(cli::operator::queue(args)),
     }
 }

@@ -24,6 +24,24 @@ impl State {
         !matches!(self, State::Queued | State::Sending)
     }
 
+    /// The body stays in the journal: the message is unfinished, or it
+    /// ended where an operator may send it again (`uncertain`, `expired`:
+    /// see `queue retry`).
+    pub fn keeps_body(self) -> bool {
+        !matches!(self, State::Delivered | State::Rejected)
+    }
+
+    /// An operator may retry or resolve a message in this state.
+    pub fn needs_operator(self) -> bool {
+        matches!(self, State::Uncertain | State::Expired)
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        [State::Queued, State::Sending, State::Delivered, State::Rejected, State::Expired, State::Uncertain]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Queued => "queued",
@@ -193,6 +211,47 @@ pub struct Entry {
     /// A read's values (point name → value), for its result report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<serde_json::Value>,
+    /// The last thing an operator did to it (`queue retry`, `resolve`,
+    /// `drop`): in its report and in `queue show`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<Operator>,
+}
+
+/// What an operator did to a message, by whom and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operator {
+    pub action: OperatorAction,
+    /// Who asked (the control socket's peer: "uid 0 (root)").
+    pub by: String,
+    /// Unix milliseconds.
+    pub at: u64,
+    /// (Always written: the journal stores this with postcard, which has
+    /// no field names to skip by.)
+    #[serde(default)]
+    pub note: Option<String>,
+    /// The state the message was in before.
+    pub previous: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperatorAction {
+    /// Sent again (it was `uncertain` or `expired`).
+    Retried,
+    /// Declared `delivered` or `rejected` (it was `uncertain` or `expired`).
+    Resolved,
+    /// Taken out of the queue: `rejected`.
+    Dropped,
+}
+
+impl OperatorAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorAction::Retried => "retried",
+            OperatorAction::Resolved => "resolved",
+            OperatorAction::Dropped => "dropped",
+        }
+    }
 }
 
 impl Entry {
@@ -221,6 +280,7 @@ impl Entry {
             steps: Vec::new(),
             fingerprint: None,
             values: None,
+            operator: None,
             conflict: false,
             acked: false,
             final_uptime: None,

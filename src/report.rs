@@ -4,7 +4,7 @@
 //! `c2d-status` = the final state.
 
 use crate::config::Reports;
-use crate::message::{rfc3339_ms, Entry, State};
+use crate::message::{rfc3339_ms, Entry, OperatorAction, State};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -37,10 +37,26 @@ struct Body<'a> {
     /// Left out when true (every message with an id).
     #[serde(skip_serializing_if = "is_true")]
     deduplicated: bool,
+    /// "operator": sent again by `queue retry` (it was uncertain or expired).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retried_by: Option<&'static str>,
+    /// "operator": declared delivered or rejected by `queue resolve`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resolved_by: Option<&'static str>,
+    /// "operator": taken out of the queue by `queue drop`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped_by: Option<&'static str>,
+    /// The operator's note.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'a str>,
 }
 
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+fn by_operator(e: &Entry, action: OperatorAction) -> Option<&'static str> {
+    e.operator.as_ref().filter(|o| o.action == action).map(|_| "operator")
 }
 
 /// Whether the policy asks for a report of this outcome.
@@ -68,6 +84,10 @@ pub fn body(e: &Entry) -> Vec<u8> {
         resent: e.resent,
         id_generated: e.id_generated,
         deduplicated: !e.id_generated,
+        retried_by: by_operator(e, OperatorAction::Retried),
+        resolved_by: by_operator(e, OperatorAction::Resolved),
+        dropped_by: by_operator(e, OperatorAction::Dropped),
+        note: e.operator.as_ref().and_then(|o| o.note.as_deref()),
     };
     serde_json::to_vec(&b).expect("report serialises")
 }
@@ -110,6 +130,31 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
         assert_eq!(v["deduplicated"], false);
         assert_eq!(v["id_generated"], true);
+    }
+
+    #[test]
+    fn an_operators_action_is_in_the_report() {
+        use crate::message::Operator;
+        let op = |action| Operator {
+            action,
+            by: "uid 0 (root)".into(),
+            at: 1,
+            note: Some("valve checked".into()),
+            previous: State::Uncertain,
+        };
+        let e =
+            Entry { operator: Some(op(OperatorAction::Retried)), ..Entry::new(3, "m3".into(), 0, State::Delivered) };
+        let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
+        assert_eq!(v["retried_by"], "operator");
+        assert_eq!(v["note"], "valve checked");
+        assert!(v.get("resolved_by").is_none() && v.get("dropped_by").is_none());
+        assert!(!v.to_string().contains("uid"), "who it was stays in the gateway's log: {v}");
+        let e = Entry { operator: Some(op(OperatorAction::Resolved)), ..e };
+        let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
+        assert_eq!((v["resolved_by"].as_str(), v.get("retried_by")), (Some("operator"), None));
+        let e = Entry { operator: Some(op(OperatorAction::Dropped)), state: State::Rejected, ..e };
+        let v: serde_json::Value = serde_json::from_slice(&body(&e)).unwrap();
+        assert_eq!(v["dropped_by"], "operator");
     }
 
     #[test]

@@ -104,11 +104,13 @@ points.mode = {{ table = "holding", address = 10, type = "u16" }}
         status: watch::channel(Default::default()).0,
         heartbeat: Arc::new(AtomicU64::new(0)),
         space: c2d_gateway::journal::space::Space::new(state.path(), 0),
+        live: Default::default(),
     };
     let mut pipeline = Pipeline::new(cfg.clone(), parts);
     pipeline.start_buses().unwrap();
     pipeline.recover().await.unwrap();
-    let task = tokio::spawn(pipeline.run(events_rx, done_rx, readings_rx, reload_rx, stop_rx));
+    let (_asks_tx, asks_rx) = mpsc::channel(1);
+    let task = tokio::spawn(pipeline.run(events_rx, done_rx, readings_rx, reload_rx, asks_rx, stop_rx));
     let c2d = |id: &str| dialect.inbound("gw/ghost/c2d", format!(r#"{{"id": "{id}"}}"#).as_bytes()).unwrap();
     let mut seen = Vec::new();
 

@@ -7,6 +7,7 @@ pub use commit::MAX_AHEAD;
 pub mod modbus;
 pub mod port;
 pub mod schedule;
+mod seen;
 pub mod serial;
 pub mod worker;
 
@@ -53,6 +54,18 @@ pub enum Work {
     Write(Job),
     /// Read telemetry points (served only when no write is waiting).
     Poll(Poll),
+    /// An operator's `queue drop` of a message this worker may hold.
+    Drop(DropJob),
+}
+
+/// Take message `seq` out of the queue (`rejected`, "dropped by
+/// operator"), if this worker holds it; the reply says what became of it.
+#[derive(Debug)]
+pub struct DropJob {
+    pub seq: u64,
+    pub asked: crate::journal::operator::Asked,
+    /// The entry as dropped; `Err` with why not (`None`: not held here).
+    pub reply: tokio::sync::oneshot::Sender<Result<crate::message::Entry, Option<String>>>,
 }
 
 /// A read of one device's points: a telemetry poll, or a `read` method.
@@ -142,6 +155,7 @@ pub enum SpawnError {
 pub fn spawn_all(
     cfg: &Config,
     journal: &Journal,
+    live: &std::sync::Arc<crate::live::Live>,
     done: &mpsc::UnboundedSender<Done>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<HashMap<String, BusHandle>, SpawnError> {
@@ -161,8 +175,12 @@ pub fn spawn_all(
                     .map_err(|source| SpawnError::Serial { bus: name.clone(), source })?,
             ),
         };
-        let settings =
-            BusSettings { timeout: *bus.timeout, breaker_after: bus.breaker_after, breaker_max: *bus.breaker_max };
+        let settings = BusSettings {
+            timeout: *bus.timeout,
+            breaker_after: bus.breaker_after,
+            breaker_max: *bus.breaker_max,
+            live: live.clone(),
+        };
         buses.insert(
             name.clone(),
             worker::spawn(name.clone(), link, settings, journal.clone(), done.clone(), shutdown.clone()),

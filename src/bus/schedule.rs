@@ -203,6 +203,29 @@ impl<J> Scheduler<J> {
         out
     }
 
+    /// Takes the first queued job `pick` says (any device, any position),
+    /// with its device. A device left without jobs forgets its back-off
+    /// (its breaker stays as it is).
+    pub fn take(&mut self, mut pick: impl FnMut(&J) -> bool) -> Option<(String, J)> {
+        for d in &mut self.devices {
+            if let Some(i) = d.jobs.iter().position(&mut pick) {
+                let job = d.jobs.remove(i).expect("found");
+                if i == 0 {
+                    d.failed_attempts = 0;
+                    d.not_before = d.not_before.filter(|_| d.breaker.consecutive_timeouts > 0);
+                }
+                return Some((d.name.clone(), job));
+            }
+        }
+        None
+    }
+
+    /// Puts a job back at the head of its device's queue.
+    pub fn push_front(&mut self, device: &str, job: J) {
+        let i = self.index(device);
+        self.devices[i].jobs.push_front(job);
+    }
+
     /// All queued jobs, for shutdown or a config reload.
     pub fn drain(&mut self) -> Vec<J> {
         self.devices.iter_mut().flat_map(|d| d.jobs.drain(..)).collect()
@@ -215,6 +238,27 @@ mod tests {
 
     fn sched() -> Scheduler<u32> {
         Scheduler::new(Duration::from_millis(500), 3, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn a_job_is_taken_from_anywhere_and_the_rest_keep_their_order() {
+        let mut s = sched();
+        let now = Instant::now();
+        for j in [1, 2, 3] {
+            s.push("a", j);
+        }
+        let (d, j) = s.next_ready(now).unwrap();
+        assert_eq!((d, *j), ("a", 1));
+        s.record("a", Verdict::Retry { timeout: false }, now, 1.0);
+        assert!(!s.has_ready(now), "a waits out its back-off");
+        assert_eq!(s.take(|j| *j == 2), Some(("a".to_string(), 2)), "from the middle");
+        assert!(!s.has_ready(now), "still the head's back-off");
+        assert_eq!(s.take(|j| *j == 1), Some(("a".to_string(), 1)), "the head");
+        let (d, j) = s.next_ready(now).unwrap();
+        assert_eq!((d, *j), ("a", 3), "its back-off went with it");
+        assert_eq!(s.take(|j| *j == 99), None);
+        s.push_front("a", 7);
+        assert_eq!(s.next_ready(now).map(|(_, j)| *j), Some(7));
     }
 
     #[test]

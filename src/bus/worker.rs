@@ -7,8 +7,9 @@
 use super::commit::{Commit, MAX_AHEAD};
 use super::modbus::ModbusLink;
 use super::schedule::{Scheduler, Verdict};
+use super::seen::Seen;
 use super::serial::SerialLink;
-use super::{Done, Job, Poll, Reply, Request, Wire, Work};
+use super::{Done, DropJob, Job, Poll, Reply, Request, Wire, Work};
 use crate::journal::Journal;
 use crate::message::Outcome;
 use std::collections::VecDeque;
@@ -41,6 +42,9 @@ pub struct BusSettings {
     pub timeout: Duration,
     pub breaker_after: u32,
     pub breaker_max: Duration,
+    /// Where the operator surface learns of connections, isolations and
+    /// request times.
+    pub live: std::sync::Arc<crate::live::Live>,
 }
 
 /// Starts the worker of bus `name`.
@@ -54,7 +58,8 @@ pub fn spawn(
 ) -> BusHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let sched = Scheduler::new(settings.timeout, settings.breaker_after, settings.breaker_max);
-    let task = tokio::spawn(run(name, link, sched, rx, journal, done, shutdown));
+    let seen = Seen::new(settings.live, &name);
+    let task = tokio::spawn(run(name, link, sched, seen, rx, journal, done, shutdown));
     BusHandle { jobs: tx, task }
 }
 
@@ -66,10 +71,12 @@ enum Step {
     },
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     name: String,
     mut link: Link,
     mut sched: Scheduler<Job>,
+    mut seen: Seen,
     mut rx: mpsc::UnboundedReceiver<Work>,
     journal: Journal,
     done: mpsc::UnboundedSender<Done>,
@@ -85,7 +92,7 @@ async fn run(
     let mut commit = Commit::new(journal.clone(), done);
     loop {
         while let Ok(work) = rx.try_recv() {
-            if accept(&mut sched, &mut polls, work) {
+            if accept(&mut sched, &mut polls, work, &journal, &mut commit) {
                 sweep_at = Instant::now();
             }
         }
@@ -104,7 +111,7 @@ async fn run(
         if let Some((dev, job)) = sched.next_ready(now) {
             let dev = dev.to_string();
             let idempotent = job.idempotent;
-            let step = attempt(&mut link, &journal, job, &mut commit).await;
+            let step = attempt(&mut link, &journal, job, &mut commit, &mut seen).await;
             let verdict = match &step {
                 Step::Final(_, v) => *v,
                 Step::Retry { timeout } => Verdict::Retry { timeout: *timeout },
@@ -114,6 +121,7 @@ async fn run(
             if timed_out && sched.is_isolated(&dev) {
                 tracing::warn!(bus = %name, device = %dev, "device keeps timing out: isolated by the circuit breaker, other devices on the bus go on");
             }
+            seen.attempted(&dev, timed_out, || sched.is_isolated(&dev));
             match (step, popped) {
                 (Step::Final(outcome, _), Some(job)) => finish(&journal, &mut commit, job, outcome),
                 (Step::Retry { .. }, None) => {}
@@ -140,7 +148,7 @@ async fn run(
         let wake = sched.next_wake().map_or(sweep_at, |w| w.min(sweep_at));
         tokio::select! {
             work = rx.recv() => match work {
-                Some(work) => if accept(&mut sched, &mut polls, work) {
+                Some(work) => if accept(&mut sched, &mut polls, work, &journal, &mut commit) {
                     sweep_at = Instant::now();
                 },
                 None => break,
@@ -160,8 +168,18 @@ async fn run(
 /// one). Says whether the write is past its deadline already (the pipeline
 /// feeds a device a few jobs at a time: a backlog that expired while it
 /// waited there is swept at once, not a few jobs every sweep).
-fn accept(sched: &mut Scheduler<Job>, polls: &mut VecDeque<Poll>, work: Work) -> bool {
+fn accept(
+    sched: &mut Scheduler<Job>,
+    polls: &mut VecDeque<Poll>,
+    work: Work,
+    journal: &Journal,
+    commit: &mut Commit,
+) -> bool {
     match work {
+        Work::Drop(d) => {
+            drop_job(sched, d, journal, commit);
+            false
+        }
         Work::Write(job) => {
             let expired = job.deadline.as_ref().is_some_and(|(at, _)| *at <= Instant::now());
             let dev = job.device.clone();
@@ -181,6 +199,35 @@ fn accept(sched: &mut Scheduler<Job>, polls: &mut VecDeque<Poll>, work: Work) ->
                 None => polls.push_back(p),
             }
             false
+        }
+    }
+}
+
+/// An operator's `queue drop`: a job held here (not on the wire: the
+/// worker takes work between requests) leaves the queue `rejected`; its
+/// outcome goes the way of every other (flushed, then reported).
+fn drop_job(sched: &mut Scheduler<Job>, d: DropJob, journal: &Journal, commit: &mut Commit) {
+    let Some((device, job)) = sched.take(|j| j.seq == d.seq) else {
+        let _ = d.reply.send(Err(None));
+        return;
+    };
+    match journal.drop_queued(d.seq, d.asked) {
+        Ok(e) => {
+            let outcome = Outcome::rejected(e.detail.clone());
+            let _ = d.reply.send(Ok(e.clone()));
+            let done = Done {
+                seq: job.seq,
+                device: job.device,
+                outcome,
+                attempts: job.attempts,
+                durable: false,
+                entry: Some(e),
+            };
+            commit.record(done);
+        }
+        Err(why) => {
+            let _ = d.reply.send(Err(Some(why.to_string())));
+            sched.push_front(&device, job);
         }
     }
 }
@@ -299,7 +346,7 @@ fn resumes_cleanly(job: &Job) -> bool {
 
 /// One try of the job at the head of its device's queue. A flush before
 /// the wire also makes the recorded outcomes durable; they are handed on.
-async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job, commit: &mut Commit) -> Step {
+async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job, commit: &mut Commit, seen: &mut Seen) -> Step {
     if job.deadline.as_ref().is_some_and(|(at, _)| Instant::now() >= *at) {
         return Step::Final(Outcome::expired(expiry_detail(job)), Verdict::Dropped);
     }
@@ -313,7 +360,9 @@ async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job, commit: &mut
         return Step::Final(Outcome::rejected(partial(job, why.into())), Verdict::Dropped);
     }
     // Connecting sends nothing: its failures cost no attempt.
-    if let Err(e) = link.connect().await {
+    let connected = link.connect().await;
+    seen.connected(connected.as_ref().map(|_| ()));
+    if let Err(e) = connected {
         tracing::debug!(device = %job.device, error = %e, "cannot reach the device");
         job.last_error = Some(e.to_string());
         return Step::Retry { timeout: false };
@@ -371,6 +420,7 @@ async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job, commit: &mut
     }
     job.attempts += 1;
     tracing::debug!(message_id = %job.id, device = %job.device, attempt = job.attempts, "sending");
+    let on_wire = Instant::now();
     let wire = match (&job.request, &mut *link) {
         (Request::Modbus(writes), Link::Modbus(l)) => {
             let mut last = Wire::Acked(String::new());
@@ -395,6 +445,7 @@ async fn attempt(link: &mut Link, journal: &Journal, job: &mut Job, commit: &mut
             return Step::Final(Outcome::rejected(why), Verdict::Dropped);
         }
     };
+    seen.request(on_wire.elapsed());
     let answered = Verdict::Done { timeout: false };
     match wire {
         Wire::Acked(detail) => Step::Final(Outcome::delivered(detail), answered),
@@ -457,6 +508,13 @@ mod tests {
         let mut polls = VecDeque::new();
         let (readings, _rx) = mpsc::unbounded_channel();
         let poll = |device: &str, reply| Poll { device: device.into(), unit: 1, reads: Vec::new(), reply };
+        let tmp = tempfile::tempdir().unwrap();
+        let (journal, _) =
+            Journal::open(&tmp.path().join("j"), 1 << 20, Bounds { max_messages: 10, max_bytes: 1 << 20 }).unwrap();
+        let mut commit = Commit::new(journal.clone(), mpsc::unbounded_channel().0);
+        let mut accept = |sched: &mut Scheduler<Job>, polls: &mut VecDeque<Poll>, work| {
+            accept(sched, polls, work, &journal, &mut commit)
+        };
         let caller = || Reply::Caller(tokio::sync::oneshot::channel().0);
         accept(&mut sched, &mut polls, Work::Poll(poll("a", Reply::Telemetry(readings.clone()))));
         accept(&mut sched, &mut polls, Work::Poll(poll("b", Reply::Telemetry(readings.clone()))));
@@ -510,8 +568,12 @@ mod tests {
 
     fn worker(address: String, journal: &Journal) -> (BusHandle, mpsc::UnboundedReceiver<Done>, watch::Sender<bool>) {
         let link = Link::Modbus(ModbusLink::new(Target::Tcp { address }, Duration::from_millis(500)));
-        let settings =
-            BusSettings { timeout: Duration::from_millis(500), breaker_after: 3, breaker_max: Duration::from_secs(5) };
+        let settings = BusSettings {
+            timeout: Duration::from_millis(500),
+            breaker_after: 3,
+            breaker_max: Duration::from_secs(5),
+            live: Default::default(),
+        };
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
         (spawn("field".into(), link, settings, journal.clone(), done_tx, stop_rx), done_rx, stop_tx)

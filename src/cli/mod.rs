@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod emulator;
 pub mod invoke;
+pub mod operator;
 pub mod send;
 pub mod twin;
 

@@ -69,6 +69,21 @@ impl Config {
     }
 
     /// One line for logs and `check-config`: hub kind and sizes, no secrets.
+    /// What is valid but worth a second look (check-config prints these,
+    /// the daemon logs them).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(addr) = self.gateway.http.as_deref().and_then(|a| a.parse::<std::net::SocketAddr>().ok()) {
+            if !addr.ip().is_loopback() {
+                out.push(format!(
+                    "gateway.http = \"{addr}\" is not a loopback address: the status page, /status and /metrics \
+                     (message ids, device names, queue contents) are open to the network, without authentication"
+                ));
+            }
+        }
+        out
+    }
+
     pub fn summary(&self) -> String {
         let kind = match self.hub.kind {
             HubKind::Azure => "azure",

@@ -149,6 +149,24 @@ pub struct GatewayConfig {
     /// the journal can finish what it holds, and no new message is taken
     /// (nor acknowledged) until there is room again. 0 turns it off.
     pub disk_reserve: u64,
+    /// The control socket the `status` and `queue` verbs talk to (unix
+    /// socket, mode 0660). Absent: `control.sock` in `state_dir`; `""`
+    /// turns it off.
+    pub control: Option<PathBuf>,
+    /// `/metrics`, `/status` and the status page over HTTP on this address
+    /// (`127.0.0.1:9464`). Off when absent.
+    pub http: Option<String>,
+}
+
+impl GatewayConfig {
+    /// Where the control socket is, unless it is turned off.
+    pub fn control_socket(&self) -> Option<PathBuf> {
+        match &self.control {
+            None => Some(self.state_dir.join("control.sock")),
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -161,6 +179,8 @@ impl Default for GatewayConfig {
             dedupe_window: Dur::secs(48 * 3600),
             cache_capacity: 4 * 1024 * 1024,
             disk_reserve: 4 * 1024 * 1024,
+            control: None,
+            http: None,
         }
     }
 }

@@ -78,6 +78,17 @@ fn gateway(c: &mut Checker, g: &GatewayConfig) {
     if g.cache_capacity == 0 {
         c.value(&p("cache_capacity"), "must be at least 1 (bytes)");
     }
+    if let Some(addr) = &g.http {
+        if let Err(e) = addr.parse::<std::net::SocketAddr>() {
+            c.value(&p("http"), format!("{addr:?} is not an address and port such as \"127.0.0.1:9464\": {e}"));
+        }
+    }
+    if let Some(path) = g.control_socket() {
+        // sun_path holds 108 bytes with its terminating NUL.
+        if path.as_os_str().len() > 107 {
+            c.value(&p("control"), "a unix socket path is at most 107 bytes long");
+        }
+    }
     if g.dedupe_window.is_zero() {
         c.value(&p("dedupe_window"), "must be longer than 0s");
     }

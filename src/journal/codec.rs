@@ -9,7 +9,7 @@
 //! Entries written by earlier versions (JSON, starting with `{`) are read
 //! as they are, and rewritten in this form at their next change.
 
-use crate::message::{Entry, State};
+use crate::message::{Entry, Operator, State};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -21,6 +21,16 @@ const V1: u8 = 1;
 /// V1 followed by the read's values (JSON text): an entry with values.
 /// Entries without values stay V1, readable by the versions before it.
 const V2: u8 = 2;
+/// V1 followed by [`Extra`]: an entry an operator acted on. Entries
+/// without an operator's mark stay V1 or V2.
+const V3: u8 = 3;
+
+/// What follows the fields of a V3 entry.
+#[derive(Serialize, Deserialize)]
+struct Extra<'a> {
+    values: Option<Cow<'a, str>>,
+    operator: Option<Cow<'a, Operator>>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -94,13 +104,18 @@ pub fn encode(e: &Entry, body: Option<&[u8]>) -> Vec<u8> {
         conflict: e.conflict,
         acked: e.acked,
         final_uptime: e.final_uptime,
-        body: body.filter(|_| !e.state.is_final()).map(Cow::Borrowed),
+        body: body.filter(|_| e.state.keeps_body()).map(Cow::Borrowed),
     };
-    match &e.values {
-        None => postcard::to_extend(&s, vec![V1]).expect("an entry serialises"),
-        Some(values) => {
+    match (&e.values, &e.operator) {
+        (None, None) => postcard::to_extend(&s, vec![V1]).expect("an entry serialises"),
+        (Some(values), None) => {
             let v = postcard::to_extend(&s, vec![V2]).expect("an entry serialises");
             postcard::to_extend(&values.to_string(), v).expect("values serialise")
+        }
+        (values, Some(op)) => {
+            let v = postcard::to_extend(&s, vec![V3]).expect("an entry serialises");
+            let values = values.as_ref().map(|v| Cow::Owned(v.to_string()));
+            postcard::to_extend(&Extra { values, operator: Some(Cow::Borrowed(op)) }, v).expect("extras serialise")
         }
     }
 }
@@ -110,14 +125,19 @@ pub fn decode(v: &[u8]) -> Result<(Entry, Option<Vec<u8>>), DecodeError> {
     match v.first() {
         None => Err(DecodeError::Empty),
         Some(b'{') => Ok((serde_json::from_slice(v)?, None)),
-        Some(&version @ (V1 | V2)) => {
+        Some(&version @ (V1 | V2 | V3)) => {
             let (s, rest): (Stored, &[u8]) = postcard::take_from_bytes(&v[1..])?;
-            let values = match version {
+            let (values, operator) = match version {
                 V2 => {
                     let text: Cow<'_, str> = postcard::from_bytes(rest)?;
-                    Some(serde_json::from_str(&text)?)
+                    (Some(serde_json::from_str(&text)?), None)
                 }
-                _ => None,
+                V3 => {
+                    let x: Extra = postcard::from_bytes(rest)?;
+                    let values = x.values.map(|t| serde_json::from_str(&t)).transpose()?;
+                    (values, x.operator.map(Cow::into_owned))
+                }
+                _ => (None, None),
             };
             let e = Entry {
                 seq: s.seq,
@@ -144,6 +164,7 @@ pub fn decode(v: &[u8]) -> Result<(Entry, Option<Vec<u8>>), DecodeError> {
                 acked: s.acked,
                 final_uptime: s.final_uptime,
                 values,
+                operator,
             };
             Ok((e, s.body.map(Cow::into_owned)))
         }
@@ -200,6 +221,29 @@ mod tests {
         for n in 0..v.len() {
             let _ = decode(&v[..n]);
         }
+    }
+
+    #[test]
+    fn an_operators_mark_comes_back_and_an_uncertain_entry_keeps_its_body() {
+        use crate::message::{Operator, OperatorAction};
+        let op = Operator {
+            action: OperatorAction::Retried,
+            by: "uid 0 (root)".into(),
+            at: 1_733_400_000_500,
+            note: Some("checked on site".into()),
+            previous: State::Uncertain,
+        };
+        for values in [None, Some(serde_json::json!({"pump": true}))] {
+            let e = Entry { operator: Some(op.clone()), values, ..entry(State::Uncertain) };
+            let v = encode(&e, Some(b"body"));
+            assert_eq!(v[0], V3);
+            assert_eq!(decode(&v).unwrap(), (e, Some(b"body".to_vec())), "kept for a retry");
+            for n in 0..v.len() {
+                let _ = decode(&v[..n]);
+            }
+        }
+        let expired = encode(&entry(State::Expired), Some(b"b"));
+        assert_eq!(decode(&expired).unwrap().1.as_deref(), Some(&b"b"[..]));
     }
 
     #[test]

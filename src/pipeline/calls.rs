@@ -180,17 +180,8 @@ impl Pipeline {
         });
     }
 
-    /// The `status` method's answer.
-    fn status_document(&self) -> Value {
-        let s = self.journal.stats();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "hub": if self.core.connected() { "connected" } else { "disconnected" },
-            "queued": s.unfinished,
-            "oldest_queued_ms": s.oldest_unfinished_ms,
-            "journal_entries": s.entries,
-            "buses": self.cfg.buses.keys().collect::<Vec<_>>(),
-            "devices": self.cfg.devices.keys().collect::<Vec<_>>(),
-        })
+    /// The `status` method's answer: the status document (`status.rs`).
+    pub(super) fn status_document(&self) -> Value {
+        crate::status::document(self.cfg.hub.kind, &self.journal, &self.live, self.started_ms)
     }
 }

@@ -225,6 +225,15 @@ impl Core {
         (self.acks.len(), self.held.len(), self.reports_out.len() + self.refused_out.len())
     }
 
+    /// Whether the report of `seq` is out and not yet acknowledged, or
+    /// waits for a flush: an operator's change of its outcome waits for it
+    /// (else the hub's late acknowledgement would mark the new outcome
+    /// reported).
+    pub fn report_busy(&self, seq: u64) -> bool {
+        self.reports_out.contains(&seq)
+            || self.gated.iter().any(|(_, g)| matches!(g, Gated::Final { seq: s, .. } if *s == seq))
+    }
+
     #[cfg(test)]
     pub fn debug_slots(&self) -> String {
         format!("{:?} gated {:?}", self.acks, self.gated)

@@ -72,6 +72,18 @@ impl Feed {
         }
     }
 
+    /// Takes message `seq` out of `device`'s waiting line (an operator's
+    /// `queue drop`); says whether it was waiting there.
+    pub fn remove(&mut self, device: &str, seq: u64) -> bool {
+        let Some(d) = self.devices.get_mut(device) else { return false };
+        let Some(i) = d.waiting.iter().position(|s| *s == seq) else { return false };
+        d.waiting.remove(i);
+        if d.out == 0 && d.waiting.is_empty() {
+            self.devices.remove(device);
+        }
+        true
+    }
+
     /// Forgets everything (the workers stopped; the journal has it all).
     pub fn clear(&mut self) {
         self.devices.clear();

@@ -10,6 +10,7 @@ mod feed;
 mod methods;
 #[cfg(test)]
 mod model;
+pub mod operator;
 mod twin;
 
 use self::core::{Action, Admission, Arrival, Core, Finished, Settings, Unfinished, BATCH};
@@ -50,6 +51,8 @@ pub struct Parts {
     pub heartbeat: Arc<AtomicU64>,
     /// Room on the state directory's disk.
     pub space: crate::journal::space::Space,
+    /// What the operator surface shows.
+    pub live: Arc<crate::live::Live>,
 }
 
 pub struct Pipeline {
@@ -64,6 +67,7 @@ pub struct Pipeline {
     bus_stop: watch::Sender<bool>,
     status: watch::Sender<Status>,
     space: crate::journal::space::Space,
+    live: Arc<crate::live::Live>,
     core: Core,
     /// What each device's bus worker has, and what waits for it.
     feed: feed::Feed,
@@ -99,6 +103,7 @@ impl Pipeline {
             readings_tx: parts.readings,
             heartbeat: parts.heartbeat,
             space: parts.space,
+            live: parts.live,
             buses: HashMap::new(),
             bus_stop: watch::channel(false).0,
             status: parts.status,
@@ -118,7 +123,8 @@ impl Pipeline {
     /// Starts a worker per configured bus and the telemetry schedules.
     pub fn start_buses(&mut self) -> Result<(), crate::bus::SpawnError> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        self.buses = crate::bus::spawn_all(&self.cfg, &self.journal, &self.done_tx, &stop_rx)?;
+        self.live.configure(&self.cfg);
+        self.buses = crate::bus::spawn_all(&self.cfg, &self.journal, &self.live, &self.done_tx, &stop_rx)?;
         let senders = self.buses.iter().map(|(k, b)| (k.clone(), b.jobs.clone())).collect();
         telemetry::spawn(&self.cfg, &senders, self.readings_tx.clone(), stop_rx);
         self.bus_stop = stop_tx;
@@ -223,6 +229,7 @@ impl Pipeline {
         mut done: mpsc::UnboundedReceiver<Done>,
         mut readings: mpsc::UnboundedReceiver<Reading>,
         mut reloads: mpsc::UnboundedReceiver<Config>,
+        mut asks: mpsc::Receiver<operator::Ask>,
         mut shutdown: watch::Receiver<bool>,
     ) -> mpsc::Receiver<HubEvent> {
         let mut housekeeping = Instant::now() + Duration::from_secs(1);
@@ -237,6 +244,7 @@ impl Pipeline {
                 },
                 Some(r) = readings.recv() => self.on_reading(r),
                 Some(new) = reloads.recv() => self.reload(new, &mut done).await,
+                Some(ask) = asks.recv() => self.on_ask(ask).await,
                 Some(d) = done.recv() => {
                     let mut batch = vec![d];
                     while let Ok(d) = done.try_recv() { batch.push(d); if batch.len() >= BATCH { break; } }
@@ -278,12 +286,14 @@ impl Pipeline {
             HubEvent::TwinAnswer { status, rid, payload } => self.on_twin_answer(status, rid, payload).await,
             HubEvent::DesiredPatch => self.on_desired_patch(),
             HubEvent::Connected { generation } => {
+                self.live.hub(true, now_ms());
                 self.generation = generation;
                 self.core.on_connected(generation);
                 self.publish_status();
                 self.twin_connected();
             }
             HubEvent::Disconnected { .. } => {
+                self.live.hub(false, now_ms());
                 self.core.on_disconnected();
                 self.publish_status();
             }
@@ -342,7 +352,7 @@ impl Pipeline {
                 }
                 Action::Finish { seq, outcome } => {
                     match self.journal.finish(seq, &outcome, now_ms()) {
-                        Ok(e) => log_final(&e),
+                        Ok(e) => self.log_final(&e),
                         Err(err) => tracing::error!(seq, error = %err, "cannot record an outcome"),
                     }
                     Vec::new()
@@ -423,7 +433,7 @@ impl Pipeline {
                     }
                     tracing::info!(message_id = %e.id, device = e.device.as_deref().unwrap_or(""), seq = e.seq, "received");
                     if e.state.is_final() {
-                        log_final(&e);
+                        self.log_final(&e);
                     }
                     Admission::New { seq: e.seq, state: e.state }
                 }
@@ -445,6 +455,7 @@ impl Pipeline {
                     }
                     let e = unjournaled(inbound, detail, now);
                     tracing::error!(message_id = %e.id, detail = %e.detail, "journal full: rejecting a new message");
+                    self.live.outcome(&e);
                     Admission::Refused(Box::new(e))
                 }
                 Err(e) => {
@@ -499,7 +510,7 @@ impl Pipeline {
         let outcome = Outcome::rejected(why);
         match self.journal.finish(seq, &outcome, now_ms()) {
             Ok(e) => {
-                log_final(&e);
+                self.log_final(&e);
                 self.core.finished(vec![Finished { seq, state: e.state, durable: false, reported: e.reported }])
             }
             Err(err) => {
@@ -608,7 +619,7 @@ impl Pipeline {
             };
             match recorded {
                 Ok((e, wrote)) => {
-                    log_final(&e);
+                    self.log_final(&e);
                     finished.push(Finished {
                         seq: d.seq,
                         state: e.state,
@@ -639,6 +650,7 @@ impl Pipeline {
     /// readings are not journaled, and a backlog would only grow).
     fn on_reading(&mut self, r: Reading) {
         if !self.core.connected() {
+            self.live.telemetry_dropped.inc();
             return;
         }
         let alerts: Vec<(String, bool)> = self
@@ -655,6 +667,7 @@ impl Pipeline {
     }
 
     fn publish_status(&self) {
+        self.live.reports_pending(self.core.footprint().2);
         let s = self.journal.stats();
         let st = Status {
             hub_connected: self.core.connected(),
@@ -686,7 +699,15 @@ fn log_handover(journal: &Journal, seq: u64, why: &'static str) {
     }
 }
 
-/// Logs a final outcome as it is reported.
+impl Pipeline {
+    /// Logs a final outcome as it is recorded, and counts it.
+    fn log_final(&self, e: &Entry) {
+        self.live.outcome(e);
+        log_final(e);
+    }
+}
+
+/// Logs a final outcome as it is recorded.
 fn log_final(e: &Entry) {
     let device = e.device.as_deref().unwrap_or("");
     if e.state == State::Delivered {

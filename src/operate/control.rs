@@ -1,0 +1,263 @@
+//! The control socket: a unix socket (mode 0660: its owner and group; the
+//! package's unit puts it in `/run/c2d-gateway`, group `c2d-gateway`) on
+//! which the `status` and `queue` verbs talk to the running daemon, which
+//! alone opens the journal. Reads are answered from the journal and the
+//! live state; actions go to the pipeline. Who asked is taken from the
+//! socket's peer credentials, logged and journaled with the action.
+
+use super::protocol::{Request, Response, Target, MAX_REQUEST};
+use super::Ctx;
+use crate::journal::operator::Asked;
+use crate::message::{rfc3339_ms, Entry, State};
+use crate::pipeline::operator::{Act, Ask};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// `queue list` shows at most this many unless asked for more.
+pub const LIST_LIMIT: usize = 200;
+
+/// Binds the socket at `path`: a stale one (nobody answers) is replaced;
+/// one a running gateway answers on is left alone (an error).
+pub async fn bind(path: &Path) -> Result<UnixListener, String> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(format!("{}: another gateway answers on this control socket", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let l = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    Ok(l)
+}
+
+/// Serves the socket until the task is dropped.
+pub async fn serve(listener: UnixListener, path: PathBuf, ctx: Arc<Ctx>, asks: mpsc::Sender<Ask>) {
+    tracing::info!(socket = %path.display(), "control socket ready");
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let (ctx, asks) = (ctx.clone(), asks.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, &ctx, &asks).await {
+                        tracing::debug!(error = %e, "control connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Who is on the other end: "uid 1000 (alice)".
+fn peer(stream: &UnixStream) -> String {
+    match stream.peer_cred() {
+        Ok(c) => match user_name(c.uid()) {
+            Some(name) => format!("uid {} ({name})", c.uid()),
+            None => format!("uid {}", c.uid()),
+        },
+        Err(_) => "unknown peer".into(),
+    }
+}
+
+/// The name of `uid` in /etc/passwd.
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
+}
+
+async fn connection(stream: UnixStream, ctx: &Ctx, asks: &mpsc::Sender<Ask>) -> std::io::Result<()> {
+    let who = peer(&stream);
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(read.take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line),
+    )
+    .await;
+    let response = match got {
+        Err(_) => Response::error("no request within 10 s"),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(_)) if line.len() > MAX_REQUEST => Response::error(format!("request longer than {MAX_REQUEST} bytes")),
+        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => answer(req, who, ctx, asks).await,
+            Err(e) => Response::error(format!("not a request: {e}")),
+        },
+    };
+    let mut out = serde_json::to_vec(&response).expect("a response serialises");
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+async fn answer(req: Request, who: String, ctx: &Ctx, asks: &mpsc::Sender<Ask>) -> Response {
+    let r = match req {
+        Request::Status => Ok(ctx.status()),
+        Request::List { state, device, limit } => list(ctx, state.as_deref(), device.as_deref(), limit),
+        Request::Show { target } => show(ctx, &target),
+        Request::Retry { target, note } => act(ctx, asks, &target, Act::Retry, who, note).await,
+        Request::Resolve { target, to, note } => match State::parse(&to) {
+            Some(s @ (State::Delivered | State::Rejected)) => act(ctx, asks, &target, Act::Resolve(s), who, note).await,
+            _ => Err(format!("--as takes delivered or rejected, not {to:?}")),
+        },
+        Request::Drop { target, note } => act(ctx, asks, &target, Act::Drop, who, note).await,
+    };
+    match r {
+        Ok(v) => Response::ok(v),
+        Err(why) => Response::error(why),
+    }
+}
+
+/// Which states a `list` filter takes.
+fn state_filter(state: Option<&str>) -> Result<Box<dyn Fn(State) -> bool + Send>, String> {
+    Ok(match state.unwrap_or("open") {
+        "open" => Box::new(|s: State| !matches!(s, State::Delivered | State::Rejected)),
+        "unfinished" => Box::new(|s: State| !s.is_final()),
+        "unresolved" => Box::new(State::needs_operator),
+        "all" => Box::new(|_| true),
+        other => match State::parse(other) {
+            Some(want) => Box::new(move |s| s == want),
+            None => {
+                return Err(format!(
+                    "--state {other:?}: one of queued, sending, delivered, rejected, expired, uncertain, \
+                     open (the default: queued, sending, uncertain, expired), unfinished, unresolved, all"
+                ))
+            }
+        },
+    })
+}
+
+fn list(ctx: &Ctx, state: Option<&str>, device: Option<&str>, limit: Option<usize>) -> Result<Value, String> {
+    let keep_state = state_filter(state)?;
+    let limit = limit.unwrap_or(LIST_LIMIT);
+    let keep = |e: &Entry| keep_state(e.state) && device.is_none_or(|d| e.device.as_deref() == Some(d));
+    let (entries, matched) = ctx.journal.select(keep, limit).map_err(|e| e.to_string())?;
+    let now = crate::message::now_ms();
+    let messages: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let mut v = crate::status::summary(e);
+            v["age_s"] = json!(now.saturating_sub(e.received_at) / 1000);
+            v
+        })
+        .collect();
+    Ok(json!({"messages": messages, "matched": matched}))
+}
+
+/// The entries a target names (all of them for `show`).
+fn find(ctx: &Ctx, t: &Target) -> Result<Vec<Entry>, String> {
+    let found = ctx.journal.find(&t.id, t.device.as_deref()).map_err(|e| e.to_string())?;
+    let found: Vec<Entry> = found.into_iter().filter(|e| t.seq.is_none_or(|s| e.seq == s)).collect();
+    if found.is_empty() {
+        let mut why = format!("no message with id {:?}", t.id);
+        if let Some(d) = &t.device {
+            why += &format!(" for device {d:?}");
+        }
+        if let Some(s) = t.seq {
+            why += &format!(" at seq {s}");
+        }
+        return Err(why + " in the journal (finished messages stay for the dedupe window)");
+    }
+    Ok(found)
+}
+
+fn show(ctx: &Ctx, t: &Target) -> Result<Value, String> {
+    let entries = find(ctx, t)?;
+    let mut out = Vec::new();
+    for e in entries {
+        // A final entry keeps its body only while a retry may need it.
+        let body = ctx.journal.stored_body(e.seq).ok().flatten();
+        out.push(detail(&e, body.as_deref()));
+    }
+    Ok(json!({"messages": out}))
+}
+
+/// Everything about one entry, for `queue show`.
+fn detail(e: &Entry, body: Option<&[u8]>) -> Value {
+    let mut v = crate::status::summary(e);
+    let body = body.map(|b| {
+        const SHOWN: usize = 4096;
+        let text = String::from_utf8_lossy(&b[..b.len().min(SHOWN)]).into_owned();
+        if b.len() > SHOWN {
+            format!("{text}... ({} bytes in all)", b.len())
+        } else {
+            text
+        }
+    });
+    let extra = json!({
+        "correlation_id": e.correlation_id,
+        "expires_at": e.expires_at.map(rfc3339_ms),
+        "body_len": e.body_len,
+        "body": body,
+        "steps": e.steps,
+        "values": e.values,
+        "reported": e.reported,
+        "handed_over": e.handed_over,
+        "resent": e.resent,
+        "resent_after_crash": e.resent_after_crash,
+        "conflict": e.conflict,
+        "id_generated": e.id_generated,
+        "operator_action": e.operator.as_ref().map(|o| json!({
+            "action": o.action.as_str(),
+            "by": o.by,
+            "at": rfc3339_ms(o.at),
+            "note": o.note,
+            "previous": o.previous,
+        })),
+    });
+    if let (Value::Object(m), Value::Object(x)) = (&mut v, extra) {
+        m.extend(x);
+    }
+    v
+}
+
+async fn act(
+    ctx: &Ctx,
+    asks: &mpsc::Sender<Ask>,
+    t: &Target,
+    act: Act,
+    by: String,
+    note: Option<String>,
+) -> Result<Value, String> {
+    let found = find(ctx, t)?;
+    let e = match found.as_slice() {
+        [e] => e,
+        many => {
+            let list: Vec<String> = many
+                .iter()
+                .map(|e| format!("seq {} (device {}, {})", e.seq, e.device.as_deref().unwrap_or("-"), e.state))
+                .collect();
+            return Err(format!(
+                "{} messages have id {:?}: {}; say which with --device or --seq",
+                many.len(),
+                t.id,
+                list.join(", ")
+            ));
+        }
+    };
+    let (reply, rx) = oneshot::channel();
+    let asked = Asked { by, at: crate::message::now_ms(), note };
+    asks.send(Ask { act, seq: e.seq, asked, reply }).await.map_err(|_| "the gateway is stopping".to_string())?;
+    match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        Ok(Ok(Ok(e))) => Ok(json!({"message": crate::status::summary(&e)})),
+        Ok(Ok(Err(why))) => Err(why),
+        Ok(Err(_)) => Err("the gateway is stopping".into()),
+        Err(_) => Err("no answer from the gateway within 30 s".into()),
+    }
+}

@@ -80,6 +80,7 @@ pub fn document(hub: HubKind, journal: &Journal, live: &Live, started_ms: u64) -
         .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "now": rfc3339_ms(now),
         "started_at": rfc3339_ms(started_ms),
         "uptime_s": now.saturating_sub(started_ms) / 1000,
         "hub": {

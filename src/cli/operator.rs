@@ -5,7 +5,7 @@
 //! daemon owns it.
 
 use crate::config::{Config, DEFAULT_PATH};
-use crate::operate::protocol::{Request, Response, Target};
+use crate::operate::protocol::{Envelope, Request, Response, Target};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -175,7 +175,8 @@ fn call(config: &Path, req: &Request) -> Result<Value, String> {
         _ => format!("{}: {e}", path.display()),
     })?;
     s.set_read_timeout(Some(Duration::from_secs(40))).map_err(|e| e.to_string())?;
-    let mut line = serde_json::to_vec(req).expect("a request serialises");
+    let env = Envelope { request: req.clone(), user: whoami() };
+    let mut line = serde_json::to_vec(&env).expect("a request serialises");
     line.push(b'\n');
     s.write_all(&line).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut answer = String::new();
@@ -185,6 +186,15 @@ fn call(config: &Path, req: &Request) -> Result<Value, String> {
         Response { ok: true, result, .. } => Ok(result.unwrap_or(Value::Null)),
         Response { error, .. } => Err(error.unwrap_or_else(|| "the gateway refused without a reason".into())),
     }
+}
+
+/// "alice (uid 1000)": who runs this verb, for the daemon's log.
+fn whoami() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of our own /proc entry is our uid; no libc call needed.
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let name = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "?".into());
+    Some(format!("{name} (uid {uid})"))
 }
 
 #[path = "operator_format.rs"]

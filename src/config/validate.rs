@@ -83,7 +83,7 @@ fn gateway(c: &mut Checker, g: &GatewayConfig) {
             c.value(&p("http"), format!("{addr:?} is not an address and port such as \"127.0.0.1:9464\": {e}"));
         }
     }
-    if let Some(path) = g.control_socket() {
+    if let Some(path) = g.control.as_ref().filter(|p| !p.as_os_str().is_empty()) {
         // sun_path holds 108 bytes with its terminating NUL.
         if path.as_os_str().len() > 107 {
             c.value(&p("control"), "a unix socket path is at most 107 bytes long");

@@ -193,3 +193,7 @@ impl Journal {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "operator_tests.rs"]
+mod tests;

@@ -5,7 +5,7 @@
 //! live state; actions go to the pipeline. Who asked is taken from the
 //! socket's peer credentials, logged and journaled with the action.
 
-use super::protocol::{Request, Response, Target, MAX_REQUEST};
+use super::protocol::{Envelope, Request, Response, Target, MAX_REQUEST};
 use super::Ctx;
 use crate::journal::operator::Asked;
 use crate::message::{rfc3339_ms, Entry, State};
@@ -61,9 +61,18 @@ pub async fn serve(listener: UnixListener, path: PathBuf, ctx: Arc<Ctx>, asks: m
     }
 }
 
-/// Who is on the other end: "uid 1000 (alice)".
-fn peer(stream: &UnixStream) -> String {
+/// The uid a user namespace shows for a uid it does not map.
+const OVERFLOW_UID: u32 = 65534;
+
+/// Who is on the other end: "uid 1000 (alice)" from the socket's peer
+/// credentials; when the service's user namespace hides the uid, what the
+/// client says it runs as, marked so.
+fn peer(stream: &UnixStream, claimed: Option<&str>) -> String {
+    let claimed = claimed.map(|c| c.chars().filter(|ch| !ch.is_control()).take(64).collect::<String>());
     match stream.peer_cred() {
+        Ok(c) if c.uid() == OVERFLOW_UID && claimed.is_some() => {
+            format!("{} (as the client says; the service cannot see its uid)", claimed.unwrap_or_default())
+        }
         Ok(c) => match user_name(c.uid()) {
             Some(name) => format!("uid {} ({name})", c.uid()),
             None => format!("uid {}", c.uid()),
@@ -82,9 +91,8 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
-async fn connection(stream: UnixStream, ctx: &Ctx, asks: &mpsc::Sender<Ask>) -> std::io::Result<()> {
-    let who = peer(&stream);
-    let (read, mut write) = stream.into_split();
+async fn connection(mut stream: UnixStream, ctx: &Ctx, asks: &mpsc::Sender<Ask>) -> std::io::Result<()> {
+    let (read, mut write) = stream.split();
     let mut line = Vec::new();
     let got = tokio::time::timeout(
         Duration::from_secs(10),
@@ -95,8 +103,11 @@ async fn connection(stream: UnixStream, ctx: &Ctx, asks: &mpsc::Sender<Ask>) -> 
         Err(_) => Response::error("no request within 10 s"),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(_)) if line.len() > MAX_REQUEST => Response::error(format!("request longer than {MAX_REQUEST} bytes")),
-        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-            Ok(req) => answer(req, who, ctx, asks).await,
+        Ok(Ok(_)) => match serde_json::from_slice::<Envelope>(&line) {
+            Ok(env) => {
+                let who = peer(write.as_ref(), env.user.as_deref());
+                answer(env.request, who, ctx, asks).await
+            }
             Err(e) => Response::error(format!("not a request: {e}")),
         },
     };
@@ -252,12 +263,14 @@ async fn act(
         }
     };
     let (reply, rx) = oneshot::channel();
-    let asked = Asked { by, at: crate::message::now_ms(), note };
+    let asked = Asked { by: by.clone(), at: crate::message::now_ms(), note };
     asks.send(Ask { act, seq: e.seq, asked, reply }).await.map_err(|_| "the gateway is stopping".to_string())?;
-    match tokio::time::timeout(Duration::from_secs(30), rx).await {
-        Ok(Ok(Ok(e))) => Ok(json!({"message": crate::status::summary(&e)})),
-        Ok(Ok(Err(why))) => Err(why),
-        Ok(Err(_)) => Err("the gateway is stopping".into()),
-        Err(_) => Err("no answer from the gateway within 30 s".into()),
-    }
+    let r = match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        Ok(Ok(Ok(e))) => return Ok(json!({"message": crate::status::summary(&e)})),
+        Ok(Ok(Err(why))) => why,
+        Ok(Err(_)) => "the gateway is stopping".into(),
+        Err(_) => "no answer from the gateway within 30 s".into(),
+    };
+    tracing::info!(message_id = %e.id, seq = e.seq, action = ?act, by, reason = %r, "operator: refused");
+    Err(r)
 }

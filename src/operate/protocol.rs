@@ -57,6 +57,18 @@ pub enum Request {
     },
 }
 
+/// A request as it goes on the wire: the verb, and who the client says it
+/// runs as (the service may not see the peer's uid: with systemd's
+/// `PrivateUsers=`, every user but root and the service's own shows as
+/// `nobody`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(flatten)]
+    pub request: Request,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
 /// The answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {

@@ -40,6 +40,7 @@ def config_text(tb, extra_devices: str = "") -> str:
 [gateway]
 state_dir = "/var/lib/c2d-gateway"
 log_level = "info"
+control = "/run/c2d-gateway/control.sock"
 
 [hub]
 kind = "azure"
@@ -251,6 +252,41 @@ def test_c2d_message_delivered_and_reported(tb):
     assert fb[0]["status_code"] == "Success", fb
     tb.first_message = mid
     tb.done.add("delivered")
+
+
+def test_operator_verbs_over_the_control_socket(tb):
+    """`c2d-gateway status` and `queue` talk to the running service over
+    /run/c2d-gateway/control.sock (RuntimeDirectory=, mode 0660): root and
+    a member of the group c2d-gateway may, another user is refused. A
+    queued message is dropped by the group member, and the daemon logs who
+    (its user namespace hides the uid: the name the client gives, marked)."""
+    tb.need("delivered")
+    c = tb.c
+    out = c.run(["c2d-gateway", "status", "--config", CONFIG]).stdout
+    print(out)
+    assert re.search(r"^hub: +azure connected", out, re.M), out
+    st = json.loads(c.run(["c2d-gateway", "status", "--json", "--config", CONFIG]).stdout)
+    assert st["hub"]["connected"] is True and set(st["devices"]) >= {"boiler", "panel"}, st
+    owner = c.run(["stat", "-c", "%a %U %G", "/run/c2d-gateway/control.sock"]).stdout.split()
+    assert owner == ["660", "c2d-gateway", "c2d-gateway"], owner
+    assert c.run(["stat", "-c", "%a", "/run/c2d-gateway"]).stdout.strip() == "750"
+    c.run("id alice >/dev/null 2>&1 || useradd --no-create-home --groups c2d-gateway alice")
+    c.run("id mallory >/dev/null 2>&1 || useradd --no-create-home mallory")
+    as_user = lambda user, *argv: c.run(["runuser", "-u", user, "--", "c2d-gateway", *argv, "--config", CONFIG],
+                                         check=False)
+    r = as_user("alice", "queue", "list", "--state", "all")
+    assert r.returncode == 0 and tb.first_message in r.stdout, (r.stdout, r.stderr)
+    r = as_user("mallory", "status")
+    assert r.returncode == 1 and "permission denied" in r.stderr, (r.returncode, r.stderr)
+
+    # An action is logged with who asked, even when refused (a delivered
+    # message is not retried); the service's user namespace hides alice's
+    # uid, so the log gives the name her client sent, marked as such.
+    r = as_user("alice", "queue", "retry", tb.first_message)
+    assert r.returncode == 1 and "it is delivered" in r.stderr, (r.returncode, r.stderr)
+    log = wait_until("the refusal in the journal", lambda: (lambda j: j if "operator: refused" in j else None)(
+        unit_journal(tb, "-n", "100")), 10)
+    assert re.search(r"alice \(uid \d+\) \(as the client says", log), log[-3000:]
 
 
 def test_serial_port_usable_in_the_sandbox(tb):

@@ -86,8 +86,13 @@ impl Default for Live {
             // 0.5 ms .. about 4 s.
             Histogram::new(exponential_buckets(0.0005, 2.0, 14))
         }
+        let messages: Family<Label<&'static str>, Counter> = Family::default();
+        // Every outcome from the start: a rate() sees its first increase.
+        for outcome in [State::Delivered, State::Rejected, State::Expired, State::Uncertain] {
+            messages.get_or_create(&[("outcome", outcome.as_str())]).inc_by(0);
+        }
         Live {
-            messages: Family::default(),
+            messages,
             request_duration: Family::new_with_constructor(histogram),
             reconnects: Counter::default(),
             telemetry_dropped: Counter::default(),

@@ -82,7 +82,7 @@ pub fn document(hub: HubKind, journal: &Journal, live: &Live, started_ms: u64) -
         "version": env!("CARGO_PKG_VERSION"),
         "now": rfc3339_ms(now),
         "started_at": rfc3339_ms(started_ms),
-        "uptime_s": now.saturating_sub(started_ms) / 1000,
+        "uptime_s": secs(std::time::Duration::from_millis(now.saturating_sub(started_ms))),
         "hub": {
             "kind": match hub { HubKind::Azure => "azure", HubKind::Mqtt => "mqtt" },
             "connected": snap.hub.connected,

@@ -29,6 +29,8 @@ fn the_demo_runs_on_its_own_and_everything_turns_out_as_expected() {
         "left in the hub queue: 0",
         "temperatureAlert = false",
         "temperatureAlert = true",
+        "Operator view (`c2d-gateway status`",
+        "queue:   0 queued; 0 uncertain, 0 expired",
         "demo: all outcomes as expected",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");

@@ -173,10 +173,13 @@ async fn run_in(tmp: &std::path::Path, steps: Steps, keep_running: bool) -> Resu
     let shown = Arc::new(Mutex::new(Vec::new()));
     spawn_panel(master, shown.clone());
 
+    // The status page on a port free a moment ago.
+    let http = std::net::TcpListener::bind(local).and_then(|l| l.local_addr()).map_err(|e| e.to_string())?;
     let cfg_text = format!(
         r#"
 [gateway]
 state_dir = "{state}"
+http = "{http}"
 [hub]
 kind = "azure"
 connection_string = "{conn_str}"
@@ -213,6 +216,9 @@ enabled = true
         ca = ca.display(),
     );
     let cfg = Config::parse(&cfg_text, "demo.toml").map_err(|d| d.to_string())?;
+    let cfg_path = tmp.join("demo.toml");
+    std::fs::write(&cfg_path, &cfg_text).map_err(|e| e.to_string())?;
+    let control = cfg.gateway.control_socket();
     let (stop_tx, stop_rx) = watch::channel(false);
     let gateway = tokio::spawn(crate::daemon::run(cfg, None, Some(stop_rx)));
 
@@ -486,15 +492,28 @@ enabled = true
     if setpoint_writes != 1 || queue_left != 0 {
         ok = false;
     }
+    println!();
+    println!("Operator view (`c2d-gateway status`, over the daemon's control socket; the page at http://{http}/):");
+    match control.as_deref().map(super::operator::status_text) {
+        Some(Ok(text)) => text.lines().for_each(|l| println!("  {l}")),
+        Some(Err(e)) => {
+            println!("  !! {e}");
+            ok = false;
+        }
+        None => ok = false,
+    }
 
     if keep_running {
-        let http = emu.http_addr().unwrap_or(local);
+        let hub = emu.http_addr().unwrap_or(local);
         println!("\nStill running (Ctrl-C stops). Try:");
-        println!("  c2d-gateway send --hub http://{http} --device demo-gateway --ack full --property device=boiler --wait '{{\"point\": \"setpoint\", \"value\": 22}}'");
-        println!("  c2d-gateway send --hub http://{http} --device demo-gateway --property device=panel 'GOOD MORNING'");
-        println!("  c2d-gateway invoke --hub http://{http} --device demo-gateway read '{{\"device\": \"boiler\", \"points\": [\"temperature\"]}}'");
-        println!("  c2d-gateway twin --hub http://{http} --device demo-gateway set '{{\"devices\": {{\"boiler\": {{\"setpoint\": 19}}}}}}'");
-        println!("  curl http://{http}/devices/demo-gateway/events");
+        println!("  c2d-gateway send --hub http://{hub} --device demo-gateway --ack full --property device=boiler --wait '{{\"point\": \"setpoint\", \"value\": 22}}'");
+        println!("  c2d-gateway send --hub http://{hub} --device demo-gateway --property device=panel 'GOOD MORNING'");
+        println!("  c2d-gateway invoke --hub http://{hub} --device demo-gateway read '{{\"device\": \"boiler\", \"points\": [\"temperature\"]}}'");
+        println!("  c2d-gateway twin --hub http://{hub} --device demo-gateway set '{{\"devices\": {{\"boiler\": {{\"setpoint\": 19}}}}}}'");
+        println!("  curl http://{hub}/devices/demo-gateway/events");
+        println!("  c2d-gateway status --config {}", cfg_path.display());
+        println!("  c2d-gateway queue list --state all --config {}", cfg_path.display());
+        println!("  open http://{http}/ (the status page), curl http://{http}/metrics");
         let _ = tokio::signal::ctrl_c().await;
     }
     let _ = stop_tx.send(true);

@@ -112,6 +112,11 @@ pub enum QueueVerb {
     },
 }
 
+/// `status` as a person reads it, from the daemon at control socket `socket`.
+pub fn status_text(socket: &Path) -> Result<String, String> {
+    call_socket(socket, &Request::Status).map(|v| format::status(&v))
+}
+
 pub fn status(args: StatusArgs) -> Result<(), String> {
     let v = call(&args.common.config, &Request::Status)?;
     if args.common.json {
@@ -162,8 +167,11 @@ fn socket(config: &Path) -> Result<PathBuf, String> {
 
 /// One request to the daemon; its result, or its error as ours.
 fn call(config: &Path, req: &Request) -> Result<Value, String> {
-    let path = socket(config)?;
-    let mut s = UnixStream::connect(&path).map_err(|e| match e.kind() {
+    call_socket(&socket(config)?, req)
+}
+
+fn call_socket(path: &Path, req: &Request) -> Result<Value, String> {
+    let mut s = UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::PermissionDenied => format!(
             "{}: permission denied: the control socket is for its owner and group (the package's: c2d-gateway); \
              run as root or join that group",

@@ -38,6 +38,8 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
                 let _ = write!(out, "{c:<w$}  ");
             }
         }
+        let end = out.trim_end_matches(' ').len();
+        out.truncate(end);
         out.push('\n');
     };
     line(&mut out, header.iter().map(|h| h.to_string()).collect());
@@ -64,7 +66,7 @@ pub fn status(v: &Value) -> String {
         if v["oldest_queued_s"].is_null() { String::new() } else { format!(", oldest {}", age(&v["oldest_queued_s"])) };
     let _ = writeln!(
         out,
-        "queue:   {} queued{oldest}; {} uncertain, {} expired; {} reports pending; {} journal entries",
+        "queue:   {} queued{oldest}; {} uncertain, {} expired; reports pending {}; journal entries {}",
         s(&v["queued"]),
         s(&v["unresolved"]["uncertain"]),
         s(&v["unresolved"]["expired"]),

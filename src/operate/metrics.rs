@@ -84,41 +84,46 @@ impl Collector for Gauges {
         let stats = self.journal.stats();
         let queues = self.journal.queues();
         let b = |v: bool| if v { 1.0 } else { 0.0 };
-        gauge(&mut enc, "c2d_gateway_hub_connected", "1 while the hub connection is up", b(snap.hub.connected))?;
-        gauge(&mut enc, "c2d_gateway_queue_depth", "Unfinished messages (queued or sending)", stats.unfinished as f64)?;
+        gauge(&mut enc, "c2d_gateway_hub_connected", "1 while the hub connection is up.", b(snap.hub.connected))?;
+        gauge(
+            &mut enc,
+            "c2d_gateway_queue_depth",
+            "Unfinished messages (queued or sending).",
+            stats.unfinished as f64,
+        )?;
         let oldest = queues.values().map(|(_, age)| age.as_secs_f64()).fold(0.0, f64::max);
         gauge(
             &mut enc,
             "c2d_gateway_oldest_queued_seconds",
-            "Age of the oldest unfinished message (0 when none)",
+            "Age of the oldest unfinished message (0 when none).",
             oldest,
         )?;
         let depth = |d: &str| queues.get(&Some(d.to_string())).copied().unwrap_or_default();
         labelled(
             &mut enc,
             "c2d_gateway_device_queue_depth",
-            "Unfinished messages per configured device",
+            "Unfinished messages per configured device.",
             "device",
             snap.devices.keys().map(|d| (d.as_str(), depth(d).0 as f64)),
         )?;
         labelled(
             &mut enc,
             "c2d_gateway_device_oldest_queued_seconds",
-            "Age of each configured device's oldest unfinished message (0 when none)",
+            "Age of each configured device's oldest unfinished message (0 when none).",
             "device",
             snap.devices.keys().map(|d| (d.as_str(), depth(d).1.as_secs_f64())),
         )?;
         labelled(
             &mut enc,
             "c2d_gateway_device_isolated",
-            "1 while the device is isolated by its bus's circuit breaker (it keeps timing out)",
+            "1 while the device is isolated by its bus's circuit breaker (it keeps timing out).",
             "device",
             snap.devices.iter().map(|(n, d)| (n.as_str(), b(d.isolated))),
         )?;
         labelled(
             &mut enc,
             "c2d_gateway_bus_connected",
-            "1 while the bus's port or connection is open (0 after a failed attempt; absent before the first)",
+            "1 while the bus's port or connection is open (0 after a failed attempt; absent before the first).",
             "bus",
             snap.buses.iter().filter_map(|(n, s)| s.connected.map(|c| (n.as_str(), b(c)))),
         )?;
@@ -126,27 +131,27 @@ impl Collector for Gauges {
         labelled(
             &mut enc,
             "c2d_gateway_unresolved_messages",
-            "Messages that ended uncertain or expired and wait for an operator (queue retry / resolve)",
+            "Messages that ended uncertain or expired and wait for an operator (queue retry / resolve).",
             "state",
             [("uncertain", uncertain as f64), ("expired", expired as f64)],
         )?;
-        gauge(&mut enc, "c2d_gateway_journal_entries", "Entries in the journal", stats.entries as f64)?;
+        gauge(&mut enc, "c2d_gateway_journal_entries", "Entries in the journal.", stats.entries as f64)?;
         gauge(
             &mut enc,
             "c2d_gateway_journal_body_bytes",
-            "Bytes of message bodies the journal holds",
+            "Bytes of message bodies the journal holds.",
             stats.body_bytes as f64,
         )?;
         gauge(
             &mut enc,
             "c2d_gateway_reports_pending",
-            "Result reports sent and not yet acknowledged by the hub",
+            "Result reports sent and not yet acknowledged by the hub.",
             snap.reports_pending as f64,
         )?;
         gauge(
             &mut enc,
             "c2d_gateway_telemetry_buffered",
-            "Telemetry readings held for the hub while it is unreachable (none are held yet: see c2d_gateway_telemetry_dropped_total)",
+            "Telemetry readings held for the hub while it is unreachable (none are held yet: see c2d_gateway_telemetry_dropped_total).",
             0.0,
         )?;
         Ok(())

@@ -97,9 +97,12 @@ async fn read_returns_what_the_device_holds_and_status_the_gateways_state() {
 
     let s = call(&rig, "status", Value::Null).await;
     assert_eq!(s.status, 200);
-    assert_eq!(s.payload["hub"], "connected");
+    assert_eq!(s.payload["hub"]["connected"], true, "{s:?}");
     assert_eq!(s.payload["queued"], 0);
-    assert_eq!(s.payload["devices"], json!(["boiler", "valve"]));
+    let devices: Vec<&String> = s.payload["devices"].as_object().unwrap().keys().collect();
+    assert_eq!(devices, ["boiler", "valve"]);
+    assert_eq!(s.payload["devices"]["boiler"]["bus"], "plc", "{s:?}");
+    assert_eq!(s.payload["unresolved"], json!({"uncertain": 0, "expired": 0}));
 
     rig.dev.set_dead(1, true);
     let dead = call(&rig, "read", json!({"device": "boiler", "points": ["mode"]})).await;

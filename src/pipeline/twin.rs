@@ -87,7 +87,9 @@ impl Pipeline {
             "started_at": rfc3339_ms(self.started_ms),
             "hub": "connected",
             "queued": s.unfinished,
-            "buses": self.cfg.buses.keys().map(|b| (b.clone(), json!({"configured": true}))).collect::<Map<_, _>>(),
+            // `null` until the bus was first used.
+            "buses": self.live.snapshot().buses.into_iter().map(|(name, b)| (name, json!({"connected": b.connected})))
+                .collect::<Map<_, _>>(),
         }});
         self.report_twin(status);
         self.twin_send(format!("$iothub/twin/GET/?$rid={GET_RID}"), Vec::new());

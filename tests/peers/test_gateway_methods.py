@@ -65,7 +65,9 @@ def test_write_status_and_a_repeated_id(emulator, modbus_device, gateway):
     assert sp_writes(device) == [[7]], "nothing written twice"
     # The status method sees it all.
     status, st = invoke(emu, "status", None)
-    assert (status, st["hub"], st["queued"]) == (200, "connected", 0)
+    assert (status, st["hub"]["connected"], st["queued"]) == (200, True, 0), st
+    assert st["devices"]["boiler"]["last"]["status"] == "rejected", st  # w-2, the locked point
+    assert [o["message_id"] for o in st["recent"]][:2] == ["w-2", "w-1"], st
 
 
 def test_bad_payloads_reach_neither_journal_nor_wire(emulator, modbus_device, gateway):

@@ -267,11 +267,11 @@ pub async fn run(
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    for t in operator {
+    for t in operator.tasks {
         t.abort();
     }
-    if let Some(path) = cfg.gateway.control_socket() {
-        let _ = std::fs::remove_file(path);
+    if let Some(socket) = operator.socket {
+        socket.remove();
     }
     let _ = pipe_stop_tx.send(true);
     let hub_events = pipe_task.await.ok();
@@ -337,12 +337,15 @@ async fn operator_surface(
     cfg: &Config,
     ctx: Arc<crate::operate::Ctx>,
     asks: mpsc::Sender<crate::pipeline::operator::Ask>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> OperatorSurface {
     use crate::operate::{control, http};
-    let mut tasks = Vec::new();
+    let mut surface = OperatorSurface { tasks: Vec::new(), socket: None };
     if let Some(path) = cfg.gateway.control_socket() {
         match control::bind(&path).await {
-            Ok(l) => tasks.push(tokio::spawn(control::serve(l, path, ctx.clone(), asks))),
+            Ok((l, bound)) => {
+                surface.tasks.push(tokio::spawn(control::serve(l, path, ctx.clone(), asks)));
+                surface.socket = Some(bound);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "no control socket: the status and queue verbs cannot reach this gateway")
             }
@@ -350,11 +353,17 @@ async fn operator_surface(
     }
     if let Some(addr) = &cfg.gateway.http {
         match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => tasks.push(tokio::spawn(http::serve(l, ctx))),
+            Ok(l) => surface.tasks.push(tokio::spawn(http::serve(l, ctx))),
             Err(e) => tracing::error!(address = %addr, error = %e, "cannot serve the status page and /metrics"),
         }
     }
-    tasks
+    surface
+}
+
+struct OperatorSurface {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The control socket this process made (removed at the stop).
+    socket: Option<crate::operate::control::Bound>,
 }
 
 pub fn status_line(s: &Status) -> String {

@@ -167,6 +167,9 @@ struct Index {
     /// `uncertain` and `expired` entries: an operator may want to retry or
     /// resolve them.
     unresolved: BTreeMap<u64, State>,
+    /// Final entries whose body is kept for a retry (`uncertain`,
+    /// `expired`), oldest first, with the body's length (in `body_bytes`).
+    kept: BTreeMap<u64, u64>,
     /// Device names of unfinished entries, one shared copy each (at most
     /// 1,024 kept: names come from messages).
     names: HashMap<String, Arc<str>>,
@@ -214,6 +217,7 @@ impl Index {
         self.handed.remove(&e.seq);
         self.arrived.remove(&e.seq);
         self.unresolved.remove(&e.seq);
+        self.kept.remove(&e.seq);
     }
 }
 
@@ -278,6 +282,15 @@ fn decode_at(k: &[u8], v: &[u8]) -> Result<Entry, JournalError> {
 /// The entry stored under key `k` and its inline body.
 fn decode_full(k: &[u8], v: &[u8]) -> Result<(Entry, Option<Vec<u8>>), JournalError> {
     codec::decode(v).map_err(|err| JournalError::Decode(seq_of(k), err))
+}
+
+/// When an unfinished message's wait began (unix ms): its arrival, or an
+/// operator's retry (its age, and so its `max_age`, start over then).
+fn queued_since(e: &Entry) -> u64 {
+    match &e.operator {
+        Some(o) if o.action == crate::message::OperatorAction::Retried => e.received_at.max(o.at),
+        _ => e.received_at,
+    }
 }
 
 fn seq_of(k: &[u8]) -> u64 {
@@ -478,7 +491,7 @@ impl Journal {
         let idx = self.lock();
         match idx.arrived.get(&e.seq) {
             Some(a) => clock::since(self.uptime(), a.at),
-            None => Duration::from_millis(self.inner.clock.wall_ms().saturating_sub(e.received_at)),
+            None => Duration::from_millis(self.inner.clock.wall_ms().saturating_sub(queued_since(e))),
         }
     }
 
@@ -525,28 +538,44 @@ impl Journal {
         if !count_over(idx) && !bytes_over(idx) {
             return Ok(None);
         }
-        if bytes_over(idx) {
+        // Bodies kept for retries go first, but only when that makes room.
+        let kept: u64 = idx.kept.values().sum();
+        if bytes_over(idx) && idx.body_bytes - kept.min(idx.body_bytes) + body_len <= b.max_bytes {
             self.forget_kept_bodies(idx, |idx| bytes_over(idx))?;
         }
         if !bytes_over(idx) {
             let mut evicted = 0usize;
-            for kv in self.inner.messages.iter() {
-                if !count_over(idx) {
-                    break;
-                }
-                let (k, v) = kv?;
-                let (e, inline) = decode_full(&k, &v)?;
-                // Entries of older versions (no fingerprint) never had the mark:
-                // evicted as they were, or an upgrade at the bound would refuse
-                // every new message for a whole dedupe window.
-                let puback_sent = e.acked || idx.acked.contains(&e.seq) || e.fingerprint.is_none();
-                if e.state.is_final() && e.reported && puback_sent {
-                    self.remove_final(idx, &k, &e, inline.is_some())?;
-                    evicted += 1;
+            let mut unresolved = Vec::new();
+            // Delivered and rejected ones first; messages waiting for an
+            // operator only when that is not enough (and named in the log).
+            for spare_unresolved in [true, false] {
+                for kv in self.inner.messages.iter() {
+                    if !count_over(idx) {
+                        break;
+                    }
+                    let (k, v) = kv?;
+                    let (e, inline) = decode_full(&k, &v)?;
+                    // Entries of older versions (no fingerprint) never had the mark:
+                    // evicted as they were, or an upgrade at the bound would refuse
+                    // every new message for a whole dedupe window.
+                    let puback_sent = e.acked || idx.acked.contains(&e.seq) || e.fingerprint.is_none();
+                    if e.state.is_final() && e.reported && puback_sent {
+                        if e.state.needs_operator() {
+                            if spare_unresolved {
+                                continue;
+                            }
+                            unresolved.push(e.id.clone());
+                        }
+                        self.remove_final(idx, &k, &e, inline.is_some())?;
+                        evicted += 1;
+                    }
                 }
             }
             if evicted > 0 {
                 tracing::warn!(evicted, "journal at its bound: forgot the oldest finished messages early (their redeliveries can no longer be recognised)");
+            }
+            if !unresolved.is_empty() {
+                tracing::warn!(messages = ?unresolved, "journal at its bound: forgot uncertain or expired messages no operator had resolved");
             }
             if !count_over(idx) {
                 return Ok(None);
@@ -579,19 +608,10 @@ impl Journal {
     /// too much: new messages go before retries of old ones. Logged.
     fn forget_kept_bodies(&self, idx: &mut Index, over: impl Fn(&Index) -> bool) -> Result<(), JournalError> {
         let mut forgot = Vec::new();
-        for kv in self.inner.messages.iter() {
-            if !over(idx) {
-                break;
-            }
-            let (k, v) = kv?;
-            let (e, inline) = decode_full(&k, &v)?;
-            if !(e.state.is_final() && e.state.keeps_body()) {
-                continue;
-            }
-            let has_body = inline.is_some() || self.inner.bodies.scan_prefix(key(e.seq)).keys().next().is_some();
-            if !has_body {
-                continue;
-            }
+        while over(idx) {
+            let Some((&seq, _)) = idx.kept.iter().next() else { break };
+            idx.kept.remove(&seq);
+            let (e, inline) = self.get_inline(seq)?;
             if inline.is_some() {
                 self.put(&e, None)?;
             }
@@ -790,6 +810,18 @@ impl Journal {
         .map(|(e, _)| e)
     }
 
+    /// The result report of final entry `seq` is done (acknowledged by the
+    /// hub, or not wanted). An entry unfinished again (an operator's retry
+    /// since) is left as it is: its next outcome is still to be reported.
+    pub fn mark_reported(&self, seq: u64) -> Result<(), JournalError> {
+        self.update_if(seq, |e| {
+            let now = e.state.is_final() && !e.reported;
+            e.reported |= now;
+            now
+        })
+        .map(|_| ())
+    }
+
     /// [`Journal::update`] that writes only when `f` says the entry
     /// changed; says whether it wrote.
     fn update_if(&self, seq: u64, f: impl FnOnce(&mut Entry) -> bool) -> Result<(Entry, bool), JournalError> {
@@ -821,7 +853,11 @@ impl Journal {
             }
             return Err(err);
         }
+        if now_final && e.state.keeps_body() {
+            idx.kept.insert(seq, e.body_len);
+        }
         if reopened {
+            idx.kept.remove(&seq);
             idx.unfinished += 1;
             let a = idx.arrival(self.uptime() as i64, e.device.as_deref());
             idx.arrived.insert(seq, a);
@@ -839,6 +875,7 @@ impl Journal {
             idx.unresolved.remove(&seq);
         }
         if drops_body {
+            idx.kept.remove(&seq);
             #[cfg(test)]
             if self.inner.cut_update.load(Ordering::Relaxed) {
                 return Err(JournalError::Unusable("power cut (test)".into()));
@@ -1005,13 +1042,13 @@ impl Journal {
     pub fn queues(&self) -> BTreeMap<Option<String>, (usize, Duration)> {
         let idx = self.lock();
         let now = self.uptime();
-        let mut out: BTreeMap<Option<String>, (usize, Duration)> = BTreeMap::new();
+        let mut by: HashMap<Option<&str>, (usize, i64)> = HashMap::new();
         for a in idx.arrived.values() {
-            let q = out.entry(a.device.as_deref().map(str::to_string)).or_insert((0, Duration::ZERO));
+            let q = by.entry(a.device.as_deref()).or_insert((0, i64::MAX));
             q.0 += 1;
-            q.1 = q.1.max(clock::since(now, a.at));
+            q.1 = q.1.min(a.at);
         }
-        out
+        by.into_iter().map(|(d, (n, at))| (d.map(str::to_string), (n, clock::since(now, at)))).collect()
     }
 
     pub fn stats(&self) -> Stats {
@@ -1148,12 +1185,13 @@ fn open_inner(
                 if !e.state.is_final() {
                     idx.unfinished += 1;
                     idx.body_bytes += e.body_len;
-                    unfinished_received.push((seq, e.received_at, e.device.clone()));
+                    unfinished_received.push((seq, queued_since(&e), e.device.clone()));
                 } else if e.state.keeps_body()
                     && (inline.is_some() || bodies.scan_prefix(key(seq)).keys().next().is_some())
                 {
                     // Kept for an operator's retry (older versions kept none).
                     idx.body_bytes += e.body_len;
+                    idx.kept.insert(seq, e.body_len);
                 }
                 if e.state.needs_operator() {
                     idx.unresolved.insert(seq, e.state);

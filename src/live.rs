@@ -20,7 +20,8 @@ type Label<V> = [(&'static str, V); 1];
 /// The live counters and state. One per daemon, shared (`Arc`).
 #[derive(Debug)]
 pub struct Live {
-    /// Final outcomes by state (`outcome` label: the six states' final four).
+    /// Final outcomes by state (`outcome` label: the six states' final four;
+    /// an outcome an operator changed, or of a retried message, counts again).
     pub messages: Family<Label<&'static str>, Counter>,
     /// Time on the wire per device request, by bus.
     pub request_duration: Family<Label<String>, Histogram, fn() -> Histogram>,
@@ -83,8 +84,8 @@ pub struct Outcome {
 impl Default for Live {
     fn default() -> Self {
         fn histogram() -> Histogram {
-            // 0.5 ms .. about 4 s.
-            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+            // 0.5 ms .. about 16 s (a bus timeout is at most a few seconds).
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         }
         let messages: Family<Label<&'static str>, Counter> = Family::default();
         // Every outcome from the start: a rate() sees its first increase.
@@ -108,15 +109,25 @@ impl Live {
 
     /// The configured buses and devices (at start and after a reload):
     /// the page lists each, and labels stay bounded by the configuration.
+    /// The buses start anew (new workers, new connections, breakers
+    /// closed): their state and the devices' isolation start over; the
+    /// devices' last outcomes stay.
     pub fn configure(&self, cfg: &crate::config::Config) {
         let mut s = self.lock();
-        s.buses.retain(|name, _| cfg.buses.contains_key(name));
-        for (name, b) in &cfg.buses {
-            s.buses.entry(name.clone()).or_default().kind = crate::status::bus_kind(b.kind);
+        for gone in s.buses.keys().filter(|n| !cfg.buses.contains_key(*n)) {
+            self.request_duration.remove(&[("bus", gone.clone())]);
         }
+        s.buses = cfg
+            .buses
+            .iter()
+            .map(|(name, b)| (name.clone(), Bus { kind: crate::status::bus_kind(b.kind), ..Bus::default() }))
+            .collect();
         s.devices.retain(|name, _| cfg.devices.contains_key(name));
         for (name, d) in &cfg.devices {
-            s.devices.entry(name.clone()).or_default().bus = d.bus.clone();
+            let dev = s.devices.entry(name.clone()).or_default();
+            dev.bus = d.bus.clone();
+            dev.isolated = false;
+            dev.isolated_since_ms = None;
         }
     }
 
@@ -201,6 +212,25 @@ mod tests {
         assert_eq!(live.reconnects.get(), 1);
         let s = live.snapshot();
         assert_eq!((s.hub.connected, s.hub.since_ms, s.hub.connections), (true, Some(4), 2));
+    }
+
+    #[test]
+    fn a_reload_starts_the_buses_and_breakers_anew() {
+        let cfg = crate::config::Config::parse(
+            "[hub]\nkind = \"mqtt\"\nurl = \"mqtt://localhost\"\n[buses.a]\nkind = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n\
+             [devices.d]\nbus = \"a\"\nunit = 1\n",
+            "t.toml",
+        )
+        .unwrap();
+        let live = Live::default();
+        live.configure(&cfg);
+        live.bus("a", Err("refused".into()), 1);
+        live.isolated("d", true, 2);
+        live.outcome(&Entry { device: Some("d".into()), ..Entry::new(1, "m".into(), 0, State::Uncertain) });
+        live.configure(&cfg);
+        let s = live.snapshot();
+        assert_eq!((s.buses["a"].connected, s.buses["a"].kind), (None, "modbus-tcp"));
+        assert!(!s.devices["d"].isolated && s.devices["d"].last.is_some());
     }
 
     #[test]

@@ -204,9 +204,9 @@ impl<J> Scheduler<J> {
     }
 
     /// Takes the first queued job `pick` says (any device, any position),
-    /// with its device. A device left without jobs forgets its back-off
-    /// (its breaker stays as it is).
-    pub fn take(&mut self, mut pick: impl FnMut(&J) -> bool) -> Option<(String, J)> {
+    /// with its device and position. The head's back-off goes with the
+    /// head (its breaker stays as it is).
+    pub fn take(&mut self, mut pick: impl FnMut(&J) -> bool) -> Option<(String, usize, J)> {
         for d in &mut self.devices {
             if let Some(i) = d.jobs.iter().position(&mut pick) {
                 let job = d.jobs.remove(i).expect("found");
@@ -214,16 +214,17 @@ impl<J> Scheduler<J> {
                     d.failed_attempts = 0;
                     d.not_before = d.not_before.filter(|_| d.breaker.consecutive_timeouts > 0);
                 }
-                return Some((d.name.clone(), job));
+                return Some((d.name.clone(), i, job));
             }
         }
         None
     }
 
-    /// Puts a job back at the head of its device's queue.
-    pub fn push_front(&mut self, device: &str, job: J) {
+    /// Puts a job [`Scheduler::take`] took back where it was.
+    pub fn put_back(&mut self, device: &str, at: usize, job: J) {
         let i = self.index(device);
-        self.devices[i].jobs.push_front(job);
+        let jobs = &mut self.devices[i].jobs;
+        jobs.insert(at.min(jobs.len()), job);
     }
 
     /// All queued jobs, for shutdown or a config reload.
@@ -251,14 +252,13 @@ mod tests {
         assert_eq!((d, *j), ("a", 1));
         s.record("a", Verdict::Retry { timeout: false }, now, 1.0);
         assert!(!s.has_ready(now), "a waits out its back-off");
-        assert_eq!(s.take(|j| *j == 2), Some(("a".to_string(), 2)), "from the middle");
+        assert_eq!(s.take(|j| *j == 2), Some(("a".to_string(), 1, 2)), "from the middle");
         assert!(!s.has_ready(now), "still the head's back-off");
-        assert_eq!(s.take(|j| *j == 1), Some(("a".to_string(), 1)), "the head");
+        s.put_back("a", 1, 2);
+        assert_eq!(s.take(|j| *j == 1), Some(("a".to_string(), 0, 1)), "the head");
         let (d, j) = s.next_ready(now).unwrap();
-        assert_eq!((d, *j), ("a", 3), "its back-off went with it");
+        assert_eq!((d, *j), ("a", 2), "its back-off went with it; the one put back is in its place");
         assert_eq!(s.take(|j| *j == 99), None);
-        s.push_front("a", 7);
-        assert_eq!(s.next_ready(now).map(|(_, j)| *j), Some(7));
     }
 
     #[test]

@@ -139,7 +139,7 @@ async fn run(
         // No write is ready: one telemetry poll, then look for writes again.
         if let Some(p) = polls.pop_front() {
             if !sched.is_isolated(&p.device) {
-                poll(&mut link, p).await;
+                poll(&mut link, p, &mut seen).await;
             } else if let Reply::Caller(tx) = p.reply {
                 let _ = tx.send(Err(format!("device {} keeps timing out: isolated by the circuit breaker", p.device)));
             }
@@ -207,7 +207,7 @@ fn accept(
 /// worker takes work between requests) leaves the queue `rejected`; its
 /// outcome goes the way of every other (flushed, then reported).
 fn drop_job(sched: &mut Scheduler<Job>, d: DropJob, journal: &Journal, commit: &mut Commit) {
-    let Some((device, job)) = sched.take(|j| j.seq == d.seq) else {
+    let Some((device, at, job)) = sched.take(|j| j.seq == d.seq) else {
         let _ = d.reply.send(Err(None));
         return;
     };
@@ -227,15 +227,21 @@ fn drop_job(sched: &mut Scheduler<Job>, d: DropJob, journal: &Journal, commit: &
         }
         Err(why) => {
             let _ = d.reply.send(Err(Some(why.to_string())));
-            sched.push_front(&device, job);
+            sched.put_back(&device, at, job);
         }
     }
 }
 
 /// Reads a device's points and hands the reading (or, to a caller, why
 /// not) back.
-async fn poll(link: &mut Link, p: Poll) {
-    let read = read_points(link, &p).await;
+async fn poll(link: &mut Link, p: Poll, seen: &mut Seen) {
+    // The link's state is shown whether writes or only polls use it.
+    let connected = link.connect().await;
+    seen.connected(connected.as_ref().map(|_| ()));
+    let read = match connected {
+        Ok(()) => read_points(link, &p).await,
+        Err(e) => Err(format!("cannot reach device {}: {e}", p.device)),
+    };
     match p.reply {
         Reply::Telemetry(tx) => match read {
             Ok(r) => {

@@ -20,6 +20,18 @@ pub struct Common {
     /// Print the answer as JSON (for scripts).
     #[arg(long)]
     pub json: bool,
+    /// The control socket itself, instead of the one `--config` names.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+}
+
+impl Common {
+    fn socket(&self) -> Result<PathBuf, String> {
+        match &self.socket {
+            Some(s) => Ok(s.clone()),
+            None => socket(&self.config),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -118,7 +130,7 @@ pub fn status_text(socket: &Path) -> Result<String, String> {
 }
 
 pub fn status(args: StatusArgs) -> Result<(), String> {
-    let v = call(&args.common.config, &Request::Status)?;
+    let v = call_socket(&args.common.socket()?, &Request::Status)?;
     if args.common.json {
         return print_json(&v);
     }
@@ -136,7 +148,7 @@ pub fn queue(args: QueueArgs) -> Result<(), String> {
         }
         QueueVerb::Drop { which, note, common } => (Request::Drop { target: which.target(), note }, common),
     };
-    let v = call(&common.config, &req)?;
+    let v = call_socket(&common.socket()?, &req)?;
     if common.json {
         return print_json(&v);
     }
@@ -166,10 +178,6 @@ fn socket(config: &Path) -> Result<PathBuf, String> {
 }
 
 /// One request to the daemon; its result, or its error as ours.
-fn call(config: &Path, req: &Request) -> Result<Value, String> {
-    call_socket(&socket(config)?, req)
-}
-
 fn call_socket(path: &Path, req: &Request) -> Result<Value, String> {
     let mut s = UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::PermissionDenied => format!(

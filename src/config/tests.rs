@@ -443,3 +443,25 @@ fn a_changed_secret_needs_a_restart_though_it_prints_the_same() {
     let moved = ok(&format!("{mqtt}password = \"old\"\n[gateway]\nstate_dir = \"/elsewhere\"\n"));
     assert!(old.needs_restart_for(&moved));
 }
+
+#[test]
+fn the_operator_surface_takes_a_socket_path_and_an_address_and_warns_off_loopback() {
+    let c = ok(&format!("[gateway]\nstate_dir = \"/var/lib/gw\"\n{BASE}"));
+    assert_eq!(c.gateway.control_socket(), Some(std::path::PathBuf::from("/var/lib/gw/control.sock")));
+    assert_eq!(c.gateway.http, None, "HTTP is off unless asked for");
+    assert!(c.warnings().is_empty());
+    let c = ok(&format!("[gateway]\ncontrol = \"\"\nhttp = \"127.0.0.1:9464\"\n{BASE}"));
+    assert_eq!(c.gateway.control_socket(), None, "\"\" turns the socket off");
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let c = ok(&format!("[gateway]\nhttp = \"0.0.0.0:9464\"\n{BASE}"));
+    let w = c.warnings();
+    assert!(
+        w.len() == 1 && w[0].contains("not a loopback address") && w[0].contains("without authentication"),
+        "{w:?}"
+    );
+    each_one(&[
+        ("[gateway]\nhttp = \"localhost:9464\"\n", "http = ", "is not an address and port"),
+        ("[gateway]\nhttp = \"9464\"\n", "http = ", "is not an address and port"),
+        (&format!("[gateway]\ncontrol = \"/{}/c.sock\"\n", "x".repeat(120)), "control = ", "at most 107 bytes"),
+    ]);
+}

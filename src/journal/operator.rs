@@ -35,35 +35,56 @@ impl Asked {
 
 impl Journal {
     /// Entries `keep` says, in arrival order: at most `limit`, and how many
-    /// matched in all.
+    /// matched in all. Reads the store without holding the index: the
+    /// pipeline goes on meanwhile (call it off the runtime's thread).
     pub fn select(&self, keep: impl Fn(&Entry) -> bool, limit: usize) -> Result<(Vec<Entry>, usize), JournalError> {
         let mut out = Vec::new();
         let mut matched = 0;
-        for e in self.scan(keep)? {
-            matched += 1;
-            if out.len() < limit {
-                out.push(e);
+        for kv in self.inner.messages.iter() {
+            let (k, v) = kv?;
+            let e = super::decode_at(&k, &v)?;
+            if keep(&e) {
+                matched += 1;
+                if out.len() < limit {
+                    out.push(e);
+                }
             }
         }
         Ok((out, matched))
     }
 
-    /// The entries of message id `id` (for `device`, if given): usually
-    /// one; more when the id was reused (a conflict) or names messages of
-    /// several devices.
+    /// The entries of message id `id` (for `device`, if given), found
+    /// through the dedupe index: usually one; more when the id was reused
+    /// (a conflict) or names messages of several devices.
     pub fn find(&self, id: &str, device: Option<&str>) -> Result<Vec<Entry>, JournalError> {
-        self.scan(|e| e.id == id && device.is_none_or(|d| e.device.as_deref() == Some(d)))
+        let seqs: Vec<u64> = {
+            let idx = self.lock();
+            let wanted = |(d, i): &(Option<String>, String)| i == id && device.is_none_or(|w| d.as_deref() == Some(w));
+            let mut seqs: Vec<u64> = idx.by_key.iter().filter(|(k, _)| wanted(k)).map(|(_, s)| *s).collect();
+            seqs.extend(idx.conflicts.iter().filter(|((k, _), _)| wanted(k)).map(|(_, s)| *s));
+            seqs
+        };
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            match self.get(seq) {
+                Ok(e) => out.push(e),
+                Err(JournalError::Missing(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by_key(|e| e.seq);
+        Ok(out)
     }
 
     /// The `uncertain` and `expired` entries (the oldest `limit` of them,
     /// read from the index's list) and how many there are of each.
     pub fn unresolved(&self, limit: usize) -> Result<(Vec<Entry>, usize, usize), JournalError> {
-        let (seqs, uncertain) = {
+        let (seqs, uncertain, expired) = {
             let idx = self.lock();
             let uncertain = idx.unresolved.values().filter(|s| **s == State::Uncertain).count();
-            (idx.unresolved.keys().take(limit).copied().collect::<Vec<u64>>(), uncertain)
+            let seqs: Vec<u64> = idx.unresolved.keys().take(limit).copied().collect();
+            (seqs, uncertain, idx.unresolved.len() - uncertain)
         };
-        let expired = self.lock().unresolved.len().saturating_sub(uncertain);
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
             match self.get(seq) {
@@ -156,6 +177,9 @@ impl Journal {
                 [] => "dropped by operator".into(),
                 steps => format!("dropped by operator after writing: {}", steps.join("; ")),
             };
+            if e.unconfirmed {
+                e.detail += " (an earlier attempt got no clear answer: the device may have acted on it)";
+            }
             e.completed_at = Some(asked.at);
             e.operator = Some(asked.mark(OperatorAction::Dropped, e.state));
             e.state = State::Rejected;

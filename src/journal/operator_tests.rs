@@ -51,9 +51,10 @@ async fn an_uncertain_message_keeps_its_body_and_a_retry_queues_it_again() {
     };
     let j = open(&dir, 1 << 20);
     assert_eq!(j.stats().body_bytes, 10_024, "counted again at the open");
+    let now = crate::message::now_ms();
     assert_eq!(j.stored_body(large).unwrap().map(|b| b.len()), Some(10_000));
     for seq in [small, large] {
-        let e = j.retry(seq, asked("checked")).unwrap();
+        let e = j.retry(seq, Asked { at: now, ..asked("checked") }).unwrap();
         assert_eq!((e.state, e.attempts, e.expires_at, e.reported), (State::Queued, 0, None, false));
         let op = e.operator.unwrap();
         assert_eq!(
@@ -67,6 +68,13 @@ async fn an_uncertain_message_keeps_its_body_and_a_retry_queues_it_again() {
     assert_eq!(j.unresolved(10).unwrap().1, 0);
     assert_eq!(j.body(small).unwrap().as_deref(), Some(&b"{\"point\":\"sp\",\"value\":1}"[..]));
     assert_eq!(j.body(large).unwrap().map(|b| b.len()), Some(10_000));
+    // Received long ago (1 ms after the epoch), retried now: its age
+    // starts at the retry, also after a restart.
+    assert!(j.age(&j.get(small).unwrap()) < std::time::Duration::from_secs(60));
+    j.flush().await.unwrap();
+    drop(j);
+    let j = open(&dir, 1 << 20);
+    assert!(j.age(&j.get(small).unwrap()) < std::time::Duration::from_secs(60), "max_age counts from the retry");
     // Delivered this time: the body goes, as for any delivered message.
     j.finish(large, &Outcome::delivered("holding 10 = 1"), 20).unwrap();
     assert_eq!(j.stats().body_bytes, 24);
@@ -122,4 +130,52 @@ async fn new_messages_go_before_kept_bodies_at_the_byte_bound() {
     assert_eq!(j.get(large).unwrap().state, State::Uncertain, "still there to resolve");
     j.resolve(large, State::Rejected, asked("gave up")).unwrap();
     assert_eq!(j.stats().body_bytes, 5_002, "nothing counted twice");
+}
+
+#[tokio::test]
+async fn kept_bodies_stay_when_forgetting_them_would_not_make_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open(&tmp.path().join("j"), 12_000);
+    let kept = admit(&j, "kept", &vec![b'x'; 1_000]);
+    j.finish(kept, &Outcome::uncertain("no answer"), 10).unwrap();
+    admit(&j, "queued", &vec![b'q'; 10_000]);
+    // 11,000 held; 2,500 more cannot fit even without the kept 1,000.
+    let inbound =
+        Inbound { id: Some("big".into()), device: Some("valve".into()), body: vec![b'b'; 2_500], ..Default::default() };
+    assert!(matches!(j.admit(inbound, None, 1).unwrap(), Admitted::Full { .. }));
+    assert!(j.stored_body(kept).unwrap().is_some(), "not forgotten for nothing");
+}
+
+#[tokio::test]
+async fn at_the_count_bound_unresolved_messages_are_forgotten_last() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(&tmp.path().join("j"), 1 << 20, Bounds { max_messages: 2, max_bytes: 1 << 20 }).unwrap().0;
+    let unresolved = admit(&j, "unresolved", b"{}");
+    let delivered = admit(&j, "delivered", b"{}");
+    j.finish(unresolved, &Outcome::uncertain("no answer"), 10).unwrap();
+    j.finish(delivered, &Outcome::delivered("ok"), 11).unwrap();
+    for seq in [unresolved, delivered] {
+        j.mark_reported(seq).unwrap();
+        j.acked(seq);
+    }
+    admit(&j, "new", b"{}");
+    assert!(j.get(unresolved).is_ok(), "the older, unresolved one stays");
+    assert!(matches!(j.get(delivered), Err(JournalError::Missing(_))), "the delivered one went");
+    // When nothing else may go ('new' is not reported yet), it goes too.
+    admit(&j, "newer", b"{}");
+    assert!(matches!(j.get(unresolved), Err(JournalError::Missing(_))));
+}
+
+#[tokio::test]
+async fn a_late_report_acknowledgement_does_not_mark_a_retried_message_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open(&tmp.path().join("j"), 1 << 20);
+    let seq = admit(&j, "m", b"{}");
+    j.finish(seq, &Outcome::uncertain("no answer"), 10).unwrap();
+    j.retry(seq, asked("x")).unwrap();
+    j.mark_reported(seq).unwrap();
+    assert!(!j.get(seq).unwrap().reported, "its next outcome is still to be reported");
+    j.finish(seq, &Outcome::delivered("ok"), 20).unwrap();
+    j.mark_reported(seq).unwrap();
+    assert!(j.get(seq).unwrap().reported);
 }

@@ -18,12 +18,33 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-/// `queue list` shows at most this many unless asked for more.
+/// `queue list` shows at most this many unless asked for more,
 pub const LIST_LIMIT: usize = 200;
+/// and never more than this many.
+pub const MAX_LIST: usize = 10_000;
+
+/// Notes larger than this are refused (they go into the entry and the report).
+pub const MAX_NOTE: usize = 1024;
+
+/// The socket file this process made: removed at the stop only if it is
+/// still that file (another gateway may have replaced a stale one since).
+pub struct Bound {
+    path: PathBuf,
+    inode: (u64, u64),
+}
+
+impl Bound {
+    pub fn remove(self) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
 
 /// Binds the socket at `path`: a stale one (nobody answers) is replaced;
 /// one a running gateway answers on is left alone (an error).
-pub async fn bind(path: &Path) -> Result<UnixListener, String> {
+pub async fn bind(path: &Path) -> Result<(UnixListener, Bound), String> {
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
             return Err(format!("{}: another gateway answers on this control socket", path.display()));
@@ -37,7 +58,9 @@ pub async fn bind(path: &Path) -> Result<UnixListener, String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
-    Ok(l)
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((l, Bound { path: path.to_path_buf(), inode: (m.dev(), m.ino()) }))
 }
 
 /// Serves the socket until the task is dropped.
@@ -91,7 +114,7 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
-async fn connection(mut stream: UnixStream, ctx: &Ctx, asks: &mpsc::Sender<Ask>) -> std::io::Result<()> {
+async fn connection(mut stream: UnixStream, ctx: &Arc<Ctx>, asks: &mpsc::Sender<Ask>) -> std::io::Result<()> {
     let (read, mut write) = stream.split();
     let mut line = Vec::new();
     let got = tokio::time::timeout(
@@ -117,11 +140,27 @@ async fn connection(mut stream: UnixStream, ctx: &Ctx, asks: &mpsc::Sender<Ask>)
     write.shutdown().await
 }
 
-async fn answer(req: Request, who: String, ctx: &Ctx, asks: &mpsc::Sender<Ask>) -> Response {
+async fn answer(req: Request, who: String, ctx: &Arc<Ctx>, asks: &mpsc::Sender<Ask>) -> Response {
+    let note = match &req {
+        Request::Retry { note, .. } | Request::Resolve { note, .. } | Request::Drop { note, .. } => note.as_deref(),
+        _ => None,
+    };
+    if note.is_some_and(|n| n.len() > MAX_NOTE) {
+        return Response::error(format!(
+            "a note is at most {MAX_NOTE} bytes (it goes into the journal and the report)"
+        ));
+    }
     let r = match req {
         Request::Status => Ok(ctx.status()),
-        Request::List { state, device, limit } => list(ctx, state.as_deref(), device.as_deref(), limit),
-        Request::Show { target } => show(ctx, &target),
+        // Reads of the whole journal run off the daemon's thread.
+        Request::List { state, device, limit } => {
+            let ctx = ctx.clone();
+            blocking(move || list(&ctx, state.as_deref(), device.as_deref(), limit)).await
+        }
+        Request::Show { target } => {
+            let ctx = ctx.clone();
+            blocking(move || show(&ctx, &target)).await
+        }
         Request::Retry { target, note } => act(ctx, asks, &target, Act::Retry, who, note).await,
         Request::Resolve { target, to, note } => match State::parse(&to) {
             Some(s @ (State::Delivered | State::Rejected)) => act(ctx, asks, &target, Act::Resolve(s), who, note).await,
@@ -133,6 +172,10 @@ async fn answer(req: Request, who: String, ctx: &Ctx, asks: &mpsc::Sender<Ask>) 
         Ok(v) => Response::ok(v),
         Err(why) => Response::error(why),
     }
+}
+
+async fn blocking(f: impl FnOnce() -> Result<Value, String> + Send + 'static) -> Result<Value, String> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(format!("the request failed: {e}")))
 }
 
 /// Which states a `list` filter takes.
@@ -156,7 +199,7 @@ fn state_filter(state: Option<&str>) -> Result<Box<dyn Fn(State) -> bool + Send>
 
 fn list(ctx: &Ctx, state: Option<&str>, device: Option<&str>, limit: Option<usize>) -> Result<Value, String> {
     let keep_state = state_filter(state)?;
-    let limit = limit.unwrap_or(LIST_LIMIT);
+    let limit = limit.unwrap_or(LIST_LIMIT).min(MAX_LIST);
     let keep = |e: &Entry| keep_state(e.state) && device.is_none_or(|d| e.device.as_deref() == Some(d));
     let (entries, matched) = ctx.journal.select(keep, limit).map_err(|e| e.to_string())?;
     let now = crate::message::now_ms();
@@ -264,12 +307,19 @@ async fn act(
     };
     let (reply, rx) = oneshot::channel();
     let asked = Asked { by: by.clone(), at: crate::message::now_ms(), note };
-    asks.send(Ask { act, seq: e.seq, asked, reply }).await.map_err(|_| "the gateway is stopping".to_string())?;
-    let r = match tokio::time::timeout(Duration::from_secs(30), rx).await {
+    let ask = Ask { act, seq: e.seq, asked, reply };
+    let r = match tokio::time::timeout(Duration::from_secs(30), async move {
+        asks.send(ask).await.map_err(|_| ())?;
+        rx.await.map_err(|_| ())
+    })
+    .await
+    {
         Ok(Ok(Ok(e))) => return Ok(json!({"message": crate::status::summary(&e)})),
         Ok(Ok(Err(why))) => why,
-        Ok(Err(_)) => "the gateway is stopping".into(),
-        Err(_) => "no answer from the gateway within 30 s".into(),
+        Ok(Err(())) => "the gateway is stopping".into(),
+        Err(_) => {
+            "no answer from the gateway within 30 s (the action may still be carried out: look with queue show)".into()
+        }
     };
     tracing::info!(message_id = %e.id, seq = e.seq, action = ?act, by, reason = %r, "operator: refused");
     Err(r)

@@ -21,7 +21,7 @@ pub fn registry(journal: Journal, live: Arc<Live>) -> Registry {
     let mut r = Registry::default();
     r.register(
         "c2d_gateway_messages",
-        "Messages that reached a final outcome, by outcome (delivered, rejected, expired, uncertain)",
+        "Messages that reached a final outcome, by outcome (delivered, rejected, expired, uncertain); one an operator resolved or retried counts again",
         live.messages.clone(),
     );
     r.register(

@@ -71,6 +71,9 @@ pub struct Pipeline {
     core: Core,
     /// What each device's bus worker has, and what waits for it.
     feed: feed::Feed,
+    /// Messages a bus worker holds (handed over, outcome not yet back): an
+    /// operator may not change their outcome meanwhile.
+    with_workers: std::collections::HashSet<u64>,
     /// Outcomes the bus workers just handed on, as they recorded them:
     /// their reports need not read them back (kept while `on_done` acts).
     finals: HashMap<u64, crate::message::Entry>,
@@ -110,6 +113,7 @@ impl Pipeline {
             core: Core::new(Settings::from_config(&cfg)),
             feed: feed::Feed::default(),
             finals: HashMap::new(),
+            with_workers: Default::default(),
             generation: 0,
             waits: HashMap::new(),
             dup_answers: Vec::new(),
@@ -142,6 +146,7 @@ impl Pipeline {
         }
         // Nothing is fed to the stopped buses: `recover` dispatches again.
         self.feed.clear();
+        self.with_workers.clear();
         let mut batch = Vec::new();
         while let Ok(d) = done.try_recv() {
             batch.push(d);
@@ -407,7 +412,7 @@ impl Pipeline {
                 Action::MarkReported(seq) => {
                     // Not reported by policy: a waiting call is answered now.
                     self.answer_final_seq(seq);
-                    if let Err(err) = self.journal.update(seq, |e| e.reported = true) {
+                    if let Err(err) = self.journal.mark_reported(seq) {
                         tracing::debug!(seq, error = %err, "cannot mark a report as done (pruned meanwhile?)");
                     }
                     Vec::new()
@@ -566,6 +571,7 @@ impl Pipeline {
                     tracing::error!(message_id = %job.id, %bus, "bus worker is gone; the message stays queued in the journal");
                     return (false, Vec::new());
                 }
+                self.with_workers.insert(seq);
                 (true, Vec::new())
             }
             None => (false, self.reject(seq, format!("bus {bus:?} is not running"))),
@@ -607,6 +613,7 @@ impl Pipeline {
         let mut refill: Vec<String> = Vec::new();
         for d in batch {
             self.feed.returned(&d.device);
+            self.with_workers.remove(&d.seq);
             if !refill.contains(&d.device) {
                 refill.push(d.device.clone());
             }

@@ -40,8 +40,17 @@ fn log(e: &Entry, what: &str) {
 impl Pipeline {
     pub(super) async fn on_ask(&mut self, ask: Ask) {
         let Ask { act, seq, asked, reply } = ask;
+        if act != Act::Drop && self.with_workers.contains(&seq) {
+            let why = "its device's bus worker still has it (its outcome is on its way): try again in a moment";
+            let _ = reply.send(Err(why.into()));
+            return;
+        }
         if act != Act::Drop && self.core.report_busy(seq) {
-            let why = "its result report is still on its way to the hub: try again in a moment";
+            let why = if self.core.connected() {
+                "its result report is not yet acknowledged by the hub: try again in a moment"
+            } else {
+                "its result report waits for the hub, which is not connected: try again once it is"
+            };
             let _ = reply.send(Err(why.into()));
             return;
         }

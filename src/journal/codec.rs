@@ -22,7 +22,9 @@ const V1: u8 = 1;
 /// Entries without values stay V1, readable by the versions before it.
 const V2: u8 = 2;
 /// V1 followed by [`Extra`]: an entry an operator acted on. Entries
-/// without an operator's mark stay V1 or V2.
+/// without an operator's mark stay V1 or V2. (A version before this one
+/// cannot read V3 and drops such entries at its open, with their dedupe
+/// records: a downgrade forgets the messages operators touched.)
 const V3: u8 = 3;
 
 /// What follows the fields of a V3 entry.

@@ -99,8 +99,17 @@ class HubEmulator:
         self.proc.stop()
 
     def restart(self) -> "HubEmulator":
-        """Start again on the same ports (after a kill9 or stop)."""
-        return self.start()
+        """Start again on the same ports (after a kill9 or stop). A port the
+        dead emulator held can be busy for a moment more (seen once in CI:
+        "Address already in use"): tried again for up to 10 s."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return self.start()
+            except AssertionError as e:
+                if "Address already in use" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def log_text(self) -> str:
         return self.proc.log_text()

@@ -284,9 +284,11 @@ def test_operator_verbs_over_the_control_socket(tb):
     # uid, so the log gives the name her client sent, marked as such.
     r = as_user("alice", "queue", "retry", tb.first_message)
     assert r.returncode == 1 and "it is delivered" in r.stderr, (r.returncode, r.stderr)
-    log = wait_until("the refusal in the journal", lambda: (lambda j: j if "operator: refused" in j else None)(
-        unit_journal(tb, "-n", "100")), 10)
-    assert re.search(r"alice \(uid \d+\) \(as the client says", log), log[-3000:]
+    refused = wait_until("the refusal in the journal", lambda: [
+        e for e in tb.c.journal("-u", UNIT, "-n", "100") if e.get("MESSAGE") == "operator: refused"], 10)
+    by = refused[-1].get("F_BY", "")
+    assert re.fullmatch(r"alice \(uid \d+\) \(as the client says; the service cannot see its uid\)", by), refused[-1]
+    assert refused[-1].get("F_MESSAGE_ID") == tb.first_message
 
 
 def test_serial_port_usable_in_the_sandbox(tb):

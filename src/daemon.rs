@@ -282,7 +282,14 @@ pub async fn run(
     // while the link stops, so the link never blocks on a full channel.
     let stopped = drain_while_stopping(hub_events, link_task).await;
     for &seq in &stopped.reported {
-        let _ = journal.update(seq, |e| e.reported = true);
+        match crate::pipeline::readings::reading_key(seq) {
+            Some(key) => {
+                let _ = journal.unbuffer_reading(key);
+            }
+            None => {
+                let _ = journal.mark_reported(seq);
+            }
+        }
     }
     for &seq in &stopped.acked {
         journal.acked(seq);

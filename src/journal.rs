@@ -22,6 +22,7 @@ mod files;
 pub mod operator;
 mod seal;
 pub mod space;
+pub mod telemetry;
 mod twin;
 pub use twin::Applied;
 mod unsettled;
@@ -99,6 +100,9 @@ struct Inner {
     bodies: sled::Tree,
     /// The uptime clock, saved now and then.
     meta: sled::Tree,
+    /// Telemetry readings held while the hub is unreachable (`telemetry.rs`).
+    telemetry: sled::Tree,
+    telemetry_index: Mutex<telemetry::Buffer>,
     clock: Arc<dyn Clock>,
     /// The monotonic clock and the uptime clock at the open.
     opened_mono: Duration,
@@ -1163,6 +1167,8 @@ fn open_inner(
     let messages = db.open_tree("messages")?;
     let bodies = db.open_tree("bodies")?;
     let meta = db.open_tree("meta")?;
+    let telemetry = db.open_tree("telemetry")?;
+    let telemetry_index = Mutex::new(telemetry::Buffer::load(&telemetry)?);
     let (opened_mono, opened_wall) = (clock.mono(), clock.wall_ms());
     // The uptime clock goes on from where it was saved, and never behind a
     // time an entry recorded (saves are periodic: a crash loses the rest).
@@ -1252,6 +1258,8 @@ fn open_inner(
             messages,
             bodies,
             meta,
+            telemetry,
+            telemetry_index,
             clock,
             opened_mono,
             open_uptime,

@@ -27,7 +27,7 @@ pub struct Live {
     pub request_duration: Family<Label<String>, Histogram, fn() -> Histogram>,
     /// Connections to the hub after the first.
     pub reconnects: Counter,
-    /// Telemetry readings not sent because the hub was unreachable.
+    /// Telemetry readings dropped (the hub unreachable, the buffer full or off).
     pub telemetry_dropped: Counter,
     state: Mutex<Snapshot>,
 }

@@ -93,6 +93,7 @@ pub fn document(hub: HubKind, journal: &Journal, live: &Live, started_ms: u64) -
         "oldest_queued_s": oldest.map_or(Value::Null, secs),
         "journal_entries": stats.entries,
         "reports_pending": snap.reports_pending,
+        "telemetry_buffered": journal.buffered().0,
         "unresolved": {"uncertain": uncertain, "expired": expired},
         "attention": attention.iter().map(summary).collect::<Vec<_>>(),
         "buses": buses,

@@ -15,7 +15,10 @@ use tokio::sync::{mpsc, watch};
 /// The D2C body of a reading.
 pub fn body(r: &Reading, alerts: &[(String, bool)]) -> Vec<u8> {
     let values: Map<String, Value> = r.values.iter().cloned().collect();
-    let mut b = json!({"device": r.device, "time": crate::message::rfc3339_ms(r.at_ms), "values": values});
+    // `read_at`: when the device was read (a reading kept while the hub was
+    // unreachable goes later); `time` is the same, for older consumers.
+    let at = crate::message::rfc3339_ms(r.at_ms);
+    let mut b = json!({"device": r.device, "time": at, "read_at": at, "values": values});
     if !alerts.is_empty() {
         b["alerts"] = Value::Object(alerts.iter().map(|(k, v)| (k.clone(), Value::Bool(*v))).collect());
     }

@@ -156,6 +156,57 @@ pub struct GatewayConfig {
     /// `/metrics`, `/status` and the status page over HTTP on this address
     /// (`127.0.0.1:9464`). Off when absent.
     pub http: Option<String>,
+    /// Telemetry readings taken while the hub is unreachable are kept on
+    /// disk up to this many bytes (oldest dropped first) and sent after the
+    /// reconnect. `0` drops them instead.
+    pub telemetry_buffer: Size,
+}
+
+/// A size in bytes, written as a number or a string with a unit:
+/// `16777216`, `"16MiB"`, `"512 KiB"`, `"1GB"`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl fmt::Debug for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0)
+    }
+}
+
+impl Size {
+    pub fn parse(s: &str) -> Result<Size, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 =
+            num.parse().map_err(|_| format!("invalid size {s:?} (write e.g. \"16MiB\", \"512KiB\", 1048576)"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => return Err(format!("invalid size {s:?}: unknown unit {other:?} (B, KiB, MiB, GiB, kB, MB, GB)")),
+        };
+        n.checked_mul(mult).map(Size).ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => Size::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 impl GatewayConfig {
@@ -181,6 +232,7 @@ impl Default for GatewayConfig {
             disk_reserve: 4 * 1024 * 1024,
             control: None,
             http: None,
+            telemetry_buffer: Size(16 << 20),
         }
     }
 }

@@ -465,3 +465,17 @@ fn the_operator_surface_takes_a_socket_path_and_an_address_and_warns_off_loopbac
         (&format!("[gateway]\ncontrol = \"/{}/c.sock\"\n", "x".repeat(120)), "control = ", "at most 107 bytes"),
     ]);
 }
+
+#[test]
+fn sizes_take_numbers_and_units() {
+    assert_eq!(Size::parse("16MiB"), Ok(Size(16 << 20)));
+    assert_eq!(Size::parse("512 KiB"), Ok(Size(512 << 10)));
+    assert_eq!(Size::parse("2kB"), Ok(Size(2000)));
+    assert_eq!(Size::parse("0"), Ok(Size(0)));
+    assert!(Size::parse("lots").unwrap_err().contains("invalid size"));
+    assert!(Size::parse("3 parsecs").unwrap_err().contains("unknown unit"));
+    assert_eq!(ok(&format!("[gateway]\ntelemetry_buffer = \"1MiB\"\n{BASE}")).gateway.telemetry_buffer, Size(1 << 20));
+    assert_eq!(ok(&format!("[gateway]\ntelemetry_buffer = 4096\n{BASE}")).gateway.telemetry_buffer, Size(4096));
+    assert_eq!(ok(BASE).gateway.telemetry_buffer, Size(16 << 20), "16 MiB by default");
+    each_one(&[("[gateway]\ntelemetry_buffer = \"much\"\n", "telemetry_buffer", "invalid size")]);
+}

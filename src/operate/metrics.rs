@@ -32,7 +32,7 @@ pub fn registry(journal: Journal, live: Arc<Live>) -> Registry {
     r.register("c2d_gateway_hub_reconnects", "Connections to the hub after the first one", live.reconnects.clone());
     r.register(
         "c2d_gateway_telemetry_dropped",
-        "Telemetry readings not sent because the hub was unreachable",
+        "Telemetry readings dropped: the hub unreachable and the buffer full (oldest first) or off",
         live.telemetry_dropped.clone(),
     );
     r.register_collector(Box::new(Gauges { journal, live }));
@@ -151,8 +151,8 @@ impl Collector for Gauges {
         gauge(
             &mut enc,
             "c2d_gateway_telemetry_buffered",
-            "Telemetry readings held for the hub while it is unreachable (none are held yet: see c2d_gateway_telemetry_dropped_total).",
-            0.0,
+            "Telemetry readings kept on disk for the hub (taken while it was unreachable, sent in order after the reconnect).",
+            self.journal.buffered().0 as f64,
         )?;
         Ok(())
     }

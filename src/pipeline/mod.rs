@@ -11,6 +11,7 @@ mod methods;
 #[cfg(test)]
 mod model;
 pub mod operator;
+pub mod readings;
 mod twin;
 
 use self::core::{Action, Admission, Arrival, Core, Finished, Settings, Unfinished, BATCH};
@@ -71,6 +72,12 @@ pub struct Pipeline {
     core: Core,
     /// What each device's bus worker has, and what waits for it.
     feed: feed::Feed,
+    /// Telemetry readings from the buffer published and not yet
+    /// acknowledged by the hub, and the last one published.
+    readings_out: std::collections::BTreeSet<u64>,
+    readings_last: Option<u64>,
+    /// Readings are being dropped at the buffer's bound (logged once).
+    readings_dropping: bool,
     /// Messages a bus worker holds (handed over, outcome not yet back): an
     /// operator may not change their outcome meanwhile.
     with_workers: std::collections::HashSet<u64>,
@@ -114,6 +121,9 @@ impl Pipeline {
             feed: feed::Feed::default(),
             finals: HashMap::new(),
             with_workers: Default::default(),
+            readings_out: Default::default(),
+            readings_last: None,
+            readings_dropping: false,
             generation: 0,
             waits: HashMap::new(),
             dup_answers: Vec::new(),
@@ -264,6 +274,7 @@ impl Pipeline {
                         housekeeping = now + Duration::from_secs(1);
                         self.expire_waits(now);
                         self.publish_status();
+                        self.pump_readings();
                     }
                     if now >= prune_at {
                         prune_at = now + Duration::from_secs(60);
@@ -295,6 +306,7 @@ impl Pipeline {
                 self.generation = generation;
                 self.core.on_connected(generation);
                 self.publish_status();
+                self.pump_readings();
                 self.twin_connected();
             }
             HubEvent::Disconnected { .. } => {
@@ -302,6 +314,7 @@ impl Pipeline {
                 self.core.on_disconnected();
                 self.publish_status();
             }
+            HubEvent::Reported { seq } if readings::is_reading(seq) => self.reading_acked(seq),
             HubEvent::Reported { seq } => {
                 let actions = self.core.report_acked(seq);
                 self.act(actions).await;
@@ -651,26 +664,6 @@ impl Pipeline {
     fn send_report(&self, e: &Entry, report: Option<u64>) {
         let topic = self.dialect.report_topic(&e.id, e.device.as_deref(), e.state.as_str());
         let _ = self.hub.send(HubCommand::Publish { topic, payload: report::body(e), report });
-    }
-
-    /// Sends a telemetry reading to the hub (dropped while disconnected:
-    /// readings are not journaled, and a backlog would only grow).
-    fn on_reading(&mut self, r: Reading) {
-        if !self.core.connected() {
-            self.live.telemetry_dropped.inc();
-            return;
-        }
-        let alerts: Vec<(String, bool)> = self
-            .cfg
-            .devices
-            .get(&r.device)
-            .and_then(|d| d.telemetry.as_ref())
-            .map(|t| {
-                t.alerts.iter().filter_map(|(name, rule)| rule.eval(&r.values).map(|v| (name.clone(), v))).collect()
-            })
-            .unwrap_or_default();
-        let topic = self.dialect.telemetry_topic(&r.device, &alerts);
-        let _ = self.hub.send(HubCommand::Publish { topic, payload: telemetry::body(&r, &alerts), report: None });
     }
 
     fn publish_status(&self) {

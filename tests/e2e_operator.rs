@@ -71,6 +71,11 @@ async fn retry_resolve_and_drop_over_the_control_socket_and_what_http_shows() {
     .await;
     rig.send("boiler", "b-1", r#"{"point": "mode", "value": 1}"#);
     rig.send("boiler", "b-2", r#"{"point": "mode", "value": 2}"#);
+    let until = tokio::time::Instant::now() + T;
+    while ask(&socket, json!({"verb": "status"})).await["result"]["devices"]["boiler"]["queued"] != 2 {
+        assert!(tokio::time::Instant::now() < until, "b-1 and b-2 never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let listed = ask(&socket, json!({"verb": "list"})).await;
     let ids: Vec<&str> =

@@ -64,6 +64,13 @@ impl Journal {
             seqs.extend(idx.conflicts.iter().filter(|((k, _), _)| wanted(k)).map(|(_, s)| *s));
             seqs
         };
+        let mut out = self.entries(seqs)?;
+        out.sort_by_key(|e| e.seq);
+        Ok(out)
+    }
+
+    /// The entries `seqs` names that are still there (pruned meanwhile: left out).
+    fn entries(&self, seqs: Vec<u64>) -> Result<Vec<Entry>, JournalError> {
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
             match self.get(seq) {
@@ -72,7 +79,6 @@ impl Journal {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by_key(|e| e.seq);
         Ok(out)
     }
 
@@ -85,16 +91,7 @@ impl Journal {
             let seqs: Vec<u64> = idx.unresolved.keys().take(limit).copied().collect();
             (seqs, uncertain, idx.unresolved.len() - uncertain)
         };
-        let mut out = Vec::with_capacity(seqs.len());
-        for seq in seqs {
-            match self.get(seq) {
-                Ok(e) => out.push(e),
-                // Pruned meanwhile.
-                Err(JournalError::Missing(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((out, uncertain, expired))
+        Ok((self.entries(seqs)?, uncertain, expired))
     }
 
     /// The body the journal holds for entry `seq`, whatever its state.

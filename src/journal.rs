@@ -278,6 +278,11 @@ fn remove_body(bodies: &sled::Tree, seq: u64) -> sled::Result<bool> {
     Ok(any)
 }
 
+/// Whether the bodies tree holds a body of entry `seq` (one item or chunks).
+fn has_tree_body(bodies: &sled::Tree, seq: u64) -> sled::Result<bool> {
+    Ok(bodies.scan_prefix(key(seq)).keys().next().transpose()?.is_some())
+}
+
 /// The entry stored under key `k` (its inline body left aside).
 fn decode_at(k: &[u8], v: &[u8]) -> Result<Entry, JournalError> {
     decode_full(k, v).map(|(e, _)| e)
@@ -1001,17 +1006,11 @@ impl Journal {
         self.scan(|e| e.state.is_final() && !e.reported)
     }
 
+    /// Every entry `keep` says, in arrival order, read under the index's
+    /// lock (no write in between).
     fn scan(&self, keep: impl Fn(&Entry) -> bool) -> Result<Vec<Entry>, JournalError> {
         let _idx = self.lock();
-        let mut out = Vec::new();
-        for kv in self.inner.messages.iter() {
-            let (k, v) = kv?;
-            let e = decode_at(&k, &v)?;
-            if keep(&e) {
-                out.push(e);
-            }
-        }
-        Ok(out)
+        self.select(keep, usize::MAX).map(|(entries, _)| entries)
     }
 
     /// Removes final, reported entries that have been final for `window`
@@ -1192,9 +1191,7 @@ fn open_inner(
                     idx.unfinished += 1;
                     idx.body_bytes += e.body_len;
                     unfinished_received.push((seq, queued_since(&e), e.device.clone()));
-                } else if e.state.keeps_body()
-                    && (inline.is_some() || bodies.scan_prefix(key(seq)).keys().next().is_some())
-                {
+                } else if e.state.keeps_body() && (inline.is_some() || has_tree_body(&bodies, seq)?) {
                     // Kept for an operator's retry (older versions kept none).
                     idx.body_bytes += e.body_len;
                     idx.kept.insert(seq, e.body_len);

@@ -3,7 +3,7 @@
 //! (`live.rs`), the journal's index and the configuration; no entry is
 //! read except those waiting for an operator (at most [`ATTENTION`]).
 
-use crate::config::{BusKind, HubKind};
+use crate::config::HubKind;
 use crate::journal::Journal;
 use crate::live::Live;
 use crate::message::{rfc3339_ms, Entry};
@@ -33,14 +33,6 @@ pub fn summary(e: &Entry) -> Value {
         "detail": e.detail,
         "operator": e.operator.as_ref().map(|o| o.action.as_str()),
     })
-}
-
-pub fn bus_kind(k: BusKind) -> &'static str {
-    match k {
-        BusKind::ModbusRtu => "modbus-rtu",
-        BusKind::ModbusTcp => "modbus-tcp",
-        BusKind::Serial => "serial",
-    }
 }
 
 /// The whole document. `started_ms`: when this run started (unix ms).

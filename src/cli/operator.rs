@@ -91,37 +91,31 @@ pub enum QueueVerb {
     },
     /// Send an uncertain or expired message again (after checking the
     /// device); its report says "retried_by": "operator".
-    Retry {
-        #[command(flatten)]
-        which: Which,
-        #[arg(long)]
-        note: Option<String>,
-        #[command(flatten)]
-        common: Common,
-    },
+    Retry(Action),
     /// Say what became of an uncertain or expired message; reported with
     /// "resolved_by": "operator".
     Resolve {
         #[command(flatten)]
-        which: Which,
+        action: Action,
         /// delivered or rejected.
         #[arg(long = "as", value_name = "STATE")]
         to: String,
-        #[arg(long)]
-        note: Option<String>,
-        #[command(flatten)]
-        common: Common,
     },
     /// Take a queued message out of the queue: rejected, "dropped by
     /// operator", reported.
-    Drop {
-        #[command(flatten)]
-        which: Which,
-        #[arg(long)]
-        note: Option<String>,
-        #[command(flatten)]
-        common: Common,
-    },
+    Drop(Action),
+}
+
+/// What an action on a message takes.
+#[derive(clap::Args)]
+pub struct Action {
+    #[command(flatten)]
+    which: Which,
+    /// Why: into the log, the journal and the report (at most 1 KiB).
+    #[arg(long)]
+    note: Option<String>,
+    #[command(flatten)]
+    common: Common,
 }
 
 /// `status` as a person reads it, from the daemon at control socket `socket`.
@@ -142,11 +136,11 @@ pub fn queue(args: QueueArgs) -> Result<(), String> {
     let (req, common) = match args.verb {
         QueueVerb::List { state, device, limit, common } => (Request::List { state, device, limit }, common),
         QueueVerb::Show { which, common } => (Request::Show { target: which.target() }, common),
-        QueueVerb::Retry { which, note, common } => (Request::Retry { target: which.target(), note }, common),
-        QueueVerb::Resolve { which, to, note, common } => {
+        QueueVerb::Retry(Action { which, note, common }) => (Request::Retry { target: which.target(), note }, common),
+        QueueVerb::Resolve { action: Action { which, note, common }, to } => {
             (Request::Resolve { target: which.target(), to, note }, common)
         }
-        QueueVerb::Drop { which, note, common } => (Request::Drop { target: which.target(), note }, common),
+        QueueVerb::Drop(Action { which, note, common }) => (Request::Drop { target: which.target(), note }, common),
     };
     let v = call_socket(&common.socket()?, &req)?;
     if common.json {

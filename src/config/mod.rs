@@ -399,6 +399,17 @@ pub enum BusKind {
     Serial,
 }
 
+impl BusKind {
+    /// As written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            BusKind::ModbusRtu => "modbus-rtu",
+            BusKind::ModbusTcp => "modbus-tcp",
+            BusKind::Serial => "serial",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Parity {

@@ -343,6 +343,13 @@ mod tests {
         (h, SystemTime::now())
     }
 
+    /// Device "d" connected (connection 1) and subscribed to C2D.
+    fn online(h: &mut HubState) {
+        let d = h.devices.get_mut("d").unwrap();
+        d.conn = Some(1);
+        d.subscribed = true;
+    }
+
     fn props(id: &str, ack: &str) -> C2dProperties {
         C2dProperties { message_id: Some(id.into()), ack: Some(ack.into()), ..C2dProperties::default() }
     }
@@ -352,9 +359,7 @@ mod tests {
         let (mut h, now) = hub();
         h.enqueue("d", props("m1", "full"), b"x".to_vec(), Duration::from_secs(3600), now).unwrap();
         assert!(h.pump(now).is_empty(), "not connected");
-        let d = h.devices.get_mut("d").unwrap();
-        d.conn = Some(1);
-        d.subscribed = true;
+        online(&mut h);
         let out = h.pump(now);
         assert_eq!(out.len(), 1);
         assert!(out[0].topic.starts_with("devices/d/messages/devicebound/%24.mid=m1"), "{}", out[0].topic);
@@ -369,9 +374,7 @@ mod tests {
         let props = C2dProperties { ack: Some("full".into()), ..C2dProperties::default() };
         assert_eq!(h.enqueue("d", props.clone(), b"x".to_vec(), Duration::from_secs(60), now), Ok(None));
         assert_eq!(h.queue_view("d").unwrap()[0].message_id, None);
-        let d = h.devices.get_mut("d").unwrap();
-        d.conn = Some(1);
-        d.subscribed = true;
+        online(&mut h);
         let out = h.pump(now);
         assert_eq!(out.len(), 1);
         assert!(!out[0].topic.contains("%24.mid") && !out[0].topic.contains("%24.exp"), "{}", out[0].topic);
@@ -392,9 +395,7 @@ mod tests {
         let (mut h, now) = hub();
         let lock = Duration::from_secs(60);
         h.enqueue("d", props("a", "none"), vec![], Duration::from_secs(3600), now).unwrap();
-        let d = h.devices.get_mut("d").unwrap();
-        d.conn = Some(1);
-        d.subscribed = true;
+        online(&mut h);
         let a1 = h.pump(now)[0].pkid;
         let half = now + lock / 2;
         h.enqueue("d", props("b", "none"), vec![], Duration::from_secs(3600), half).unwrap();
@@ -419,9 +420,7 @@ mod tests {
         for id in ["a", "b"] {
             h.enqueue("d", props(id, "none"), vec![], Duration::from_secs(60), now).unwrap();
         }
-        let d = h.devices.get_mut("d").unwrap();
-        d.conn = Some(1);
-        d.subscribed = true;
+        online(&mut h);
         let out = h.pump(now);
         assert!(!h.complete("d", 1, out[1].pkid, true));
         assert!(h.complete("d", 1, out[0].pkid, true));
@@ -432,9 +431,7 @@ mod tests {
     fn lock_expiry_redelivers_and_ttl_expires_with_feedback() {
         let (mut h, now) = hub();
         h.enqueue("d", props("a", "full"), vec![], Duration::from_secs(120), now).unwrap();
-        let d = h.devices.get_mut("d").unwrap();
-        d.conn = Some(1);
-        d.subscribed = true;
+        online(&mut h);
         assert_eq!(h.pump(now).len(), 1);
         assert!(h.pump(now + Duration::from_secs(30)).is_empty(), "locked");
         let again = h.pump(now + Duration::from_secs(61));
@@ -447,9 +444,7 @@ mod tests {
     fn a_lock_that_runs_out_does_not_count_toward_the_max_delivery_count() {
         let (mut h, now) = hub();
         h.enqueue("d", props("a", "full"), vec![], Duration::from_secs(3600), now).unwrap();
-        let d = h.devices.get_mut("d").unwrap();
-        d.conn = Some(1);
-        d.subscribed = true;
+        online(&mut h);
         // Twenty locks run out (IoT Hub's max delivery count is 10): it goes
         // again each time, and no DeliveryCountExceeded.
         for n in 0..20u64 {

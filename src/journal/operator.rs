@@ -107,7 +107,7 @@ impl Journal {
     /// needs the room, or its dedupe window ends).
     pub fn has_body(&self, seq: u64) -> Result<bool, JournalError> {
         let (_, inline) = self.get_inline(seq)?;
-        Ok(inline.is_some() || self.inner.bodies.scan_prefix(super::key(seq)).keys().next().is_some())
+        Ok(inline.is_some() || super::has_tree_body(&self.inner.bodies, seq)?)
     }
 
     /// `queue retry`: an `uncertain` or `expired` message goes back to the

@@ -100,12 +100,14 @@ impl Pipeline {
             }
         };
         let route = router::route(&self.cfg, e.device.as_deref()).ok();
-        let held = route.as_ref().and_then(|r| {
-            let device = r.device.to_string();
-            (!self.feed.remove(&device, seq)).then(|| (device, r.bus_name.to_string()))
-        });
-        let Some((device, bus)) = held.filter(|_| e.state == State::Queued) else {
-            // Waiting in the feed, not routable, or not queued (refused below).
+        // Waiting in the pipeline's feed: taken out of it, dropped here.
+        let in_feed = route.as_ref().is_some_and(|r| self.feed.remove(r.device, seq));
+        let with_worker = match &route {
+            Some(r) if !in_feed && e.state == State::Queued => Some((r.device.to_string(), r.bus_name.to_string())),
+            _ => None,
+        };
+        let Some((device, bus)) = with_worker else {
+            // From the feed, not routable, or not queued (refused below).
             let r = self.journal.drop_queued(seq, asked);
             match &r {
                 Ok(e) => {

@@ -209,3 +209,22 @@ fn whoami() -> Option<String> {
 
 #[path = "operator_format.rs"]
 mod format;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_daemon_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let why = call_socket(&tmp.path().join("control.sock"), &Request::Status).unwrap_err();
+        assert!(
+            why.ends_with("control.sock: no gateway answers there: is it running with this configuration?"),
+            "{why}"
+        );
+        let cfg = tmp.path().join("config.toml");
+        std::fs::write(&cfg, "[gateway]\ncontrol = \"\"\n[hub]\nkind = \"mqtt\"\nurl = \"mqtt://localhost\"\n")
+            .unwrap();
+        assert!(socket(&cfg).unwrap_err().contains("the control socket is turned off"));
+    }
+}

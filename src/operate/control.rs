@@ -114,16 +114,26 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
-async fn connection(mut stream: UnixStream, ctx: &Arc<Ctx>, asks: &mpsc::Sender<Ask>) -> std::io::Result<()> {
+/// How long a client has to send its request.
+const REQUEST_WAIT: Duration = Duration::from_secs(10);
+
+async fn connection(stream: UnixStream, ctx: &Arc<Ctx>, asks: &mpsc::Sender<Ask>) -> std::io::Result<()> {
+    connection_within(stream, ctx, asks, REQUEST_WAIT).await
+}
+
+async fn connection_within(
+    mut stream: UnixStream,
+    ctx: &Arc<Ctx>,
+    asks: &mpsc::Sender<Ask>,
+    wait: Duration,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.split();
     let mut line = Vec::new();
-    let got = tokio::time::timeout(
-        Duration::from_secs(10),
-        BufReader::new(read.take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line),
-    )
-    .await;
+    let got =
+        tokio::time::timeout(wait, BufReader::new(read.take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line))
+            .await;
     let response = match got {
-        Err(_) => Response::error("no request within 10 s"),
+        Err(_) => Response::error(format!("no request within {}", humantime::format_duration(wait))),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(_)) if line.len() > MAX_REQUEST => Response::error(format!("request longer than {MAX_REQUEST} bytes")),
         Ok(Ok(_)) => match serde_json::from_slice::<Envelope>(&line) {
@@ -323,4 +333,66 @@ async fn act(
     };
     tracing::info!(message_id = %e.id, seq = e.seq, action = ?act, by, reason = %r, "operator: refused");
     Err(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{Bounds, Journal};
+
+    fn ctx(dir: &Path) -> Arc<Ctx> {
+        let (journal, _) =
+            Journal::open(&dir.join("j"), 1 << 20, Bounds { max_messages: 10, max_bytes: 1 << 20 }).unwrap();
+        Arc::new(Ctx { journal, live: Default::default(), hub: crate::config::HubKind::Mqtt, started_ms: 0 })
+    }
+
+    /// What the server answers to `sent` (then the client's end closed).
+    async fn answer_to(ctx: &Arc<Ctx>, sent: Vec<u8>, wait: Duration) -> Response {
+        let (server, mut client) = UnixStream::pair().unwrap();
+        let (asks, _rx) = mpsc::channel(1);
+        let ctx = ctx.clone();
+        let served = tokio::spawn(async move { connection_within(server, &ctx, &asks, wait).await });
+        // A request too long may be cut off before it is all written.
+        let _ = client.write_all(&sent).await;
+        let mut line = String::new();
+        BufReader::new(client).read_line(&mut line).await.unwrap();
+        let _ = served.await;
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_a_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = ctx(tmp.path());
+        let long = Duration::from_secs(10);
+        for (sent, says) in [
+            (b"{\"verb\": \"list\", \"state\": \"bogus\"}\n".to_vec(), "--state \"bogus\": one of"),
+            (b"{\"verb\": \"retry\", \"id\": 5}\n".to_vec(), "not a request"),
+            (b"not json\n".to_vec(), "not a request"),
+            ([vec![b' '; MAX_REQUEST + 10], b"\n".to_vec()].concat(), "request longer than 65536 bytes"),
+        ] {
+            let r = answer_to(&ctx, sent, long).await;
+            assert!(!r.ok && r.error.as_deref().unwrap_or("").contains(says), "{r:?}");
+        }
+        let r = answer_to(&ctx, Vec::new(), Duration::from_millis(100)).await;
+        assert_eq!(r.error.as_deref(), Some("no request within 100ms"));
+        let r = answer_to(&ctx, b"{\"verb\": \"list\", \"state\": \"all\"}\n".to_vec(), long).await;
+        assert!(r.ok && r.result.unwrap()["matched"] == 0);
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_a_live_one_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("control.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // a stale socket file
+        let (listener, bound) = bind(&path).await.expect("a stale socket is replaced");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+        let again = bind(&path).await.err().expect("a live one is left alone");
+        assert!(again.contains("another gateway answers on this control socket"), "{again}");
+        assert!(path.exists());
+        drop(listener);
+        bound.remove();
+        assert!(!path.exists());
+    }
 }

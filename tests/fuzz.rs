@@ -345,8 +345,9 @@ fn serial_body_never_carries_the_line_ending() {
 /// was refused, its last group taken for a port ("bad port \"2]\"").
 #[test]
 fn mqtt_url_ipv6_without_port() {
-    use c2d_gateway::hub::mqtt::parse_url;
-    assert_eq!(parse_url("mqtt://[fe80::1:2]"), Ok((false, "[fe80::1:2]".to_owned(), 1883)));
-    assert_eq!(parse_url("mqtts://[2001:db8::5]/"), Ok((true, "[2001:db8::5]".to_owned(), 8883)));
-    assert_eq!(parse_url("mqtt://[fe80::1:2]:1884"), Ok((false, "[fe80::1:2]".to_owned(), 1884)));
+    use c2d_gateway::hub::net::parse_url;
+    let hp = |u: &str| parse_url(u).map(|e| (e.scheme.tls(), e.host, e.port));
+    assert_eq!(hp("mqtt://[fe80::1:2]"), Ok((false, "[fe80::1:2]".to_owned(), 1883)));
+    assert_eq!(hp("mqtts://[2001:db8::5]/"), Ok((true, "[2001:db8::5]".to_owned(), 8883)));
+    assert_eq!(hp("mqtt://[fe80::1:2]:1884"), Ok((false, "[fe80::1:2]".to_owned(), 1884)));
 }

@@ -252,6 +252,20 @@ pub enum Transport {
     Tls,
     /// Plain MQTT over TCP: only allowed towards a loopback address.
     Mqtt,
+    /// MQTT over a WebSocket inside TLS (`wss://{host}:443/$iothub/websocket`):
+    /// the way through plant firewalls and HTTP proxies.
+    Websockets,
+}
+
+/// How an IoT Hub device proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Auth {
+    /// A SAS token made from the device's key (renewed before it expires).
+    #[default]
+    Sas,
+    /// A client certificate (`certificate_file`, `private_key_file`).
+    X509,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -299,8 +313,12 @@ pub struct HubConfig {
     pub connection_string_file: Option<PathBuf>,
     #[serde(default)]
     pub transport: Transport,
-    /// Override the port (default 8883 for TLS, 1883 for plain MQTT).
+    /// Override the port (default 8883 for TLS, 1883 for plain MQTT, 443
+    /// for WebSockets).
     pub port: Option<u16>,
+    /// `sas` (default; also implied by a SharedAccessKey) or `x509` (implied
+    /// by `x509=true` in the connection string).
+    pub auth: Option<Auth>,
     #[serde(default = "default_api_version")]
     pub api_version: String,
     /// Lifetime of each SAS token; the link renews at 80 % of it.
@@ -327,6 +345,13 @@ pub struct HubConfig {
     // --- both ---
     /// Trust this CA (PEM) in addition to the system store.
     pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM, the device's first) shown in the TLS
+    /// handshake: X.509 authentication.
+    pub certificate_file: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub private_key_file: Option<PathBuf>,
+    /// An HTTP CONNECT proxy, `http://[user:password@]host[:port]`.
+    pub proxy: Option<Secret>,
     #[serde(default)]
     pub complete: Complete,
     #[serde(default = "default_handover_after")]

@@ -294,7 +294,21 @@ fn the_hub_is_checked_by_kind() {
         (mqtt, "sas_ttl = \"1h\"\n", "sas_ttl", "is for kind = \"azure\", not \"mqtt\""),
         (mqtt, "connection_string_file = \"/f\"\n", "connection_string_file", "is for kind = \"azure\""),
         ("[hub]\nkind = \"mqtt\"\n", "", "[hub]", "kind = \"mqtt\" needs `url`"),
-        ("[hub]\nkind = \"mqtt\"\nurl = \"http://broker\"\n", "", "http", "must start with mqtt:// or mqtts://"),
+        (
+            "[hub]\nkind = \"mqtt\"\nurl = \"http://broker\"\n",
+            "",
+            "http",
+            "must start with mqtt://, mqtts://, ws:// or wss://",
+        ),
+        ("[hub]\nkind = \"mqtt\"\nurl = \"mqtt://user:hunter2@b\"\n", "", "url", "must not hold a login"),
+        ("[hub]\nkind = \"mqtt\"\nurl = \"mqtts://b/mqtt\"\n", "", "url", "only ws:// and wss://"),
+        (mqtt, "proxy = \"socks5://u:hunter2@p:1080\"\n", "proxy", "must start with http:// or https://"),
+        (azure, "proxy = \"http://p:port\"\n", "proxy", "bad port"),
+        (mqtt, "certificate_file = \"/c.pem\"\n", "certificate_file", "needs hub.private_key_file"),
+        (azure, "private_key_file = \"/k.pem\"\n", "private_key_file", "needs hub.certificate_file"),
+        (azure, "auth = \"x509\"\n", "auth", "needs hub.certificate_file"),
+        (mqtt, "auth = \"x509\"\n", "auth", "is for kind = \"azure\""),
+        (azure, "transport = \"ws\"\n", "transport", "expected one of `tls`, `mqtt`, `websockets`"),
         ("[hub]\nkind = \"mqtt\"\nurl = \"mqtt://:1883\"\n", "", "url", "has no host"),
         ("[hub]\nkind = \"mqtt\"\nurl = \"mqtt://b:99999\"\n", "", "url", "invalid port"),
         (mqtt, "subscribe = \"gw/+/c2d/+\"\n", "subscribe", "at most one `+` level"),
@@ -316,7 +330,17 @@ fn the_hub_is_checked_by_kind() {
     ok(azure);
     ok(&format!("{azure}connection_string = \"HostName=h;DeviceId=d;SharedAccessKey=k\"\n"));
     ok(&format!("{mqtt}subscribe = \"gw/commands\"\nmax_body = 262144\npassword = \"pw\"\n"));
-    ok("[hub]\nkind = \"mqtt\"\nurl = \"mqtt://user:pw@[::1]:1883/\"\n");
+    ok("[hub]\nkind = \"mqtt\"\nurl = \"mqtt://[::1]:1883/\"\n");
+    ok("[hub]\nkind = \"mqtt\"\nurl = \"wss://[::1]/mqtt\"\nproxy = \"http://u:pw@127.0.0.1:3128\"\n");
+    let c = ok(&format!(
+        "{azure}transport = \"websockets\"\nauth = \"x509\"\ncertificate_file = \"/c\"\nprivate_key_file = \"/k\"\n"
+    ));
+    assert_eq!(c.hub.transport, crate::config::Transport::Websockets);
+    ok(&format!("{azure}connection_string = \"HostName=h;DeviceId=d;x509=true\"\ncertificate_file = \"/c\"\nprivate_key_file = \"/k\"\n"));
+    // The proxy's password is not in any message about it.
+    for p in problems(&format!("{mqtt}proxy = \"http://u:hunter2@p:x\"\n")) {
+        assert!(!p.message.contains("hunter2"), "{p:?}");
+    }
     assert_eq!(ok(azure).hub.missing_id, MissingId::Execute, "the default");
     assert_eq!(ok(&format!("{azure}missing_id = \"reject\"\n")).hub.missing_id, MissingId::Reject);
     assert_eq!(ok(&format!("{mqtt}missing_id = \"execute\"\n")).hub.missing_id, MissingId::Execute);

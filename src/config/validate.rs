@@ -94,7 +94,8 @@ fn gateway(c: &mut Checker, g: &GatewayConfig) {
     }
 }
 
-const AZURE_ONLY: [&str; 5] = ["connection_string", "connection_string_file", "transport", "api_version", "sas_ttl"];
+const AZURE_ONLY: [&str; 6] =
+    ["connection_string", "connection_string_file", "transport", "api_version", "sas_ttl", "auth"];
 const MQTT_ONLY: [&str; 8] =
     ["url", "username", "password", "password_file", "subscribe", "report_topic", "telemetry_topic", "client_id"];
 
@@ -142,6 +143,19 @@ fn hub(c: &mut Checker, h: &HubConfig) {
             }
         }
     }
+    if let Some(proxy) = &h.proxy {
+        if let Err(e) = crate::hub::net::parse_proxy(proxy.expose()) {
+            c.value(&p("proxy"), e);
+        }
+    }
+    match (&h.certificate_file, &h.private_key_file) {
+        (Some(_), None) => c.key(&p("certificate_file"), "needs hub.private_key_file (the certificate's key, PEM)"),
+        (None, Some(_)) => c.key(&p("private_key_file"), "needs hub.certificate_file (the client certificate, PEM)"),
+        _ => {}
+    }
+    if h.kind == HubKind::Azure && h.auth == Some(crate::config::Auth::X509) && h.certificate_file.is_none() {
+        c.key(&p("auth"), "auth = \"x509\" needs hub.certificate_file and hub.private_key_file (PEM)");
+    }
     if h.handover_after.is_zero() {
         c.value(&p("handover_after"), "must be longer than 0s");
     }
@@ -160,8 +174,9 @@ fn hub(c: &mut Checker, h: &HubConfig) {
 /// parse, key decoding included, happens when the hub link starts.)
 fn connection_string_gap(cs: &str) -> Option<String> {
     let keys: Vec<&str> = cs.split(';').filter_map(|part| part.split_once('=').map(|(k, _)| k.trim())).collect();
-    let missing: Vec<&str> =
-        ["HostName", "DeviceId", "SharedAccessKey"].into_iter().filter(|k| !keys.contains(k)).collect();
+    let x509 = cs.split(';').any(|part| part.trim().eq_ignore_ascii_case("x509=true"));
+    let required: &[&str] = if x509 { &["HostName", "DeviceId"] } else { &["HostName", "DeviceId", "SharedAccessKey"] };
+    let missing: Vec<&str> = required.iter().copied().filter(|k| !keys.contains(k)).collect();
     (!missing.is_empty()).then(|| {
         format!(
             "lacks {} (expected \"HostName=...;DeviceId=...;SharedAccessKey=...\"; value not shown)",
@@ -170,30 +185,21 @@ fn connection_string_gap(cs: &str) -> Option<String> {
     })
 }
 
-/// `mqtt://host[:port][/]` or `mqtts://...`; messages never quote the URL.
+/// A broker URL (mqtt://, mqtts://, ws://, wss://); messages never quote it.
 fn check_mqtt_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("mqtts://"))
-        .ok_or("must start with mqtt:// or mqtts://")?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (host, tail) = v6.split_once(']').ok_or("has an unclosed `[` in the host")?;
-        (host, tail.strip_prefix(':'))
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
+    use crate::hub::net::UrlError as U;
+    crate::hub::net::parse_url(url).map(|_| ()).map_err(|e| {
+        match e {
+            U::Scheme { .. } => "must start with mqtt://, mqtts://, ws:// or wss://",
+            U::UnclosedIpv6 { .. } => "has an unclosed `[` in the host",
+            U::BadPort { .. } => "has an invalid port (1..=65535)",
+            U::BareIpv6 { .. } => "write an IPv6 address in brackets, e.g. mqtt://[::1]:1883",
+            U::NoHost { .. } => "has no host (write e.g. \"mqtts://broker.example.com:8883\")",
+            U::PathWithoutWebSocket { .. } => "has a path, which only ws:// and wss:// urls take",
+            U::UserInfo { .. } => "must not hold a login: use hub.username and hub.password",
         }
-    };
-    if host.is_empty() {
-        return Err("has no host (write e.g. \"mqtts://broker.example.com:8883\")".into());
-    }
-    match port.map(str::parse::<u16>) {
-        Some(Ok(0)) | Some(Err(_)) => Err("has an invalid port (1..=65535)".into()),
-        _ => Ok(()),
-    }
+        .to_string()
+    })
 }
 
 /// A subscription with no wildcard or exactly one `+` level (the device).

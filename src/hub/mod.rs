@@ -8,9 +8,10 @@ pub mod link;
 #[cfg(test)]
 mod link_tests;
 pub mod mqtt;
+pub mod net;
 pub mod tls;
 
-use crate::config::{Config, HubKind, MissingId};
+use crate::config::{Config, HubConfig, HubKind, MissingId};
 use crate::message::Inbound;
 use rumqttc::MqttOptions;
 use std::time::Duration;
@@ -166,7 +167,7 @@ impl Dialect {
     /// Reconnect with fresh credentials after this long (SAS renewal).
     pub fn renew_after(&self) -> Option<Duration> {
         match self {
-            Dialect::Azure(d) => Some(d.renew_after()),
+            Dialect::Azure(d) => d.uses_sas().then(|| d.renew_after()),
             Dialect::Mqtt(_) => None,
         }
     }
@@ -192,6 +193,29 @@ pub fn apply_missing_id(m: &mut Inbound, policy: MissingId, what: &str) {
              rejected by hub.missing_id = \"reject\""
         ));
     }
+}
+
+/// The way to the hub both dialects share: CA, proxy, client certificate.
+pub fn net_from_config(hub: &HubConfig) -> Result<net::Net, HubError> {
+    let proxy = hub
+        .proxy
+        .as_ref()
+        .map(|p| net::parse_proxy(p.expose()).map_err(|e| HubError::Config(format!("hub.proxy {e}"))))
+        .transpose()?;
+    let client_cert = match (&hub.certificate_file, &hub.private_key_file) {
+        (Some(c), Some(k)) => Some(net::ClientCert { certificate_file: c.clone(), private_key_file: k.clone() }),
+        (None, None) => None,
+        _ => {
+            return Err(HubError::Config(
+                "hub.certificate_file and hub.private_key_file go together: set both or neither".into(),
+            ))
+        }
+    };
+    if let Some(c) = &client_cert {
+        // Read now, so that a wrong path is a start-up error, not a reconnect loop.
+        tls::read_identity(c)?;
+    }
+    Ok(net::Net { ca_file: hub.ca_file.clone(), proxy, client_cert })
 }
 
 /// True for `localhost` and loopback addresses: plain MQTT is allowed only there.

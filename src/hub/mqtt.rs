@@ -6,17 +6,15 @@
 //! identical commands sent on purpose must both run).
 
 use crate::config::{Config, MissingId, Secret};
-use crate::hub::{is_loopback, tls, HubError};
+use crate::hub::net::{Endpoint, Net};
+use crate::hub::{is_loopback, HubError};
 use crate::message::Inbound;
 use rumqttc::MqttOptions;
-use std::path::PathBuf;
 use std::time::Duration;
 
 pub struct MqttDialect {
-    host: String,
-    port: u16,
-    tls: bool,
-    ca_file: Option<PathBuf>,
+    endpoint: Endpoint,
+    net: Net,
     client_id: String,
     login: Option<(String, Secret)>,
     subscribe: String,
@@ -38,65 +36,21 @@ pub fn common_options(o: &mut MqttOptions, keep_alive: Duration) {
     o.set_inflight(100);
 }
 
-/// Why a broker URL cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UrlError {
-    #[error("url {url:?} must start with mqtt:// or mqtts://")]
-    Scheme { url: String },
-    #[error("url {url:?}: no ']' after an IPv6 address")]
-    UnclosedIpv6 { url: String },
-    #[error("url {url:?}: bad port {port:?}")]
-    BadPort { url: String, port: String },
-    #[error("url {url:?}: write an IPv6 address in brackets, e.g. mqtt://[::1]:1883")]
-    BareIpv6 { url: String },
-    #[error("url {url:?} has no host")]
-    NoHost { url: String },
-}
-
-/// `mqtt://host:port` / `mqtts://host:port` → (tls, host, port).
-pub fn parse_url(url: &str) -> Result<(bool, String, u16), UrlError> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("mqtt://") {
-        (false, r)
-    } else {
-        return Err(UrlError::Scheme { url: url.into() });
-    };
-    let rest = rest.trim_end_matches('/');
-    let default_port = if tls { 8883 } else { 1883 };
-    let bad_port = |p: &str| UrlError::BadPort { url: url.into(), port: p.into() };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        // [IPv6] or [IPv6]:PORT
-        let (h, after) = v6.split_once(']').ok_or_else(|| UrlError::UnclosedIpv6 { url: url.into() })?;
-        let host = format!("[{h}]");
-        match after {
-            "" => (host, default_port),
-            _ => {
-                let p = after.strip_prefix(':').ok_or_else(|| bad_port(after))?;
-                (host, p.parse::<u16>().map_err(|_| bad_port(p))?)
-            }
-        }
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse::<u16>().map_err(|_| bad_port(p))?),
-            Some(_) => return Err(UrlError::BareIpv6 { url: url.into() }),
-            None => (rest.to_string(), default_port),
-        }
-    };
-    if host.is_empty() {
-        return Err(UrlError::NoHost { url: url.into() });
-    }
-    Ok((tls, host, port))
-}
-
 impl MqttDialect {
     pub fn from_config(cfg: &Config) -> Result<Self, HubError> {
         let hub = &cfg.hub;
         let url =
             hub.url.as_deref().ok_or_else(|| HubError::Config("hub.url is required with kind = \"mqtt\"".into()))?;
-        let (tls, host, port) = parse_url(url).map_err(|e| HubError::Config(e.to_string()))?;
-        if !tls && !is_loopback(&host) && hub.password.is_some() {
-            tracing::warn!(%host, "sending a password over plain MQTT to a remote broker: use mqtts://");
+        let endpoint = crate::hub::net::parse_url(url).map_err(|e| HubError::Config(e.to_string()))?;
+        let net = crate::hub::net_from_config(hub)?;
+        if net.client_cert.is_some() && !endpoint.scheme.tls() {
+            return Err(HubError::Config(
+                "hub.certificate_file is shown in a TLS handshake: use an mqtts:// or wss:// url".into(),
+            ));
+        }
+        if !endpoint.scheme.tls() && !is_loopback(&endpoint.host) && hub.password.is_some() {
+            let host = &endpoint.host;
+            tracing::warn!(%host, "sending a password without TLS to a remote broker: use mqtts:// or wss://");
         }
         let password = match (&hub.password, &hub.password_file) {
             (Some(p), _) => Some(p.clone()),
@@ -120,10 +74,8 @@ impl MqttDialect {
             format!("c2d-gateway-{}", host.trim()).trim_end_matches('-').to_string()
         });
         Ok(MqttDialect {
-            host,
-            port,
-            tls,
-            ca_file: hub.ca_file.clone(),
+            endpoint,
+            net,
             client_id,
             login,
             subscribe: hub.subscribe.clone(),
@@ -138,14 +90,11 @@ impl MqttDialect {
     }
 
     pub fn mqtt_options(&self) -> Result<MqttOptions, HubError> {
-        let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+        let mut o = self.net.options(self.client_id.clone(), &self.endpoint)?;
         if let Some((u, p)) = &self.login {
             o.set_credentials(u.clone(), p.expose().to_string());
         }
         common_options(&mut o, self.keep_alive);
-        if self.tls {
-            o.set_transport(tls::transport(self.ca_file.as_deref())?);
-        }
         Ok(o)
     }
 
@@ -215,7 +164,14 @@ impl MqttDialect {
     }
 
     pub fn describe(&self) -> String {
-        format!("MQTT broker {}:{}{}", self.host, self.port, if self.tls { " (TLS)" } else { "" })
+        let e = &self.endpoint;
+        let how = match e.scheme {
+            crate::hub::net::Scheme::Mqtt => "",
+            crate::hub::net::Scheme::Mqtts => " (TLS)",
+            crate::hub::net::Scheme::Ws => " (WebSockets)",
+            crate::hub::net::Scheme::Wss => " (WebSockets, TLS)",
+        };
+        format!("MQTT broker {}:{}{how}{}", e.host, e.port, self.net.describe_proxy())
     }
 }
 
@@ -277,19 +233,6 @@ mod tests {
         ))
         .unwrap();
         MqttDialect::from_config(&cfg).unwrap()
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(parse_url("mqtt://127.0.0.1:1884").unwrap(), (false, "127.0.0.1".into(), 1884));
-        assert_eq!(parse_url("mqtts://broker.example").unwrap(), (true, "broker.example".into(), 8883));
-        assert_eq!(parse_url("mqtt://[::1]:1883").unwrap(), (false, "[::1]".into(), 1883));
-        assert_eq!(parse_url("mqtt://[fe80::1:2]").unwrap(), (false, "[fe80::1:2]".into(), 1883));
-        assert!(parse_url("mqtt://fe80::1:2").is_err());
-        assert!(parse_url("mqtt://[::1]x").is_err());
-        assert!(parse_url("http://x").is_err());
-        assert!(parse_url("mqtt://:1883").is_err());
-        assert!(parse_url("mqtt://h:99999").is_err());
     }
 
     #[test]

@@ -8,7 +8,8 @@ use crate::{check, Ctx, Property};
 use c2d_gateway::config::Config;
 use c2d_gateway::hub::azure::dialect::AzureDialect;
 use c2d_gateway::hub::azure::propbag::{encode_devicebound, C2dProperties};
-use c2d_gateway::hub::mqtt::{parse_url, MqttDialect};
+use c2d_gateway::hub::mqtt::MqttDialect;
+use c2d_gateway::hub::net::{parse_url, Scheme};
 use c2d_gateway::message::unix_ms;
 use proptest::prelude::*;
 use std::sync::OnceLock;
@@ -20,7 +21,7 @@ pub fn properties() -> Vec<Property> {
         Property { target: "topics", name: "azure: any topic, no panic", weight: 4, run: azure_any },
         Property { target: "topics", name: "mqtt: generated topic and body", weight: 5, run: mqtt_generated },
         Property { target: "topics", name: "mqtt: any topic, matches the filter", weight: 4, run: mqtt_any },
-        Property { target: "topics", name: "mqtt: broker url", weight: 2, run: urls },
+        Property { target: "topics", name: "mqtt: broker url (mqtt, mqtts, ws, wss)", weight: 2, run: urls },
         Property { target: "topics", name: "azure: method topics, both ends", weight: 3, run: method_topics },
         Property { target: "topics", name: "azure: twin topics and patches, both ends", weight: 3, run: twin_topics },
     ]
@@ -270,19 +271,41 @@ fn ipv6_host() -> impl Strategy<Value = String> {
 
 fn urls(ctx: &Ctx) -> Result<(), String> {
     let url = prop_oneof![
-        4 => (any::<bool>(), host(), proptest::option::of(1u16..=u16::MAX), any::<bool>()),
-        1 => (any::<bool>(), ipv6_host(), (1u16..=u16::MAX).prop_map(Some), any::<bool>()),
+        4 => (0..4usize, host(), proptest::option::of(1u16..=u16::MAX), any::<bool>()),
+        1 => (0..4usize, ipv6_host(), (1u16..=u16::MAX).prop_map(Some), any::<bool>()),
     ];
-    check(ctx, (url, tricky_string(30)), |((tls, host, port, slash), junk)| {
+    let path = alphabet_string(&["mqtt", "/", "$iothub", "websocket", "?a=b", "&", "x"], 5);
+    check(ctx, (url, path, tricky_string(30)), |((scheme, host, port, slash), path, junk)| {
         let _ = parse_url(&junk);
         let _ = parse_url(&format!("mqtt://{junk}"));
-        let scheme = if tls { "mqtts" } else { "mqtt" };
-        let url = match port {
-            Some(p) => format!("{scheme}://{host}:{p}"),
-            None => format!("{scheme}://{host}"),
-        } + if slash { "/" } else { "" };
-        let want = (tls, host.clone(), port.unwrap_or(if tls { 8883 } else { 1883 }));
-        prop_assert_eq!(parse_url(&url), Ok(want), "{}", url);
+        let _ = parse_url(&format!("wss://{junk}"));
+        let scheme = [Scheme::Mqtt, Scheme::Mqtts, Scheme::Ws, Scheme::Wss][scheme];
+        let mut url = match port {
+            Some(p) => format!("{}{host}:{p}", scheme.prefix()),
+            None => format!("{}{host}", scheme.prefix()),
+        };
+        let want_port = port.unwrap_or(match scheme {
+            Scheme::Mqtt => 1883,
+            Scheme::Mqtts => 8883,
+            Scheme::Ws => 80,
+            Scheme::Wss => 443,
+        });
+        let want_path = if scheme.websocket() && !path.is_empty() {
+            url.push('/');
+            url.push_str(&path);
+            format!("/{path}")
+        } else if slash {
+            url.push('/');
+            String::new()
+        } else {
+            String::new()
+        };
+        let want_path = match (scheme.websocket(), want_path.as_str()) {
+            (true, "") => "/".to_string(),
+            _ => want_path,
+        };
+        let e = parse_url(&url).map_err(|e| TestCaseError::fail(format!("{url}: {e}")))?;
+        prop_assert_eq!((e.scheme, &e.host, e.port, &e.path), (scheme, &host, want_port, &want_path), "{}", url);
         Ok(())
     })
 }

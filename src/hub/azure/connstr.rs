@@ -4,8 +4,9 @@
 //! an operator copies from the Azure portal into the gateway's configuration.
 //! This module parses it into a [`ConnectionString`] and derives the MQTT
 //! client id, user name and SAS resource from it. Connection strings we cannot
-//! use (service/policy strings, X.509, IoT Edge gateways) are refused with an
-//! error saying why. No error message and no `Debug` output ever contains the
+//! use (service/policy strings, ready-made tokens, IoT Edge gateways) are
+//! refused with an error saying why. `x509=true` strings carry no key: the
+//! device shows a client certificate instead. No error message and no `Debug` output ever contains the
 //! key or any part of it.
 
 use crate::config::Secret;
@@ -19,8 +20,9 @@ pub struct ConnectionString {
     pub host_name: String,
     pub device_id: String,
     pub module_id: Option<String>,
-    /// The device's shared access key, base64 as in the connection string.
-    pub key: Secret,
+    /// The device's shared access key, base64 as in the connection string;
+    /// None for an X.509 device (`x509=true`: it shows a client certificate).
+    pub key: Option<Secret>,
 }
 
 impl fmt::Debug for ConnectionString {
@@ -51,8 +53,8 @@ pub enum ConnStrError {
     Missing(&'static str),
     #[error("this is a service/policy connection string (it has SharedAccessKeyName), not a device one: use the device's own connection string (IoT Hub > Devices > the device > Primary connection string)")]
     ServiceString,
-    #[error("X.509 authentication is not supported; use a SAS key (a connection string with SharedAccessKey)")]
-    X509Unsupported,
+    #[error("the connection string says x509=true and also has a SharedAccessKey: keep one of the two")]
+    X509WithKey,
     #[error("connection string part x509 must be true or false")]
     BadX509Value,
     #[error("connecting through an IoT Edge gateway (GatewayHostName) is not supported")]
@@ -194,11 +196,14 @@ pub fn parse(s: &str) -> Result<ConnectionString, ConnStrError> {
     if get(Part::GatewayHostName).is_some() {
         return Err(ConnStrError::GatewayUnsupported);
     }
-    match get(Part::X509) {
-        Some(v) if v.eq_ignore_ascii_case("true") => return Err(ConnStrError::X509Unsupported),
-        Some(v) if v.eq_ignore_ascii_case("false") => {}
+    let x509 = match get(Part::X509) {
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
         Some(_) => return Err(ConnStrError::BadX509Value),
-        None => {}
+        None => false,
+    };
+    if x509 && get(Part::SharedAccessKey).is_some() {
+        return Err(ConnStrError::X509WithKey);
     }
     if get(Part::SharedAccessSignature).is_some() {
         return Err(ConnStrError::TokenUnsupported);
@@ -211,7 +216,7 @@ pub fn parse(s: &str) -> Result<ConnectionString, ConnStrError> {
     };
     let host_name = required(Part::HostName)?;
     let device_id = required(Part::DeviceId)?;
-    let key = required(Part::SharedAccessKey)?;
+    let key = if x509 { None } else { Some(required(Part::SharedAccessKey)?) };
     let module_id = match get(Part::ModuleId) {
         Some("") => return Err(ConnStrError::EmptyValue("ModuleId")),
         m => m,
@@ -223,16 +228,18 @@ pub fn parse(s: &str) -> Result<ConnectionString, ConnStrError> {
         check_identity("ModuleId", m)?;
     }
     // The decode error is dropped on purpose: it names the offending byte.
-    match STANDARD.decode(key) {
-        Ok(bytes) if !bytes.is_empty() => {}
-        _ => return Err(ConnStrError::BadKey),
+    if let Some(key) = key {
+        match STANDARD.decode(key) {
+            Ok(bytes) if !bytes.is_empty() => {}
+            _ => return Err(ConnStrError::BadKey),
+        }
     }
 
     Ok(ConnectionString {
         host_name: host_name.to_owned(),
         device_id: device_id.to_owned(),
         module_id: module_id.map(str::to_owned),
-        key: Secret(key.to_owned()),
+        key: key.map(|k| Secret(k.to_owned())),
     })
 }
 
@@ -297,7 +304,7 @@ mod tests {
         assert_eq!(c.host_name, "h.azure-devices.net");
         assert_eq!(c.device_id, "dev-1");
         assert_eq!(c.module_id, None);
-        assert_eq!(c.key.expose(), KEY);
+        assert_eq!(c.key.as_ref().unwrap().expose(), KEY);
     }
 
     #[test]
@@ -317,7 +324,7 @@ mod tests {
     fn value_may_contain_equals() {
         let c = ok("HostName=h;DeviceId=a=b;SharedAccessKey=cGFzc3dvcmQ=");
         assert_eq!(c.device_id, "a=b");
-        assert_eq!(c.key.expose(), "cGFzc3dvcmQ=");
+        assert_eq!(c.key.as_ref().unwrap().expose(), "cGFzc3dvcmQ=");
     }
 
     #[test]
@@ -410,13 +417,10 @@ mod tests {
         assert_eq!(e, ConnStrError::ServiceString);
         assert!(e.to_string().starts_with("this is a service/policy connection string"));
 
-        let e = err("HostName=h;DeviceId=d;x509=true");
-        assert_eq!(e, ConnStrError::X509Unsupported);
-        assert_eq!(
-            e.to_string(),
-            "X.509 authentication is not supported; use a SAS key (a connection string with SharedAccessKey)"
-        );
-        assert_eq!(err("HostName=h;DeviceId=d;X509=TRUE"), ConnStrError::X509Unsupported);
+        let c = parse("HostName=h;DeviceId=d;x509=true").unwrap();
+        assert_eq!((c.device_id.as_str(), c.key.is_none()), ("d", true));
+        assert!(parse("HostName=h;DeviceId=d;X509=TRUE").unwrap().key.is_none());
+        assert_eq!(err(&format!("HostName=h;DeviceId=d;SharedAccessKey={KEY};x509=true")), ConnStrError::X509WithKey);
         assert_eq!(err(&format!("HostName=h;DeviceId=d;SharedAccessKey={KEY};x509=maybe")), ConnStrError::BadX509Value);
 
         let e = err(&format!("HostName=h;DeviceId=d;SharedAccessKey={KEY};GatewayHostName=edge.local"));
@@ -545,7 +549,7 @@ mod tests {
             let c = parse(&s).unwrap();
             prop_assert_eq!(c.host_name, "hub.azure-devices.net");
             prop_assert_eq!(c.device_id, device);
-            prop_assert_eq!(c.key.expose(), key.as_str());
+            prop_assert_eq!(c.key.as_ref().unwrap().expose(), key.as_str());
         }
 
         #[test]

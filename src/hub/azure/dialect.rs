@@ -4,11 +4,12 @@
 
 use super::connstr::{self, ConnectionString};
 use super::{propbag, sas};
-use crate::config::{Config, MissingId, Transport};
-use crate::hub::{is_loopback, tls, HubError};
+use crate::config::{Auth, Config, MissingId, Transport};
+use crate::hub::net::{Endpoint, Net, Scheme};
+use crate::hub::{is_loopback, HubError};
 use crate::message::{unix_ms, Inbound};
 use rumqttc::MqttOptions;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const ENV_CONNECTION_STRING: &str = "C2D_GATEWAY_CONNECTION_STRING";
@@ -16,9 +17,8 @@ pub const ENV_CONNECTION_STRING: &str = "C2D_GATEWAY_CONNECTION_STRING";
 pub struct AzureDialect {
     cs: ConnectionString,
     api_version: String,
-    transport: Transport,
-    port: u16,
-    ca_file: Option<PathBuf>,
+    endpoint: Endpoint,
+    net: Net,
     sas_ttl: Duration,
     keep_alive: Duration,
     device_property: String,
@@ -72,6 +72,24 @@ fn read_secret_file(path: &Path) -> Result<String, HubError> {
         .ok_or_else(|| HubError::Config(format!("{} holds no connection string", path.display())))
 }
 
+/// Where IoT Hub listens for this transport: MQTT over TLS on 8883, plain
+/// MQTT (a local emulator), or MQTT over WebSockets at
+/// `wss://{host}:443/$iothub/websocket` (with `?iothub-no-client-cert=true`
+/// unless the device shows a certificate).
+pub fn azure_endpoint(host: &str, transport: Transport, port: Option<u16>, x509: bool) -> Endpoint {
+    let (scheme, default_port) = match transport {
+        Transport::Tls => (Scheme::Mqtts, 8883),
+        Transport::Mqtt => (Scheme::Mqtt, 1883),
+        Transport::Websockets => (Scheme::Wss, 443),
+    };
+    let path = match (transport, x509) {
+        (Transport::Websockets, false) => "/$iothub/websocket?iothub-no-client-cert=true",
+        (Transport::Websockets, true) => "/$iothub/websocket",
+        _ => "",
+    };
+    Endpoint { scheme, host: host.to_string(), port: port.unwrap_or(default_port), path: path.to_string() }
+}
+
 impl AzureDialect {
     pub fn from_config(cfg: &Config) -> Result<Self, HubError> {
         let cs = load_connection_string(cfg)?;
@@ -82,16 +100,40 @@ impl AzureDialect {
                 cs.host_name
             )));
         }
-        let port = hub.port.unwrap_or(match hub.transport {
-            Transport::Tls => 8883,
-            Transport::Mqtt => 1883,
-        });
+        let net = crate::hub::net_from_config(hub)?;
+        let x509 = match (hub.auth, cs.key.is_some()) {
+            (Some(Auth::X509), true) => {
+                return Err(HubError::Config(
+                    "auth = \"x509\" but the connection string has a SharedAccessKey: use one with x509=true \
+                     (HostName=...;DeviceId=...;x509=true)"
+                        .into(),
+                ))
+            }
+            (Some(Auth::Sas), false) => {
+                return Err(HubError::Config(
+                    "auth = \"sas\" but the connection string says x509=true and has no SharedAccessKey".into(),
+                ))
+            }
+            (_, has_key) => !has_key,
+        };
+        if x509 && net.client_cert.is_none() {
+            return Err(HubError::Config(
+                "X.509 authentication needs hub.certificate_file and hub.private_key_file (PEM)".into(),
+            ));
+        }
+        if !x509 && net.client_cert.is_some() {
+            return Err(HubError::Config(
+                "hub.certificate_file is set but the device authenticates with its SharedAccessKey: use a \
+                 connection string with x509=true (and no key), or leave the certificate out"
+                    .into(),
+            ));
+        }
+        let endpoint = azure_endpoint(&cs.host_name, hub.transport, hub.port, x509);
         Ok(AzureDialect {
             cs,
             api_version: hub.api_version.clone(),
-            transport: hub.transport,
-            port,
-            ca_file: hub.ca_file.clone(),
+            endpoint,
+            net,
             sas_ttl: *hub.sas_ttl,
             keep_alive: *hub.keep_alive,
             device_property: cfg.routing.device_property.clone(),
@@ -106,17 +148,26 @@ impl AzureDialect {
     }
 
     pub fn mqtt_options(&self) -> Result<MqttOptions, HubError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let expiry = now + self.sas_ttl.as_secs().max(1);
-        let token = sas::token(&self.cs.resource(), self.cs.key.expose(), expiry, None)
-            .map_err(|e| HubError::Config(format!("SAS token: {e}")))?;
-        let mut o = MqttOptions::new(self.cs.client_id(), self.cs.host_name.clone(), self.port);
-        o.set_credentials(self.cs.username(&self.api_version), token.expose().to_string());
+        let mut o = self.net.options(self.cs.client_id(), &self.endpoint)?;
+        // X.509: the certificate is the proof; the password stays empty.
+        let password = match &self.cs.key {
+            Some(key) => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+                let expiry = now + self.sas_ttl.as_secs().max(1);
+                let token = sas::token(&self.cs.resource(), key.expose(), expiry, None)
+                    .map_err(|e| HubError::Config(format!("SAS token: {e}")))?;
+                token.expose().to_string()
+            }
+            None => String::new(),
+        };
+        o.set_credentials(self.cs.username(&self.api_version), password);
         super::super::mqtt::common_options(&mut o, self.keep_alive);
-        if self.transport == Transport::Tls {
-            o.set_transport(tls::transport(self.ca_file.as_deref())?);
-        }
         Ok(o)
+    }
+
+    /// Whether there is a SAS token to renew (not with X.509).
+    pub fn uses_sas(&self) -> bool {
+        self.cs.key.is_some()
     }
 
     /// Renew at 80 % of the token's life (the C SDK's choice), less the
@@ -173,7 +224,19 @@ impl AzureDialect {
     }
 
     pub fn describe(&self) -> String {
-        format!("IoT Hub {}:{} as device {}", self.cs.host_name, self.port, self.cs.device_id)
+        let how = match (self.endpoint.scheme, self.cs.key.is_some()) {
+            (Scheme::Wss, true) => " over WebSockets",
+            (Scheme::Wss, false) => " over WebSockets, X.509",
+            (_, false) => ", X.509",
+            _ => "",
+        };
+        format!(
+            "IoT Hub {}:{} as device {}{how}{}",
+            self.cs.host_name,
+            self.endpoint.port,
+            self.cs.device_id,
+            self.net.describe_proxy()
+        )
     }
 }
 

@@ -1,5 +1,6 @@
 //! `c2d-gateway hub-emulator`: runs the IoT Hub emulator until Ctrl-C.
 
+use crate::emulator::x509::{parse_thumbprint, X509Auth};
 use crate::emulator::{Emulator, EmulatorOptions};
 use crate::hub::is_loopback;
 use std::net::SocketAddr;
@@ -14,13 +15,23 @@ pub struct Args {
     /// MQTT over TLS listener (certificate generated at start).
     #[arg(long, default_value = "127.0.0.1:8883")]
     pub tls: Option<SocketAddr>,
+    /// MQTT over WebSockets over TLS listener, at /$iothub/websocket
+    /// (Microsoft's SDK only uses 443 for it), e.g. 127.0.0.1:443.
+    #[arg(long)]
+    pub wss: Option<SocketAddr>,
+    /// Trust this CA (PEM) for X.509 devices registered as ID:x509-ca (the
+    /// certificate's common name is the device id).
+    #[arg(long, value_name = "PEM")]
+    pub x509_ca: Option<PathBuf>,
     /// HTTP back-end API listener.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: Option<SocketAddr>,
     /// Write the emulator's CA certificate (PEM) here.
     #[arg(long)]
     pub ca_out: Option<PathBuf>,
-    /// Register a device: ID or ID:BASE64KEY (a key is generated and printed when omitted).
+    /// Register a device: ID or ID:BASE64KEY (a key is generated and printed
+    /// when omitted); ID:x509=SHA256-THUMBPRINT (hex) or ID:x509-ca for an
+    /// X.509 device.
     #[arg(long = "device", value_name = "ID[:KEY]")]
     pub devices: Vec<String>,
     #[arg(long, default_value = "localhost")]
@@ -37,7 +48,7 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> Result<(), String> {
-    for addr in [a.mqtt, a.tls, a.http].into_iter().flatten() {
+    for addr in [a.mqtt, a.tls, a.wss, a.http].into_iter().flatten() {
         if !addr.ip().is_loopback() {
             return Err(format!("{addr}: the emulator only listens on loopback addresses"));
         }
@@ -49,6 +60,8 @@ pub async fn run(a: Args) -> Result<(), String> {
         host_name: a.host_name.clone(),
         mqtt: a.mqtt,
         tls: a.tls,
+        wss: a.wss,
+        x509_ca: a.x509_ca.as_deref().map(read_ca).transpose()?,
         http: a.http,
         lock_timeout: a.lock_timeout,
         default_ttl: a.default_ttl,
@@ -68,6 +81,11 @@ pub async fn run(a: Args) -> Result<(), String> {
         if id.is_empty() {
             return Err(format!("--device {spec:?}: empty device id"));
         }
+        if let Some(auth) = key.and_then(|k| x509_auth(id, k).transpose()) {
+            let cs = emu.add_x509_device(id, auth?);
+            println!("device {id}: {cs}");
+            continue;
+        }
         if let Some(k) = key {
             use base64::Engine;
             if base64::engine::general_purpose::STANDARD.decode(k).is_err() {
@@ -84,6 +102,9 @@ pub async fn run(a: Args) -> Result<(), String> {
     if let Some(a) = emu.tls_addr() {
         println!("MQTT/TLS mqtts://{a}");
     }
+    if let Some(a) = emu.wss_addr() {
+        println!("MQTT/WSS wss://{a}{}", crate::emulator::ws::PATH);
+    }
     if let Some(a) = emu.http_addr() {
         println!("HTTP     http://{a}  (POST /devices/ID/messages, GET /feedback, GET /devices/ID/events ...)");
     }
@@ -95,4 +116,26 @@ pub async fn run(a: Args) -> Result<(), String> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// `x509=THUMBPRINT` or `x509-ca` after a device id; None for a SAS key.
+fn x509_auth(id: &str, spec: &str) -> Result<Option<X509Auth>, String> {
+    if spec == "x509-ca" {
+        return Ok(Some(X509Auth::Ca));
+    }
+    match spec.strip_prefix("x509=") {
+        None => Ok(None),
+        Some(t) => parse_thumbprint(t)
+            .map(|t| Some(X509Auth::Thumbprint(t)))
+            .ok_or_else(|| format!("--device {id}: x509= takes the certificate's SHA-256 thumbprint (64 hex digits)")),
+    }
+}
+
+fn read_ca(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = crate::hub::tls::read_certificates(path, "--x509-ca").map_err(|e| e.to_string())?;
+    for c in certs {
+        roots.add(c).map_err(|e| format!("--x509-ca {}: {e}", path.display()))?;
+    }
+    Ok(roots)
 }

@@ -10,6 +10,8 @@ pub mod probe;
 pub mod state;
 pub mod tls;
 pub mod twin;
+pub mod ws;
+pub mod x509;
 
 use crate::hub::azure::propbag::C2dProperties;
 use mqtt::ConnMsg;
@@ -34,6 +36,10 @@ pub struct EmulatorOptions {
     pub mqtt: Option<SocketAddr>,
     /// MQTT over TLS listener (IoT Hub's port is 8883).
     pub tls: Option<SocketAddr>,
+    /// MQTT over WebSockets over TLS (`/$iothub/websocket`; IoT Hub's port is 443).
+    pub wss: Option<SocketAddr>,
+    /// The CA whose signature makes an X.509 device known by its common name.
+    pub x509_ca: Option<rustls::RootCertStore>,
     /// HTTP API listener.
     pub http: Option<SocketAddr>,
     pub lock_timeout: Duration,
@@ -47,6 +53,8 @@ impl Default for EmulatorOptions {
             host_name: "localhost".into(),
             mqtt: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             tls: None,
+            wss: None,
+            x509_ca: None,
             http: None,
             lock_timeout: Duration::from_secs(60),
             default_ttl: Duration::from_secs(3600),
@@ -75,6 +83,8 @@ pub struct Shared {
     state: Mutex<HubState>,
     conns: Mutex<HashMap<u64, mpsc::UnboundedSender<ConnMsg>>>,
     next_conn: AtomicU64,
+    /// CONNECTs refused (unknown device, bad credentials).
+    refused: AtomicU64,
     /// Timestamps for `bench` (see `probe.rs`), when `probing`.
     probing: AtomicBool,
     probe: Mutex<probe::Probe>,
@@ -144,6 +154,10 @@ impl Shared {
         self.pump();
     }
 
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn subscribed(&self, device: &str, conn: u64) {
         if let Some(d) = self.state().devices.get_mut(device) {
             if d.conn == Some(conn) {
@@ -199,6 +213,7 @@ pub struct Emulator {
     shared: Arc<Shared>,
     mqtt_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
+    wss_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     ca_pem: Option<String>,
     tasks: Vec<JoinHandle<()>>,
@@ -221,6 +236,7 @@ impl Emulator {
             state: Mutex::new(HubState::new(opts.lock_timeout)),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             probe: Mutex::new(probe::Probe::default()),
             methods: Mutex::new(methods::Pending::default()),
@@ -234,32 +250,21 @@ impl Emulator {
             tasks.push(tokio::spawn(async move {
                 while let Ok((s, _)) = l.accept().await {
                     let _ = s.set_nodelay(true);
-                    tokio::spawn(mqtt::serve(s, sh.clone()));
+                    tokio::spawn(mqtt::serve(s, sh.clone(), x509::Peer::default()));
                 }
             }));
         }
-        let mut tls_addr = None;
-        let mut ca_pem = None;
-        if let Some(addr) = opts.tls {
-            let certs = tls::generate(&opts.host_name).map_err(std::io::Error::other)?;
-            let acceptor = tokio_rustls::TlsAcceptor::from(certs.server.clone());
-            ca_pem = Some(certs.ca_pem);
-            let l = TcpListener::bind(addr).await?;
-            tls_addr = Some(l.local_addr()?);
-            let sh = shared.clone();
-            tasks.push(tokio::spawn(async move {
-                while let Ok((s, peer)) = l.accept().await {
-                    let _ = s.set_nodelay(true);
-                    let (acceptor, sh) = (acceptor.clone(), sh.clone());
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s)).await {
-                            Ok(Ok(tls)) => mqtt::serve(tls, sh).await,
-                            Ok(Err(e)) => tracing::info!(%peer, error = %e, "emulator: TLS handshake failed"),
-                            Err(_) => tracing::info!(%peer, "emulator: TLS handshake timed out"),
-                        }
-                    });
-                }
-            }));
+        let (mut tls_addr, mut wss_addr, mut ca_pem) = (None, None, None);
+        if opts.tls.is_some() || opts.wss.is_some() {
+            let certs = tls::generate(&opts.host_name, opts.x509_ca.clone()).map_err(std::io::Error::other)?;
+            ca_pem = Some(certs.ca_pem.clone());
+            let certs = Arc::new(certs);
+            for (addr, websocket) in [(opts.tls, false), (opts.wss, true)] {
+                let Some(addr) = addr else { continue };
+                let l = TcpListener::bind(addr).await?;
+                *(if websocket { &mut wss_addr } else { &mut tls_addr }) = Some(l.local_addr()?);
+                tasks.push(tokio::spawn(ws::listen_tls(l, certs.clone(), shared.clone(), websocket)));
+            }
         }
         let mut http_addr = None;
         if let Some(addr) = opts.http {
@@ -280,7 +285,7 @@ impl Emulator {
                 sh.pump();
             }
         }));
-        Ok(Emulator { shared, mqtt_addr, tls_addr, http_addr, ca_pem, tasks })
+        Ok(Emulator { shared, mqtt_addr, tls_addr, wss_addr, http_addr, ca_pem, tasks })
     }
 
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
@@ -289,6 +294,11 @@ impl Emulator {
 
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The MQTT-over-WebSockets listener (TLS).
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss_addr
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
@@ -319,6 +329,16 @@ impl Emulator {
         format!("HostName={};DeviceId={id};SharedAccessKey={key}", self.shared.host_name)
     }
 
+    /// Registers an X.509 device and returns its connection string
+    /// (`x509=true`: the device shows its certificate on a TLS listener).
+    pub fn add_x509_device(&self, id: &str, auth: x509::X509Auth) -> String {
+        self.shared
+            .state()
+            .devices
+            .insert(id.to_string(), state::Device { x509: Some(auth), ..state::Device::default() });
+        format!("HostName={};DeviceId={id};x509=true", self.shared.host_name)
+    }
+
     /// Enqueues a C2D message, like the service SDK's `SendAsync`; see [`Shared::send`].
     pub fn send(&self, device: &str, req: C2dRequest) -> Result<Option<String>, SendError> {
         self.shared.send(device, req)
@@ -343,6 +363,11 @@ impl Emulator {
     /// How many connections were accepted so far (a reconnect shows here).
     pub fn connections(&self) -> u64 {
         self.shared.next_conn.load(Ordering::Relaxed)
+    }
+
+    /// How many CONNECTs were refused so far (credentials, unknown ids).
+    pub fn refusals(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
     }
 
     /// Drops the device's connection, as a network fault would.

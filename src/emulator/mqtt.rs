@@ -78,8 +78,9 @@ pub fn keep_alive_limit(keep_alive_s: u16) -> Duration {
     }
 }
 
-/// Serves one client connection until it ends.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Shared>) {
+/// Serves one client connection until it ends. `peer`: what the TLS
+/// handshake proved (nothing on the plain listener).
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Shared>, peer: super::x509::Peer) {
     let mut w = Wire { stream, buf: BytesMut::with_capacity(4096) };
     let connect = match timeout(Duration::from_secs(10), w.read()).await {
         Ok(Ok(Packet::Connect(c))) => c,
@@ -87,9 +88,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
     };
     let device = connect.client_id.clone();
     let refuse = |code| Packet::ConnAck(ConnAck::new(code, false));
-    let key = shared.state().devices.get(&device).map(|d| d.key.clone());
-    let Some(key) = key else {
+    let auth = shared.state().devices.get(&device).map(|d| (d.key.clone(), d.x509.clone()));
+    let Some((key, x509)) = auth else {
         tracing::info!(%device, "emulator: unknown device id: refused");
+        shared.refused();
         let _ = w.write(refuse(ConnectReturnCode::BadClientId)).await;
         return;
     };
@@ -99,15 +101,25 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
         None => (String::new(), String::new()),
     };
     let user_ok = user.starts_with(&format!("{host}/{device}/?api-version="));
-    let expiry = match sas::verify(&token, &key, &format!("{host}/devices/{device}"), now_unix()) {
+    let proof = match &x509 {
+        // The certificate is the proof; no token, so nothing expires.
+        Some(auth) => super::x509::check(auth, &device, &peer).map(|()| u64::MAX),
+        None => sas::verify(&token, &key, &format!("{host}/devices/{device}"), now_unix()).map_err(|e| e.to_string()),
+    };
+    let expiry = match proof {
         Ok(e) if user_ok => e,
         Ok(_) => {
             tracing::info!(%device, "emulator: bad username: refused");
+            shared.refused();
             let _ = w.write(refuse(ConnectReturnCode::BadUserNamePassword)).await;
             return;
         }
         Err(e) => {
-            tracing::info!(%device, error = %e, "emulator: SAS token rejected: refused");
+            match x509 {
+                Some(_) => tracing::info!(%device, error = %e, "emulator: X.509 certificate rejected: refused"),
+                None => tracing::info!(%device, error = %e, "emulator: SAS token rejected: refused"),
+            }
+            shared.refused();
             let _ = w.write(refuse(ConnectReturnCode::NotAuthorized)).await;
             return;
         }

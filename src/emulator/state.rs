@@ -75,7 +75,10 @@ pub struct QueuedView {
 
 #[derive(Debug, Default)]
 pub struct Device {
+    /// The SAS key (base64); empty for an X.509 device.
     pub key: String,
+    /// How an X.509 device is recognised (no SAS then).
+    pub x509: Option<super::x509::X509Auth>,
     pub queue: VecDeque<C2d>,
     /// Live connection id, if connected.
     pub conn: Option<u64>,

@@ -8,6 +8,8 @@ use std::sync::Arc;
 pub struct Certs {
     pub ca_pem: String,
     pub server: Arc<rustls::ServerConfig>,
+    /// Judges the client certificates the server config asks for.
+    pub clients: Arc<super::x509::Verifier>,
 }
 
 /// Why the emulator's certificates could not be made.
@@ -19,7 +21,10 @@ pub enum CertError {
     Tls(#[from] rustls::Error),
 }
 
-pub fn generate(host_name: &str) -> Result<Certs, CertError> {
+/// A CA and server certificate for `host_name`; clients are asked for a
+/// certificate (X.509 devices), `x509_ca` is the CA whose signature makes a
+/// device known by its common name.
+pub fn generate(host_name: &str, x509_ca: Option<rustls::RootCertStore>) -> Result<Certs, CertError> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(DnType::CommonName, "c2d-gateway hub emulator CA");
@@ -39,9 +44,10 @@ pub fn generate(host_name: &str) -> Result<Certs, CertError> {
 
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let clients = Arc::new(super::x509::Verifier::new(provider.clone(), x509_ca)?);
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+        .with_client_cert_verifier(clients.clone())
         .with_single_cert(vec![leaf_cert.der().clone(), ca_cert.der().clone()], key)?;
-    Ok(Certs { ca_pem: ca_cert.pem(), server: Arc::new(server) })
+    Ok(Certs { ca_pem: ca_cert.pem(), server: Arc::new(server), clients })
 }

@@ -449,7 +449,7 @@ fn log_connection_error(e: &ConnectionError, wait: Duration) {
     let wait_ms = wait.as_millis() as u64;
     match e {
         ConnectionError::ConnectionRefused(code) => {
-            tracing::error!(?code, wait_ms, "the hub refused the connection (check the device id, key or password)")
+            tracing::error!(?code, wait_ms, "the hub refused the connection (check the device id and its key, password or certificate)")
         }
         other => tracing::warn!(error = %other, wait_ms, "hub connection lost or failed; reconnecting"),
     }

@@ -58,7 +58,12 @@ pub struct Rig {
 
 impl Rig {
     pub async fn new(lock: Duration) -> Rig {
-        let emu = Emulator::start(EmulatorOptions { lock_timeout: lock, ..EmulatorOptions::default() }).await.unwrap();
+        Rig::with(EmulatorOptions { lock_timeout: lock, ..EmulatorOptions::default() }).await
+    }
+
+    /// A rig whose emulator has these options (listeners, an X.509 CA).
+    pub async fn with(opts: EmulatorOptions) -> Rig {
+        let emu = Emulator::start(opts).await.unwrap();
         let conn_str = emu.add_device("gw1", None);
         let dev = SimDevice::new(&[1, 2, 3]);
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -69,16 +74,25 @@ impl Rig {
 
     /// The standard test config; `extra` is appended (more buses, devices).
     pub fn config(&self, extra: &str) -> String {
+        let hub = format!(
+            "connection_string = \"{}\"\ntransport = \"mqtt\"\nport = {}",
+            self.conn_str,
+            self.emu.mqtt_addr().unwrap().port()
+        );
+        self.config_hub(&hub, extra)
+    }
+
+    /// The standard test config with these `[hub]` lines (kind = "azure" and
+    /// handover_after are given).
+    pub fn config_hub(&self, hub: &str, extra: &str) -> String {
         format!(
             r#"
 [gateway]
 state_dir = "{state}"
 [hub]
 kind = "azure"
-connection_string = "{cs}"
-transport = "mqtt"
-port = {port}
 handover_after = "30s"
+{hub}
 [routing]
 device_property = "device"
 [buses.plc]
@@ -101,8 +115,6 @@ points.position = {{ table = "holding", address = 20, type = "i16" }}
 {extra}
 "#,
             state = self.state.path().display(),
-            cs = self.conn_str,
-            port = self.emu.mqtt_addr().unwrap().port(),
             modbus = self.modbus,
         )
     }

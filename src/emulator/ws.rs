@@ -34,7 +34,7 @@ type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 type WsStream = ws_stream_tungstenite::WsStream<async_tungstenite::tokio::TokioAdapter<TlsStream>>;
 
 enum Accepted {
-    Tls(TlsStream, super::x509::Peer),
+    Tls(Box<TlsStream>, super::x509::Peer),
     Ws(Box<WsStream>, super::x509::Peer),
 }
 
@@ -47,7 +47,7 @@ async fn accept(
     let tls = acceptor.accept(s).await.map_err(|e| format!("TLS: {e}"))?;
     let who = certs.clients.peer(tls.get_ref().1.peer_certificates());
     if !websocket {
-        return Ok(Accepted::Tls(tls, who));
+        return Ok(Accepted::Tls(Box::new(tls), who));
     }
     let ws = async_tungstenite::tokio::accept_hdr_async(tls, upgrade).await.map_err(|e| format!("WebSocket: {e}"))?;
     Ok(Accepted::Ws(Box::new(ws_stream_tungstenite::WsStream::new(ws)), who))

@@ -449,8 +449,18 @@ fn log_connection_error(e: &ConnectionError, wait: Duration) {
     let wait_ms = wait.as_millis() as u64;
     match e {
         ConnectionError::ConnectionRefused(code) => {
-            tracing::error!(?code, wait_ms, "the hub refused the connection (check the device id and its key, password or certificate)")
+            tracing::error!(
+                ?code,
+                wait_ms,
+                "the hub refused the connection (check the device id and its key, password or certificate)"
+            )
         }
+        other if other.to_string().contains("invalid peer certificate") => tracing::error!(
+            error = %other,
+            wait_ms,
+            "the hub's TLS certificate is not trusted: check hub.ca_file and the system's CA store (a proxy that \
+             opens TLS itself is not supported: the gateway verifies the hub end to end)"
+        ),
         other => tracing::warn!(error = %other, wait_ms, "hub connection lost or failed; reconnecting"),
     }
 }

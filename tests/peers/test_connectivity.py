@@ -1,0 +1,125 @@
+"""The gateway's way out of a plant network: MQTT over WebSockets through a
+real HTTP CONNECT proxy (Debian's tinyproxy, started here on loopback), to
+the hub emulator (`transport = "websockets"`, TLS verified end to end
+through the tunnel) and to Mosquitto's WebSocket listener (`kind = "mqtt"`,
+`ws://`). Each message is written once by the pymodbus device and reported;
+the proxy's own log shows the CONNECT; a gateway trusting the wrong CA is
+refused although the proxy let it through."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import Backend, require_program
+from hub_emulator import emulator  # noqa: F401 (a fixture)
+from test_hub_faults import BOILER, Batch, assert_exactly_once, wait_emulator_done
+from util import HOST, Proc, free_port, modbus_tcp_bus, port_accepts, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Tinyproxy:
+    """tinyproxy on a free loopback port, in the foreground, logging each
+    CONNECT it serves."""
+
+    def __init__(self, workdir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log = workdir / "tinyproxy.log"
+        self.log.touch()
+        self.log.chmod(0o666)
+        conf = workdir / "tinyproxy.conf"
+        conf.write_text(
+            f"Port {self.port}\nListen {HOST}\nTimeout 600\nMaxClients 20\nAllow {HOST}\n"
+            f'LogFile "{self.log}"\nLogLevel Connect\n', encoding="utf-8")
+        self.proc = Proc([require_program("tinyproxy"), "-d", "-c", conf], workdir / "stderr.log")
+
+    def start(self) -> "Tinyproxy":
+        self.proc.start()
+        self.proc.wait_ready(lambda: port_accepts(self.port), 10, f"tinyproxy on {self.port}")
+        return self
+
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def connects(self) -> list[str]:
+        """The `host:port` of each CONNECT request in the proxy's log."""
+        return re.findall(r"CONNECT (\S+) HTTP", self.log.read_text(encoding="utf-8", errors="replace"))
+
+
+@pytest.fixture
+def tinyproxy(tmp_path):
+    proxy = Tinyproxy(tmp_path / "tinyproxy").start()
+    yield proxy
+    proxy.proc.stop()
+
+
+def websockets_hub(emu, proxy_url: str, ca_file) -> str:
+    return (f'[hub]\nkind = "azure"\nconnection_string_file = "{emu.cs_file}"\ntransport = "websockets"\n'
+            f'port = {emu.wss_port}\nca_file = "{ca_file}"\nproxy = "{proxy_url}"\n\n'
+            '[routing]\ndevice_property = "device"\n\n')
+
+
+def test_iot_hub_over_websockets_through_an_http_proxy(emulator, tinyproxy, modbus_device, gateway):
+    emu = emulator(args=["--wss", f"{HOST}:0"])
+    device = modbus_device()
+    gw = gateway(websockets_hub(emu, tinyproxy.url(), emu.ca_file) + modbus_tcp_bus("plc", device.address) + BOILER)
+    gw.wait_log(r"connected to the hub", timeout=20)
+    assert f"localhost:{emu.wss_port}" in tinyproxy.connects(), tinyproxy.log.read_text()
+    assert "over WebSockets through proxy http://127.0.0.1" in gw.log_text()
+    batch = Batch("ws", 10)
+    for mid in batch.ids:
+        emu.send(mid, "boiler", batch.body(mid))
+    wait_emulator_done(emu, batch.ids)
+    wait_until(lambda: {r["message_id"] for r in emu.reports() if r["status"] == "delivered"} >= set(batch.ids),
+               20, what="a delivered report per message")
+    assert_exactly_once(device, batch, gw)
+
+
+def test_a_wrong_ca_is_refused_through_the_proxy(emulator, tinyproxy, modbus_device, gateway, tmp_path):
+    emu = emulator(args=["--wss", f"{HOST}:0"])
+    other = emulator()  # another emulator's CA: not the one that signed this hub's certificate
+    device = modbus_device()
+    gw = gateway(websockets_hub(emu, tinyproxy.url(), other.ca_file) + modbus_tcp_bus("plc", device.address)
+                 + BOILER, wait_ready=False)
+    wait_until(lambda: "the hub's TLS certificate is not trusted" in gw.log_text(), 20,
+               what="the TLS refusal in the gateway's log")
+    assert tinyproxy.connects(), "the proxy saw no CONNECT: the refusal must come from TLS, through the tunnel"
+    assert "emulator: device connected" not in emu.log_text()
+    assert "handshake failed" in emu.log_text() or "TLS" in emu.log_text()
+    assert gw.alive
+
+
+def test_a_broker_over_ws_through_the_proxy(tmp_path, tinyproxy, modbus_device, gateway):
+    mosquitto = require_program("mosquitto")
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    mqtt_port, ws_port = free_port(), free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {mqtt_port} {HOST}\nallow_anonymous true\n"
+                    f"listener {ws_port} {HOST}\nprotocol websockets\n"
+                    "persistence false\nlog_dest stderr\nlog_type all\n", encoding="utf-8")
+    broker = Proc([mosquitto, "-c", conf], workdir / "mosquitto.log")
+    broker.start()
+    try:
+        broker.wait_ready(lambda: port_accepts(ws_port) and port_accepts(mqtt_port), 10, "mosquitto")
+        backend = Backend(type("B", (), {"host": HOST, "port": mqtt_port})(), "backend-ws")
+        device = modbus_device()
+        gw = gateway(f'[hub]\nkind = "mqtt"\nurl = "ws://{HOST}:{ws_port}/mqtt"\nclient_id = "gw-ws"\n'
+                     f'proxy = "{tinyproxy.url()}"\n\n[routing]\ndefault_device = "boiler"\n\n'
+                     + modbus_tcp_bus("plc", device.address) + BOILER)
+        gw.wait_log(r"connected to the hub", timeout=20)
+        assert f"{HOST}:{ws_port}" in tinyproxy.connects()
+        batch = Batch("mq", 5)
+        for mid in batch.ids:
+            backend.publish("boiler", {"id": mid, **batch.body(mid)})
+        reports = backend.wait_reports(batch.ids, 20)
+        assert {r["status"] for r in reports.values()} == {"delivered"}, reports
+        assert_exactly_once(device, batch, gw)
+        backend.client.loop_stop()
+    finally:
+        broker.stop()

@@ -1,13 +1,16 @@
 //! The daemon's ways to the hub, in process against the emulator: MQTT over
 //! WebSockets over TLS (`transport = "websockets"`), and X.509 devices (a
 //! registered thumbprint over 8883-style TLS, a CA-signed certificate over
-//! WebSockets), a wrong certificate refused. The HTTP proxy and Microsoft's
+//! WebSockets), a wrong certificate refused; the Device Provisioning Service
+//! (an individual key, a group member's derived key over WebSockets, a
+//! CA-signed certificate), with a device moved and provisioned again. The HTTP proxy and Microsoft's
 //! SDKs are in `tests/peers` and `tests/sdk`.
 
 mod common;
 
+use c2d_gateway::emulator::dps::Enrollment;
 use c2d_gateway::emulator::x509::{thumbprint, X509Auth};
-use c2d_gateway::emulator::EmulatorOptions;
+use c2d_gateway::emulator::{C2dRequest, EmulatorOptions};
 use common::{wait_until, Gateway, Rig};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::net::SocketAddr;
@@ -124,4 +127,129 @@ async fn a_ca_signed_device_connects_over_websockets_and_a_stranger_certificate_
     let (_, cert, key) = device_cert(rig.state.path(), "gw1", Some(&issuer));
     let gw = Gateway::start(&rig.config_hub(&hub(&cert, &key), "")).await;
     delivers(&rig, gw, "ca-1").await;
+}
+
+const SCOPE: &str = "0ne00E2E";
+const KEY: &str = "ZHBzLWRldmljZS1rZXktZm9yLXRoZS1lMmUtdGVzdHM=";
+const GROUP_KEY: &str = "Z3JvdXAta2V5LWZvci10aGUtZTJlLXRlc3RzLWJhc2U2NA==";
+
+fn dps_rig_options(extra: EmulatorOptions) -> EmulatorOptions {
+    EmulatorOptions {
+        mqtt: local(),
+        tls: local(),
+        wss: local(),
+        id_scope: Some(SCOPE.into()),
+        enrollments: vec![("gw-dps".into(), Enrollment::Key(KEY.into()))],
+        enrollment_groups: vec![("plant-7".into(), GROUP_KEY.into())],
+        ..extra
+    }
+}
+
+fn secret_file(rig: &Rig, name: &str, text: &str) -> PathBuf {
+    let path = rig.state.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Sends `id` to `boiler` through device `hub_device` at the emulator.
+fn send_to(rig: &Rig, hub_device: &str, id: &str, value: u16) {
+    let req = C2dRequest {
+        body: format!(r#"{{"point": "mode", "value": {value}}}"#).into_bytes(),
+        message_id: Some(id.into()),
+        ack: Some("full".into()),
+        properties: vec![("device".into(), "boiler".into())],
+        ..C2dRequest::default()
+    };
+    rig.emu.send(hub_device, req).unwrap();
+}
+
+fn delivered_reports(rig: &Rig, hub_device: &str) -> Vec<String> {
+    rig.emu
+        .events(hub_device)
+        .into_iter()
+        .filter(|e| e.properties.iter().any(|(k, v)| k == "c2d-status" && v.as_deref() == Some("delivered")))
+        .filter_map(|e| e.properties.iter().find(|(k, _)| k == "$.cid").and_then(|(_, v)| v.clone()))
+        .collect()
+}
+
+fn mode_writes(rig: &Rig) -> Vec<u16> {
+    rig.dev.writes().into_iter().filter(|w| w.address == 10).flat_map(|w| w.registers).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_only_dps_provisions_delivers_and_provisions_again_when_moved() {
+    let rig = Rig::with(dps_rig_options(EmulatorOptions::default())).await;
+    let hub = format!(
+        "transport = \"mqtt\"\nport = {port}\n[hub.dps]\nid_scope = \"{SCOPE}\"\nregistration_id = \"gw-dps\"\n\
+         global_endpoint = \"127.0.0.1:{port}\"\nsymmetric_key_file = \"{key}\"",
+        port = rig.emu.mqtt_addr().unwrap().port(),
+        key = secret_file(&rig, "dps.key", &format!("{KEY}\n")).display()
+    );
+    let cfg = rig.config_hub(&hub, "");
+    let gw = Gateway::start(&cfg).await;
+    wait_until("registered at DPS", T, || rig.emu.shared().dps().registrations == 1).await;
+    send_to(&rig, "gw-dps", "d-1", 101);
+    wait_until("d-1 delivered", T, || delivered_reports(&rig, "gw-dps") == ["d-1"]).await;
+    let cache = std::fs::read_to_string(rig.state.path().join("dps-assignment.json")).unwrap();
+    assert!(cache.contains("\"assigned_hub\": \"localhost\"") && !cache.contains(KEY), "{cache}");
+    gw.stop().await;
+
+    // A restart takes the cached assignment: no second registration.
+    let gw = Gateway::start(&cfg).await;
+    send_to(&rig, "gw-dps", "d-2", 102);
+    wait_until("d-2 delivered", T, || delivered_reports(&rig, "gw-dps").len() == 2).await;
+    assert_eq!(rig.emu.shared().dps().registrations, 1);
+
+    // Moved: the hub refuses the old credentials; messages sent meanwhile
+    // wait at the hub, and arrive once the gateway has provisioned again.
+    assert!(rig.emu.shared().move_device("gw-dps"));
+    send_to(&rig, "gw-dps", "d-3", 103);
+    wait_until("registered again", Duration::from_secs(20), || rig.emu.shared().dps().registrations == 2).await;
+    wait_until("d-3 delivered", T, || delivered_reports(&rig, "gw-dps").len() == 3).await;
+    assert_eq!(mode_writes(&rig), [101, 102, 103], "each command written once");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_member_provisions_over_websockets_with_its_derived_key() {
+    let rig = Rig::with(dps_rig_options(EmulatorOptions::default())).await;
+    let wss = rig.emu.wss_addr().unwrap().port();
+    let hub = format!(
+        "transport = \"websockets\"\nport = {wss}\nca_file = \"{ca}\"\n[hub.dps]\nid_scope = \"{SCOPE}\"\n\
+         registration_id = \"line-4-gw\"\nglobal_endpoint = \"localhost:{wss}\"\nenrollment_group_key_file = \"{key}\"",
+        ca = ca_file(&rig).display(),
+        key = secret_file(&rig, "group.key", GROUP_KEY).display()
+    );
+    let gw = Gateway::start(&rig.config_hub(&hub, "")).await;
+    wait_until("registered at DPS", T, || rig.emu.shared().dps().registrations == 1).await;
+    send_to(&rig, "line-4-gw", "g-1", 201);
+    wait_until("g-1 delivered", T, || delivered_reports(&rig, "line-4-gw") == ["g-1"]).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_x509_device_provisions_by_its_ca_signed_certificate() {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "fleet CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let rig = Rig::with(dps_rig_options(EmulatorOptions { x509_ca: Some(roots), ..EmulatorOptions::default() })).await;
+    let (_, cert, key) = device_cert(rig.state.path(), "cert-gw-9", Some(&issuer));
+    let tls = rig.emu.tls_addr().unwrap().port();
+    let hub = format!(
+        "port = {tls}\nca_file = \"{ca}\"\ncertificate_file = \"{c}\"\nprivate_key_file = \"{k}\"\n[hub.dps]\n\
+         id_scope = \"{SCOPE}\"\nglobal_endpoint = \"localhost:{tls}\"",
+        ca = ca_file(&rig).display(),
+        c = cert.display(),
+        k = key.display()
+    );
+    let gw = Gateway::start(&rig.config_hub(&hub, "")).await;
+    wait_until("registered at DPS", T, || rig.emu.shared().dps().registrations == 1).await;
+    send_to(&rig, "cert-gw-9", "x-1", 301);
+    wait_until("x-1 delivered", T, || delivered_reports(&rig, "cert-gw-9") == ["x-1"]).await;
+    gw.stop().await;
 }

@@ -1,5 +1,6 @@
 //! `c2d-gateway hub-emulator`: runs the IoT Hub emulator until Ctrl-C.
 
+use crate::emulator::dps::Enrollment;
 use crate::emulator::x509::{parse_thumbprint, X509Auth};
 use crate::emulator::{Emulator, EmulatorOptions};
 use crate::hub::is_loopback;
@@ -23,6 +24,18 @@ pub struct Args {
     /// certificate's common name is the device id).
     #[arg(long, value_name = "PEM")]
     pub x509_ca: Option<PathBuf>,
+    /// Serve a Device Provisioning Service with this id scope (on the MQTT,
+    /// TLS and WebSocket listeners, told apart by the CONNECT's user name).
+    #[arg(long)]
+    pub id_scope: Option<String>,
+    /// A DPS individual enrollment: REGISTRATION_ID:BASE64KEY, or
+    /// REGISTRATION_ID:x509=SHA256-THUMBPRINT.
+    #[arg(long = "enrollment", value_name = "ID:KEY")]
+    pub enrollments: Vec<String>,
+    /// A DPS enrollment group: NAME:BASE64KEY (each device's key is derived
+    /// from it and its registration id).
+    #[arg(long = "enrollment-group", value_name = "NAME:KEY")]
+    pub enrollment_groups: Vec<String>,
     /// HTTP back-end API listener.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: Option<SocketAddr>,
@@ -62,6 +75,16 @@ pub async fn run(a: Args) -> Result<(), String> {
         tls: a.tls,
         wss: a.wss,
         x509_ca: a.x509_ca.as_deref().map(read_ca).transpose()?,
+        id_scope: a.id_scope.clone(),
+        enrollments: a.enrollments.iter().map(|e| enrollment(e)).collect::<Result<_, _>>()?,
+        enrollment_groups: a
+            .enrollment_groups
+            .iter()
+            .map(|g| match g.split_once(':') {
+                Some((name, key)) if !name.is_empty() && is_base64(key) => Ok((name.to_string(), key.to_string())),
+                _ => Err(format!("--enrollment-group {g:?}: NAME:BASE64KEY")),
+            })
+            .collect::<Result<_, _>>()?,
         http: a.http,
         lock_timeout: a.lock_timeout,
         default_ttl: a.default_ttl,
@@ -108,6 +131,9 @@ pub async fn run(a: Args) -> Result<(), String> {
     if let Some(a) = emu.http_addr() {
         println!("HTTP     http://{a}  (POST /devices/ID/messages, GET /feedback, GET /devices/ID/events ...)");
     }
+    if let Some(scope) = &a.id_scope {
+        println!("DPS      id scope {scope} on the MQTT, TLS and WebSocket listeners");
+    }
     println!("hub emulator running; Ctrl-C stops it");
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -138,4 +164,21 @@ fn read_ca(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
         roots.add(c).map_err(|e| format!("--x509-ca {}: {e}", path.display()))?;
     }
     Ok(roots)
+}
+
+fn is_base64(s: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).is_ok_and(|k| !k.is_empty())
+}
+
+/// `ID:KEY` or `ID:x509=THUMBPRINT`.
+fn enrollment(spec: &str) -> Result<(String, Enrollment), String> {
+    let bad = || format!("--enrollment {spec:?}: REGISTRATION_ID:BASE64KEY or REGISTRATION_ID:x509=SHA256-THUMBPRINT");
+    let (id, rest) = spec.split_once(':').filter(|(id, _)| !id.is_empty()).ok_or_else(bad)?;
+    let e = match rest.strip_prefix("x509=") {
+        Some(t) => Enrollment::X509(parse_thumbprint(t).ok_or_else(bad)?),
+        None if is_base64(rest) => Enrollment::Key(rest.to_string()),
+        None => return Err(bad()),
+    };
+    Ok((id.to_string(), e))
 }

@@ -352,6 +352,9 @@ pub struct HubConfig {
     pub private_key_file: Option<PathBuf>,
     /// An HTTP CONNECT proxy, `http://[user:password@]host[:port]`.
     pub proxy: Option<Secret>,
+    /// Device Provisioning Service (`[hub.dps]`, kind = "azure"): the hub
+    /// and device id come from DPS instead of a connection string.
+    pub dps: Option<DpsConfig>,
     #[serde(default)]
     pub complete: Complete,
     #[serde(default = "default_handover_after")]
@@ -371,6 +374,28 @@ pub struct HubConfig {
     /// Bodies larger than this are rejected (IoT Hub's limit is 64 KB).
     #[serde(default = "default_max_body")]
     pub max_body: usize,
+}
+
+/// `[hub.dps]`: how to register with the Device Provisioning Service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpsConfig {
+    /// The DPS instance's id scope (`0ne...`).
+    pub id_scope: String,
+    /// The registration id (with X.509: the certificate's common name, the default).
+    pub registration_id: Option<String>,
+    /// DPS's host, or `host:port` (8883 for TLS, 443 with WebSockets by default).
+    #[serde(default = "default_dps_endpoint")]
+    pub global_endpoint: String,
+    /// An individual enrollment's symmetric key (base64, in a file).
+    pub symmetric_key_file: Option<PathBuf>,
+    /// An enrollment group's key (base64, in a file): the device's key is
+    /// derived from it and the registration id.
+    pub enrollment_group_key_file: Option<PathBuf>,
+}
+
+fn default_dps_endpoint() -> String {
+    crate::hub::dps::DEFAULT_ENDPOINT.into()
 }
 
 fn default_api_version() -> String {

@@ -94,8 +94,8 @@ fn gateway(c: &mut Checker, g: &GatewayConfig) {
     }
 }
 
-const AZURE_ONLY: [&str; 6] =
-    ["connection_string", "connection_string_file", "transport", "api_version", "sas_ttl", "auth"];
+const AZURE_ONLY: [&str; 7] =
+    ["connection_string", "connection_string_file", "transport", "api_version", "sas_ttl", "auth", "dps"];
 const MQTT_ONLY: [&str; 8] =
     ["url", "username", "password", "password_file", "subscribe", "report_topic", "telemetry_topic", "client_id"];
 
@@ -112,6 +112,9 @@ fn hub(c: &mut Checker, h: &HubConfig) {
                 if let Some(missing) = connection_string_gap(cs.expose()) {
                     c.value(&p("connection_string"), missing);
                 }
+            }
+            if let Some(d) = &h.dps {
+                dps(c, h, d);
             }
             if h.sas_ttl.is_zero() {
                 c.value(&p("sas_ttl"), "must be longer than 0s");
@@ -167,6 +170,34 @@ fn hub(c: &mut Checker, h: &HubConfig) {
     }
     if !(1..=262_144).contains(&h.max_body) {
         c.value(&p("max_body"), "must be between 1 and 262144 (bytes)");
+    }
+}
+
+/// `[hub.dps]`: one way to attest, an id scope, a registration id.
+fn dps(c: &mut Checker, h: &HubConfig, d: &crate::config::DpsConfig) {
+    let p = |k| ["hub", "dps", k];
+    for k in ["connection_string", "connection_string_file"] {
+        if c.doc.has(&["hub", k]) {
+            c.key(&["hub", k], "is not used with [hub.dps]: DPS says which hub and device id to use");
+        }
+    }
+    if d.id_scope.trim().is_empty() {
+        c.value(&p("id_scope"), "must not be empty (the DPS instance's ID Scope, e.g. \"0ne00000A0A\")");
+    }
+    let x509 = h.certificate_file.is_some();
+    match (&d.symmetric_key_file, &d.enrollment_group_key_file) {
+        (Some(_), Some(_)) => c.key(&p("enrollment_group_key_file"), "set symmetric_key_file or enrollment_group_key_file, not both"),
+        (None, None) if !x509 => c.key(
+            &["hub", "dps"],
+            "needs symmetric_key_file, enrollment_group_key_file, or an X.509 certificate (hub.certificate_file and hub.private_key_file)",
+        ),
+        _ => {}
+    }
+    if d.registration_id.is_none() && !x509 {
+        c.key(&["hub", "dps"], "needs registration_id (with X.509 it is the certificate's common name)");
+    }
+    if d.registration_id.as_deref().is_some_and(|r| r.is_empty() || r.len() > 128) {
+        c.value(&p("registration_id"), "must be 1 to 128 characters");
     }
 }
 

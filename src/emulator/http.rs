@@ -10,6 +10,9 @@
 //!   the emulator makes up no id, and the message goes without `$.mid`;
 //!   without `iothub-expiry` it goes without `$.exp`)
 //! - `GET /devices/{id}/messages`: the device's queue
+//! - `POST /devices/{id}/move`: the hub forgets the device's credentials and
+//!   drops its connection, as when DPS moved it to another hub → 204
+//! - `GET /dps/registrations`: `{"registrations": N}` completed at the DPS
 //! - `GET /feedback`: delivery feedback records
 //! - `GET /devices/{id}/events`: D2C messages with their properties
 //! - `DELETE /devices/{id}/messages`: purge
@@ -56,6 +59,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/devices/{id}/messages", post(send).get(queue).delete(purge))
         .route("/devices/{id}/events", get(events))
+        .route("/devices/{id}/move", post(move_device))
+        .route("/dps/registrations", get(dps_registrations))
         .route("/feedback", get(feedback))
         .route("/twins/{id}/methods", post(invoke))
         .route("/twins/{id}", get(twin).patch(patch_twin))
@@ -154,6 +159,20 @@ async fn events(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> Respon
     }
     let ev: Vec<_> = st.events.iter().filter(|e| e.device_id == id).cloned().collect();
     Json(ev).into_response()
+}
+
+/// The hub forgets the device's credentials (as if DPS moved it away): 204.
+async fn move_device(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if sh.move_device(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, format!("device {id} is not registered"))
+    }
+}
+
+/// How many DPS registrations completed.
+async fn dps_registrations(State(sh): State<Arc<Shared>>) -> Response {
+    Json(json!({"registrations": sh.dps().registrations})).into_response()
 }
 
 async fn feedback(State(sh): State<Arc<Shared>>) -> Response {

@@ -3,6 +3,7 @@
 //! per-device C2D queues with locks, redelivery and TTL, delivery feedback,
 //! and a D2C event store.
 
+pub mod dps;
 pub mod http;
 pub mod methods;
 pub mod mqtt;
@@ -40,6 +41,11 @@ pub struct EmulatorOptions {
     pub wss: Option<SocketAddr>,
     /// The CA whose signature makes an X.509 device known by its common name.
     pub x509_ca: Option<rustls::RootCertStore>,
+    /// DPS: its id scope (none: no DPS), individual enrollments and groups
+    /// (name, key).
+    pub id_scope: Option<String>,
+    pub enrollments: Vec<(String, dps::Enrollment)>,
+    pub enrollment_groups: Vec<(String, String)>,
     /// HTTP API listener.
     pub http: Option<SocketAddr>,
     pub lock_timeout: Duration,
@@ -55,6 +61,9 @@ impl Default for EmulatorOptions {
             tls: None,
             wss: None,
             x509_ca: None,
+            id_scope: None,
+            enrollments: Vec::new(),
+            enrollment_groups: Vec::new(),
             http: None,
             lock_timeout: Duration::from_secs(60),
             default_ttl: Duration::from_secs(3600),
@@ -90,6 +99,8 @@ pub struct Shared {
     probe: Mutex<probe::Probe>,
     /// Direct method calls waiting for their answer.
     methods: Mutex<methods::Pending>,
+    /// The Device Provisioning Service's enrollments and operations.
+    dps: Mutex<dps::DpsState>,
 }
 
 impl Shared {
@@ -111,6 +122,29 @@ impl Shared {
 
     pub(crate) fn probe(&self) -> MutexGuard<'_, probe::Probe> {
         self.probe.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn dps(&self) -> MutexGuard<'_, dps::DpsState> {
+        self.dps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The hub forgets the device's credentials and drops its connection,
+    /// as when DPS moved it to another hub: only a new registration brings
+    /// it back (its queue and twin stay). False for an unknown device.
+    pub fn move_device(&self, device: &str) -> bool {
+        let conn = {
+            let mut st = self.state();
+            let Some(d) = st.devices.get_mut(device) else { return false };
+            d.key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0x5a; 32]);
+            if d.x509.is_some() {
+                d.x509 = Some(x509::X509Auth::Thumbprint("0".repeat(64)));
+            }
+            d.conn
+        };
+        if let Some(tx) = conn.and_then(|c| self.conns().get(&c).cloned()) {
+            let _ = tx.send(ConnMsg::Close("the device was moved (DPS)"));
+        }
+        true
     }
 
     pub fn state(&self) -> MutexGuard<'_, HubState> {
@@ -240,6 +274,12 @@ impl Emulator {
             probing: AtomicBool::new(false),
             probe: Mutex::new(probe::Probe::default()),
             methods: Mutex::new(methods::Pending::default()),
+            dps: Mutex::new(dps::DpsState {
+                id_scope: opts.id_scope.clone(),
+                individual: opts.enrollments.iter().cloned().collect(),
+                groups: opts.enrollment_groups.clone(),
+                ..dps::DpsState::default()
+            }),
         });
         let mut tasks = Vec::new();
         let mut mqtt_addr = None;

@@ -34,13 +34,13 @@ pub enum ConnMsg {
     Close(&'static str),
 }
 
-struct Wire<S> {
-    stream: S,
+pub(super) struct Wire<S> {
+    pub(super) stream: S,
     buf: BytesMut,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
-    async fn read(&mut self) -> Result<Packet, String> {
+    pub(super) async fn read(&mut self) -> Result<Packet, String> {
         loop {
             match Packet::read(&mut self.buf, MAX_PACKET) {
                 Ok(p) => return Ok(p),
@@ -54,7 +54,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
     }
 
-    async fn write(&mut self, p: Packet) -> Result<(), String> {
+    pub(super) async fn write(&mut self, p: Packet) -> Result<(), String> {
         let mut out = BytesMut::new();
         p.write(&mut out, MAX_PACKET).map_err(|e| format!("{e:?}"))?;
         self.stream.write_all(&out).await.map_err(|e| e.to_string())
@@ -86,6 +86,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
         Ok(Ok(Packet::Connect(c))) => c,
         _ => return,
     };
+    // DPS shares the listeners; its clients name a registration, not a device.
+    if connect.login.as_ref().is_some_and(|l| super::dps::dps_user(&l.username).is_some()) {
+        return super::dps::serve(w, connect, shared, peer).await;
+    }
     let device = connect.client_id.clone();
     let refuse = |code| Packet::ConnAck(ConnAck::new(code, false));
     let auth = shared.state().devices.get(&device).map(|d| (d.key.clone(), d.x509.clone()));

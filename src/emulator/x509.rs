@@ -43,12 +43,7 @@ pub fn thumbprint(cert: &CertificateDer<'_>) -> String {
     Sha256::digest(cert.as_ref()).iter().map(|b| format!("{b:02X}")).collect()
 }
 
-/// The subject's common name of a certificate (DER).
-pub fn common_name(cert: &[u8]) -> Option<String> {
-    let (_, c) = x509_parser::parse_x509_certificate(cert).ok()?;
-    let cn = c.subject().iter_common_name().next()?.as_str().ok()?.to_string();
-    Some(cn)
-}
+pub use crate::hub::tls::common_name;
 
 /// Accepts any certificate whose key signed the handshake; who it belongs
 /// to is decided later, per device (see [`Verifier::peer`]).

@@ -90,12 +90,15 @@ impl AcksOut {
 /// more (its receiver dropped) are dropped: the daemon drains the
 /// receiver while the link stops, so none are lost that way.
 pub async fn run(
-    dialect: Dialect,
+    mut dialect: Dialect,
     events: mpsc::Sender<HubEvent>,
     mut commands: mpsc::UnboundedReceiver<HubCommand>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Stopped {
     let mut failures: u32 = 0;
+    if dialect.needs_provisioning() && !provision(&mut dialect, &mut shutdown).await {
+        return Stopped::default();
+    }
     let opts = loop {
         match dialect.mqtt_options() {
             Ok(o) => break o,
@@ -272,11 +275,30 @@ pub async fn run(
                         failures += 1;
                         let wait = reconnect_delay(failures, fastrand::f64());
                         log_connection_error(&e, wait);
+                        let refused = matches!(e, ConnectionError::ConnectionRefused(
+                            rumqttc::ConnectReturnCode::NotAuthorized
+                                | rumqttc::ConnectReturnCode::BadUserNamePassword
+                                | rumqttc::ConnectReturnCode::BadClientId
+                        ));
+                        let reprovision = refused && dialect.forget_assignment();
+                        if reprovision {
+                            tracing::warn!("the hub refused the identity DPS gave: provisioning again");
+                        }
                         // The token may have expired during the outage.
                         refresh_credentials(&dialect, &mut eventloop);
                         tokio::select! {
                             _ = sleep(wait) => {}
                             _ = shutdown.changed() => return Stopped::default(),
+                        }
+                        if reprovision {
+                            if !provision(&mut dialect, &mut shutdown).await {
+                                return Stopped::default();
+                            }
+                            match dialect.mqtt_options() {
+                                Ok(o) => eventloop.mqtt_options = o,
+                                Err(e) => tracing::error!(error = %e, "cannot build the hub connection settings"),
+                            }
+                            tracing::info!(hub = %dialect.describe(), "connecting to the hub");
                         }
                     }
                 }
@@ -430,6 +452,36 @@ fn reclaim_publishes(eventloop: &mut rumqttc::EventLoop, outbox: &mut VecDeque<H
     eventloop.state.events.clear();
     for p in inflight.lost().into_iter().rev() {
         outbox.push_front(HubCommand::Publish { topic: p.topic, payload: p.payload, report: p.report });
+    }
+}
+
+/// Registers through DPS until it works (back-off between attempts) or the
+/// gateway stops (false). A new device id ends the process (exit status
+/// 75): the pipeline runs under the old one, and a restart reads the cached
+/// assignment.
+async fn provision(dialect: &mut Dialect, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let mut failures: u32 = 0;
+    loop {
+        let r = tokio::select! {
+            r = dialect.provision() => r,
+            _ = shutdown.changed() => return false,
+        };
+        match r {
+            Ok(()) => return true,
+            Err(e @ super::dps::DpsError::DeviceIdChanged { .. }) => {
+                tracing::error!(error = %e, "restarting");
+                std::process::exit(75);
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = reconnect_delay(failures, fastrand::f64());
+                tracing::error!(error = %e, wait_ms = wait.as_millis() as u64, "DPS registration failed; trying again");
+                tokio::select! {
+                    _ = sleep(wait) => {}
+                    _ = shutdown.changed() => return false,
+                }
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! [`Inbound`] message and say where result reports go.
 
 pub mod azure;
+pub mod dps;
 pub mod inflight;
 pub mod link;
 #[cfg(test)]
@@ -88,6 +89,7 @@ pub enum HubError {
 }
 
 /// The two dialects behind one face.
+#[allow(clippy::large_enum_variant)] // two per process, never moved in a hot path
 pub enum Dialect {
     Azure(azure::dialect::AzureDialect),
     Mqtt(mqtt::MqttDialect),
@@ -169,6 +171,28 @@ impl Dialect {
         match self {
             Dialect::Azure(d) => d.uses_sas().then(|| d.renew_after()),
             Dialect::Mqtt(_) => None,
+        }
+    }
+
+    /// True when DPS must assign a hub before the first connection.
+    pub fn needs_provisioning(&self) -> bool {
+        matches!(self, Dialect::Azure(d) if d.needs_provisioning())
+    }
+
+    /// After the hub refused the credentials: true when DPS is to be asked
+    /// again (the cached assignment is forgotten).
+    pub fn forget_assignment(&mut self) -> bool {
+        match self {
+            Dialect::Azure(d) => d.forget_assignment(),
+            Dialect::Mqtt(_) => false,
+        }
+    }
+
+    /// Registers with DPS (azure with `[hub.dps]`; nothing otherwise).
+    pub async fn provision(&mut self) -> Result<(), dps::DpsError> {
+        match self {
+            Dialect::Azure(d) => d.provision().await,
+            Dialect::Mqtt(_) => Ok(()),
         }
     }
 

@@ -75,6 +75,13 @@ pub fn read_identity(c: &ClientCert) -> Result<(Vec<CertificateDer<'static>>, Pr
     Ok((chain, key))
 }
 
+/// The subject's common name of a certificate (DER).
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    let (_, c) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let cn = c.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

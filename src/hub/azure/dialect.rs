@@ -5,6 +5,7 @@
 use super::connstr::{self, ConnectionString};
 use super::{propbag, sas};
 use crate::config::{Auth, Config, MissingId, Transport};
+use crate::hub::dps::{Attestation, Dps, DpsError};
 use crate::hub::net::{Endpoint, Net, Scheme};
 use crate::hub::{is_loopback, HubError};
 use crate::message::{unix_ms, Inbound};
@@ -26,6 +27,26 @@ pub struct AzureDialect {
     missing_id: MissingId,
     /// Twin setpoints on: subscribe to twin answers and desired changes.
     pub twin: bool,
+    /// Provisioned through DPS: where to register, and whether `cs` holds
+    /// an assignment yet (else its host is empty).
+    dps: Option<(Dps, bool)>,
+}
+
+/// The identity DPS gives, as a connection string would: the cached
+/// assignment if there is one, else the registration id and no hub yet.
+fn dps_identity(d: &Dps) -> (ConnectionString, bool) {
+    let a = d.cached();
+    let key = match &d.attestation {
+        Attestation::Key(k) => Some(k.clone()),
+        Attestation::X509 => None,
+    };
+    let cs = ConnectionString {
+        host_name: a.as_ref().map(|a| a.assigned_hub.clone()).unwrap_or_default(),
+        device_id: a.as_ref().map_or_else(|| d.registration_id.clone(), |a| a.device_id.clone()),
+        module_id: None,
+        key,
+    };
+    (cs, a.is_some())
 }
 
 /// Where the connection string comes from, in order: inline, file, the
@@ -92,15 +113,19 @@ pub fn azure_endpoint(host: &str, transport: Transport, port: Option<u16>, x509:
 
 impl AzureDialect {
     pub fn from_config(cfg: &Config) -> Result<Self, HubError> {
-        let cs = load_connection_string(cfg)?;
         let hub = &cfg.hub;
-        if hub.transport == Transport::Mqtt && !is_loopback(&cs.host_name) {
+        let net = crate::hub::net_from_config(hub)?;
+        let dps = Dps::from_config(cfg, &net)?;
+        let (cs, assigned) = match &dps {
+            Some(d) => dps_identity(d),
+            None => (load_connection_string(cfg)?, true),
+        };
+        if assigned && hub.transport == Transport::Mqtt && !is_loopback(&cs.host_name) {
             return Err(HubError::Config(format!(
                 "transport = \"mqtt\" (no TLS) is only allowed for a hub on this machine, not {}",
                 cs.host_name
             )));
         }
-        let net = crate::hub::net_from_config(hub)?;
         let x509 = match (hub.auth, cs.key.is_some()) {
             (Some(Auth::X509), true) => {
                 return Err(HubError::Config(
@@ -140,7 +165,52 @@ impl AzureDialect {
             max_body: hub.max_body,
             missing_id: hub.missing_id,
             twin: cfg.twin.enabled,
+            dps: dps.map(|d| (d, assigned)),
         })
+    }
+
+    /// True when DPS must be asked before the first connection.
+    pub fn needs_provisioning(&self) -> bool {
+        self.dps.as_ref().is_some_and(|(_, assigned)| !assigned)
+    }
+
+    /// The hub refused the credentials: with DPS, forget the assignment (the
+    /// device may have been moved to another hub) and provision again before
+    /// the next connection. False without DPS.
+    pub fn forget_assignment(&mut self) -> bool {
+        match &mut self.dps {
+            Some((d, assigned)) => {
+                d.forget();
+                *assigned = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Registers with DPS and takes the hub it assigns. Fails with
+    /// [`DpsError::DeviceIdChanged`] when DPS gives another device id than
+    /// the one the gateway runs under (the assignment is cached: a restart
+    /// takes it).
+    pub async fn provision(&mut self) -> Result<(), DpsError> {
+        let Some((d, assigned)) = &mut self.dps else { return Ok(()) };
+        tracing::info!(dps = %d.describe(), "provisioning through the Device Provisioning Service");
+        let a = d.register().await?;
+        if self.endpoint.scheme == Scheme::Mqtt && !is_loopback(&a.assigned_hub) {
+            return Err(DpsError::Config(HubError::Config(format!(
+                "transport = \"mqtt\" (no TLS) is only allowed for a hub on this machine, not {}",
+                a.assigned_hub
+            ))));
+        }
+        let was = std::mem::replace(&mut self.cs.device_id, a.device_id.clone());
+        self.cs.host_name = a.assigned_hub.clone();
+        self.endpoint.host = a.assigned_hub.clone();
+        *assigned = true;
+        tracing::info!(hub = %a.assigned_hub, device_id = %a.device_id, "DPS assigned the gateway to a hub");
+        if was != a.device_id {
+            return Err(DpsError::DeviceIdChanged { was, now: a.device_id });
+        }
+        Ok(())
     }
 
     pub fn device_id(&self) -> &str {

@@ -123,3 +123,38 @@ def test_a_broker_over_ws_through_the_proxy(tmp_path, tinyproxy, modbus_device, 
         backend.client.loop_stop()
     finally:
         broker.stop()
+
+
+def test_dps_only_gateway_provisions_and_is_moved_with_messages_in_its_queue(emulator, modbus_device, gateway,
+                                                                            tmp_path):
+    """A gateway configured with DPS alone (no connection string) registers,
+    connects to the hub DPS named and delivers; the emulator then "moves" it
+    (the hub refuses its credentials) while its journal holds messages for a
+    slow device: it provisions again and carries on, each message written
+    once and reported."""
+    emu = emulator()
+    emu.stop()  # started again with DPS, enrolling the device under its own key
+    emu.args += ["--id-scope", "0ne00PEER", "--enrollment", f"gw:{emu.key}"]
+    emu.restart()
+    key_file = tmp_path / "dps.key"
+    key_file.write_text(emu.key + "\n", encoding="ascii")
+    device = modbus_device(delay_ms=150)
+    gw = gateway(f'[hub]\nkind = "azure"\ntransport = "mqtt"\nport = {emu.mqtt_port}\n\n'
+                 f'[hub.dps]\nid_scope = "0ne00PEER"\nregistration_id = "gw"\n'
+                 f'global_endpoint = "127.0.0.1:{emu.mqtt_port}"\nsymmetric_key_file = "{key_file}"\n\n'
+                 '[routing]\ndevice_property = "device"\n\n' + modbus_tcp_bus("plc", device.address) + BOILER)
+    gw.wait_log(r"DPS assigned the gateway to a hub", timeout=20)
+    batch = Batch("dps", 30)
+    for mid in batch.ids:
+        emu.send(mid, "boiler", batch.body(mid))
+    wait_until(lambda: len(device.writes()) >= 5, 20, what="the first writes")
+    status, _ = emu.request("POST", "/devices/gw/move")
+    assert status == 204
+    wait_until(lambda: emu.request("GET", "/dps/registrations")[1]["registrations"] == 2, 30,
+               what="the gateway to provision again")
+    assert "the hub refused the identity DPS gave: provisioning again" in gw.log_text()
+    wait_emulator_done(emu, batch.ids, timeout=40)
+    wait_until(lambda: {r["message_id"] for r in emu.reports() if r["status"] == "delivered"} >= set(batch.ids),
+               30, what="a delivered report per message")
+    assert_exactly_once(device, batch, gw)
+    assert "panicked" not in gw.log_text()

@@ -2,10 +2,16 @@
 WebSockets (`websockets=True`: the SDK only knows port 443 for it, so the
 emulator listens on 127.0.0.1:443), and X.509 devices (a self-signed
 certificate registered by its SHA-256 thumbprint, over TLS and over
-WebSockets; a certificate that is not the device's is refused)."""
+WebSockets; a certificate that is not the device's is refused); and the
+SDK's ProvisioningDeviceClient against the emulator's DPS (an individual
+symmetric key, a group member's derived key, an X.509 certificate over
+WebSockets), each device then used on the hub DPS assigned."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import queue
 import re
@@ -13,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from azure.iot.device import IoTHubDeviceClient, Message, X509
+from azure.iot.device import IoTHubDeviceClient, Message, ProvisioningDeviceClient, X509
 
 from hub import port_accepts
 
@@ -84,3 +90,73 @@ def test_sdk_x509_device_with_another_certificate_is_refused(hub, tmp_path):
         client.connect()
     assert "X.509 certificate rejected" in h.log_text()
     client.shutdown()
+
+
+# ----------------------------------------------------------------- provisioning
+
+SCOPE = "0ne00SDK1"
+DEVICE_KEY = base64.b64encode(b"an individual enrollment's key!!").decode()
+GROUP_KEY = base64.b64encode(b"the enrollment group's own key..").decode()
+
+
+def derived_key(group_key: str, registration_id: str) -> str:
+    """What Microsoft's docs compute for a group member (HMAC-SHA256 of the registration id)."""
+    return base64.b64encode(hmac.new(base64.b64decode(group_key), registration_id.encode(),
+                                     hashlib.sha256).digest()).decode()
+
+
+def dps_hub(hub, *extra_args):
+    return hub(args=["--id-scope", SCOPE, "--enrollment", f"sdk-dev:{DEVICE_KEY}",
+                     "--enrollment-group", f"line-1:{GROUP_KEY}", *extra_args])
+
+
+def provision_and_use(h, prov, key: str | None = None, x509=None) -> str:
+    """register() with the SDK, then an IoTHubDeviceClient on the assigned hub."""
+    result = prov.register()
+    state = result.registration_state
+    assert (result.status, state.assigned_hub) == ("assigned", "localhost"), result
+    if x509 is not None:
+        client = IoTHubDeviceClient.create_from_x509_certificate(
+            x509=x509, hostname=state.assigned_hub, device_id=state.device_id,
+            server_verification_cert=h.ca_pem, connection_retry=False)
+    else:
+        client = IoTHubDeviceClient.create_from_symmetric_key(
+            symmetric_key=key, hostname=state.assigned_hub, device_id=state.device_id,
+            server_verification_cert=h.ca_pem, connection_retry=False)
+    round_trip(h, client, state.device_id, f"after-dps-{state.device_id}")
+    return state.device_id
+
+
+def test_sdk_provisions_with_an_individual_symmetric_key(hub):
+    h = dps_hub(hub)
+    prov = ProvisioningDeviceClient.create_from_symmetric_key(
+        provisioning_host="localhost", registration_id="sdk-dev", id_scope=SCOPE,
+        symmetric_key=DEVICE_KEY, server_verification_cert=h.ca_pem)
+    assert provision_and_use(h, prov, DEVICE_KEY) == "sdk-dev"
+
+
+def test_sdk_provisions_a_group_member_with_its_derived_key(hub):
+    h = dps_hub(hub)
+    key = derived_key(GROUP_KEY, "line-1-gw-17")
+    prov = ProvisioningDeviceClient.create_from_symmetric_key(
+        provisioning_host="localhost", registration_id="line-1-gw-17", id_scope=SCOPE,
+        symmetric_key=key, server_verification_cert=h.ca_pem)
+    assert provision_and_use(h, prov, key) == "line-1-gw-17"
+    # The group's key itself, or another member's, is not this member's proof.
+    wrong = ProvisioningDeviceClient.create_from_symmetric_key(
+        provisioning_host="localhost", registration_id="line-1-gw-18", id_scope=SCOPE,
+        symmetric_key=key, server_verification_cert=h.ca_pem)
+    with pytest.raises(Exception):
+        wrong.register()
+    assert "DPS registration refused" in h.log_text()
+
+
+def test_sdk_provisions_an_x509_device_over_websockets(hub, tmp_path):
+    need_443()
+    cert, key, thumb = self_signed(tmp_path, "sdk-x509")
+    h = dps_hub(hub, "--enrollment", f"sdk-x509:x509={thumb}", "--wss", f"127.0.0.1:{WSS_PORT}")
+    x509 = X509(str(cert), str(key))
+    prov = ProvisioningDeviceClient.create_from_x509_certificate(
+        provisioning_host="localhost", registration_id="sdk-x509", id_scope=SCOPE, x509=x509,
+        server_verification_cert=h.ca_pem, websockets=True)
+    assert provision_and_use(h, prov, x509=x509) == "sdk-x509"

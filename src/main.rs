@@ -34,6 +34,10 @@ enum Command {
         /// Leave everything running afterwards and print how to use `send` against it.
         #[arg(long)]
         keep_running: bool,
+        /// Provision the gateway through the emulator's Device Provisioning Service (an enrollment group's
+        /// derived key) and connect over MQTT over WebSockets: no connection string at all.
+        #[arg(long)]
+        dps: bool,
     },
     /// A local stand-in for Azure IoT Hub (MQTT, MQTT over TLS, HTTP back-end API).
     HubEmulator(cli::emulator::Args),
@@ -122,7 +126,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { keep_running } => block_on(cli::demo::run(keep_running)),
+        Command::Demo { keep_running, dps } => block_on(cli::demo::run(keep_running, dps)),
         Command::HubEmulator(args) => {
             daemon::init_logging(None);
             block_on(cli::emulator::run(args))

@@ -37,3 +37,19 @@ fn the_demo_runs_on_its_own_and_everything_turns_out_as_expected() {
     }
     assert!(!stdout.contains("SharedAccessKey") && !stderr.contains("SharedAccessKey"), "no key printed");
 }
+
+#[test]
+fn the_dps_flavour_provisions_over_websockets_and_runs_the_same_demo() {
+    let out = Command::new(env!("CARGO_BIN_EXE_c2d-gateway")).args(["demo", "--dps"]).output().expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}", out.status);
+    for line in [
+        "provisioning   the emulator's DPS (id scope 0ne00DEMO, enrollment group demo-fleet) over MQTT over WebSockets",
+        "connected      gateway → hub over MQTT over WebSockets (TLS), after 1 DPS registration(s)",
+        "6 messages sent, 6 completed at the hub, 6 result reports",
+        "demo: all outcomes as expected",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+}

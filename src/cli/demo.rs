@@ -130,7 +130,7 @@ fn telemetry_since(emu: &Emulator, t0: SystemTime) -> Vec<(Option<String>, serde
         .collect()
 }
 
-pub async fn run(keep_running: bool) -> Result<(), String> {
+pub async fn run(keep_running: bool, dps: bool) -> Result<(), String> {
     let steps: Steps = Arc::default();
     let fmt = std::env::var_os("RUST_LOG").map(|_| {
         tracing_subscriber::fmt::layer()
@@ -141,24 +141,55 @@ pub async fn run(keep_running: bool) -> Result<(), String> {
 
     let tmp = std::env::temp_dir().join(format!("c2d-gateway-demo-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    let result = run_in(&tmp, steps, keep_running).await;
+    let result = run_in(&tmp, steps, keep_running, dps).await;
     let _ = std::fs::remove_dir_all(&tmp);
     result
 }
 
-async fn run_in(tmp: &std::path::Path, steps: Steps, keep_running: bool) -> Result<(), String> {
+/// The demo's enrollment group at the emulator's DPS (`demo --dps`).
+const DPS_SCOPE: &str = "0ne00DEMO";
+const DPS_GROUP: &str = "demo-fleet";
+
+async fn run_in(tmp: &std::path::Path, steps: Steps, keep_running: bool, dps: bool) -> Result<(), String> {
     let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let group_key = {
+        use base64::Engine;
+        let raw: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    };
     let emu = Emulator::start(EmulatorOptions {
         mqtt: None,
         tls: Some(local),
+        wss: dps.then_some(local),
         http: Some(local),
+        id_scope: dps.then(|| DPS_SCOPE.to_string()),
+        enrollment_groups: if dps { vec![(DPS_GROUP.into(), group_key.clone())] } else { Vec::new() },
         ..EmulatorOptions::default()
     })
     .await
     .map_err(|e| format!("cannot start the hub emulator: {e}"))?;
     let ca = tmp.join("emulator-ca.pem");
     std::fs::write(&ca, emu.ca_pem().unwrap_or_default()).map_err(|e| e.to_string())?;
-    let conn_str = emu.add_device("demo-gateway", None);
+    // Without DPS the gateway gets a connection string; with it, only the
+    // group's key, and DPS registers it at the hub.
+    let hub = if dps {
+        let key_file = tmp.join("enrollment-group.key");
+        std::fs::write(&key_file, &group_key).map_err(|e| e.to_string())?;
+        let wss = emu.wss_addr().map(|a| a.port()).unwrap_or(0);
+        format!(
+            "transport = \"websockets\"\nport = {wss}\nca_file = \"{ca}\"\n[hub.dps]\nid_scope = \"{DPS_SCOPE}\"\n\
+             registration_id = \"demo-gateway\"\nglobal_endpoint = \"localhost:{wss}\"\nenrollment_group_key_file = \"{key}\"",
+            ca = ca.display(),
+            key = key_file.display()
+        )
+    } else {
+        format!(
+            "connection_string = \"{}\"\nport = {}\nca_file = \"{}\"",
+            emu.add_device("demo-gateway", None),
+            emu.tls_addr().map(|a| a.port()).unwrap_or(0),
+            ca.display()
+        )
+    };
 
     let boiler = SimDevice::new(&[1]);
     set_temperature(&boiler, 27.0);
@@ -182,9 +213,7 @@ state_dir = "{state}"
 http = "{http}"
 [hub]
 kind = "azure"
-connection_string = "{conn_str}"
-port = {port}
-ca_file = "{ca}"
+{hub}
 [buses.plant]
 kind = "modbus-tcp"
 address = "{boiler_addr}"
@@ -212,8 +241,6 @@ bus = "display"
 enabled = true
 "#,
         state = tmp.join("state").display(),
-        port = emu.tls_addr().map(|a| a.port()).unwrap_or(0),
-        ca = ca.display(),
     );
     let cfg = Config::parse(&cfg_text, "demo.toml").map_err(|d| d.to_string())?;
     let cfg_path = tmp.join("demo.toml");
@@ -232,6 +259,13 @@ enabled = true
         "  boiler         Modbus TCP device at {boiler_addr}, unit 1 (setpoint: f32 at holding 100, pump: coil 7)"
     );
     println!("  panel          line-oriented serial device on {pty} (answers OK / ERR)");
+    if dps {
+        println!(
+            "  provisioning   the emulator's DPS (id scope {DPS_SCOPE}, enrollment group {DPS_GROUP}) over MQTT over \
+             WebSockets at wss://{}/$iothub/websocket: the gateway has the group's key, no connection string",
+            emu.wss_addr().unwrap_or(local)
+        );
+    }
     println!("  gateway        device identity demo-gateway, journal in {}", tmp.join("state").display());
     let t_conn = tokio::time::Instant::now();
     while emu.connections() == 0 {
@@ -240,7 +274,15 @@ enabled = true
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("  connected      gateway → hub over TLS, SAS token accepted\n");
+    if dps {
+        let registrations = emu.shared().dps().registrations;
+        println!(
+            "  connected      gateway → hub over MQTT over WebSockets (TLS), after {registrations} DPS registration(s); \
+             SAS token from the derived key accepted\n"
+        );
+    } else {
+        println!("  connected      gateway → hub over TLS, SAS token accepted\n");
+    }
 
     let plan: [(&str, &str, Option<&str>, &str, &str); 6] = [
         ("setpoint 21.5 °C", "boiler", Some("demo-setpoint"), r#"{"point": "setpoint", "value": 21.5}"#, "delivered"),

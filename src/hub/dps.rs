@@ -113,9 +113,11 @@ impl Dps {
             None => None,
         };
         let registration_id = match (&d.registration_id, &cert_cn) {
-            (Some(r), Some(cn)) if r != cn => return Err(HubError::Config(format!(
+            (Some(r), Some(cn)) if r != cn => {
+                return Err(HubError::Config(format!(
                 "hub.dps.registration_id {r:?} is not the certificate's common name {cn:?} (DPS requires them equal)"
-            ))),
+            )))
+            }
             (Some(r), _) => r.clone(),
             (None, Some(cn)) => cn.clone(),
             (None, None) => return Err(HubError::Config("hub.dps needs registration_id".into())),

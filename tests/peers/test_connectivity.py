@@ -4,18 +4,23 @@ the hub emulator (`transport = "websockets"`, TLS verified end to end
 through the tunnel) and to Mosquitto's WebSocket listener (`kind = "mqtt"`,
 `ws://`). Each message is written once by the pymodbus device and reported;
 the proxy's own log shows the CONNECT; a gateway trusting the wrong CA is
-refused although the proxy let it through."""
+refused although the proxy let it through; telemetry taken while the proxy
+is down arrives after it, once and in order. And the Device Provisioning
+Service: a gateway with DPS alone, moved while its journal holds messages."""
 
 from __future__ import annotations
 
+import json
 import re
-import subprocess
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from conftest import Backend, require_program
 from hub_emulator import emulator  # noqa: F401 (a fixture)
+from operator_surface import Ops
 from test_hub_faults import BOILER, Batch, assert_exactly_once, wait_emulator_done
 from util import HOST, Proc, free_port, modbus_tcp_bus, port_accepts, wait_until
 
@@ -158,3 +163,48 @@ def test_dps_only_gateway_provisions_and_is_moved_with_messages_in_its_queue(emu
                30, what="a delivered report per message")
     assert_exactly_once(device, batch, gw)
     assert "panicked" not in gw.log_text()
+
+
+def test_telemetry_taken_while_the_proxy_is_down_reaches_iot_hub_once_in_order(emulator, tinyproxy, modbus_device,
+                                                                              gateway):
+    """The plant's proxy goes away for 3 s (stopped; the tunnel with it)
+    while the boiler is read every 100 ms: the readings of the outage are
+    kept on disk and reach the emulator's event store after the reconnect,
+    once each, in order with the others, each with its read_at."""
+    emu = emulator(args=["--wss", f"{HOST}:0"])
+    device = modbus_device()
+    ops = Ops()
+    try:
+        gateway(ops.section + websockets_hub(emu, tinyproxy.url(), emu.ca_file)
+                + modbus_tcp_bus("plc", device.address)
+                + '[devices.boiler]\nbus = "plc"\nunit = 1\npoints.sp = { table = "holding", address = 10, type = "u16" }\n'
+                  'telemetry = { interval = "100ms", points = ["sp"] }\n')
+
+        def readings() -> list[float]:
+            out = []
+            for e in emu.request("GET", "/devices/gw/events")[1]:
+                if any(k == "device" for k, _ in e.get("properties", [])):
+                    body = json.loads(e["body"])
+                    assert body["time"] == body["read_at"]
+                    out.append(datetime.fromisoformat(body["read_at"].replace("Z", "+00:00")).timestamp())
+            return out
+
+        wait_until(lambda: len(readings()) >= 5, 15, what="readings before the outage")
+        tinyproxy.proc.stop()
+        down = time.time()
+        time.sleep(3.0)
+        assert ops.metric("c2d_gateway_telemetry_buffered") >= 10, "kept while the hub is unreachable"
+        tinyproxy.start()
+        up = time.time()
+        wait_until(lambda: any(t > up + 1.0 for t in readings()), 40, what="readings after the outage")
+        times = readings()
+        during = [t for t in times if down + 0.2 < t < up - 0.2]
+        assert len(during) >= 20, f"the outage's readings arrived: {len(during)}"
+        assert len(during) == len(set(during)), "a reading of the outage arrived twice"
+        distinct = list(dict.fromkeys(times))  # arrival order, a QoS 1 repeat left out
+        assert distinct == sorted(distinct), "out of order"
+        gaps = [b - a for a, b in zip(distinct, distinct[1:])]
+        assert max(gaps) < 0.5, f"readings missing (largest gap {max(gaps):.2f} s)"
+        assert ops.metric("c2d_gateway_telemetry_dropped_total") == 0
+    finally:
+        ops.close()

@@ -85,7 +85,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(cfg) => {
-                for w in cfg.warnings() {
+                for w in cfg.warnings().into_iter().chain(c2d_gateway::hub::check_files(&cfg)) {
                     eprintln!("warning: {w}");
                 }
                 println!("{}: ok: {}", config.display(), cfg.summary());

@@ -242,6 +242,22 @@ pub fn net_from_config(hub: &HubConfig) -> Result<net::Net, HubError> {
     Ok(net::Net { ca_file: hub.ca_file.clone(), proxy, client_cert })
 }
 
+/// For `check-config`: the files the hub settings name (client
+/// certificate and key, DPS keys, a proxy url) read as the daemon will read
+/// them. Warnings, not errors: they may be readable only by the service's
+/// user. Never quotes a file's contents.
+pub fn check_files(cfg: &Config) -> Vec<String> {
+    let needs = cfg.hub.dps.is_some() || cfg.hub.certificate_file.is_some() || cfg.hub.proxy.is_some();
+    if !needs {
+        return Vec::new();
+    }
+    let r = net_from_config(&cfg.hub).and_then(|net| dps::Dps::from_config(cfg, &net).map(|_| ()));
+    match r {
+        Ok(()) => Vec::new(),
+        Err(e) => vec![format!("{e} (as this user reads it; the service may have other rights)")],
+    }
+}
+
 /// True for `localhost` and loopback addresses: plain MQTT is allowed only there.
 pub fn is_loopback(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
@@ -251,6 +267,24 @@ pub fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_config_reads_the_dps_key_and_never_quotes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        let text = |k: &std::path::Path| {
+            format!("[hub]\nkind = \"azure\"\n[hub.dps]\nid_scope = \"s\"\nregistration_id = \"r\"\nsymmetric_key_file = \"{}\"\n", k.display())
+        };
+        let cfg: Config = toml::from_str(&text(&key)).unwrap();
+        assert!(check_files(&cfg)[0].contains("cannot read hub.dps.symmetric_key_file"));
+        std::fs::write(&key, "secret-but-not-base64!!\n").unwrap();
+        let w = check_files(&cfg);
+        assert!(w[0].contains("does not hold a base64 key") && !w[0].contains("secret-but"), "{w:?}");
+        std::fs::write(&key, "c2VjcmV0LWtleQ==\n").unwrap();
+        assert!(check_files(&cfg).is_empty());
+        let plain: Config = toml::from_str("[hub]\nkind = \"azure\"\n").unwrap();
+        assert!(check_files(&plain).is_empty(), "nothing to read");
+    }
 
     #[test]
     fn loopback_hosts() {

@@ -391,6 +391,7 @@ class PowerCutScenario(Scenario):
         gw_log = self.gw.log_path.read_text(encoding="utf-8", errors="replace") if self.gw else ""
         result["panics"] = len(re.findall(r"panicked", gw_log))
         result["journal_moved_aside"] = gw_log.count("the journal is unreadable: moving it aside")
+        result["moved_aside_evidence"] = self.moved_aside_evidence(gw_log)
         result["log_errors"] = len(re.findall(r"\bERROR\b", gw_log))
         try:
             fs_log = self.mount.log_path.read_text(encoding="utf-8", errors="replace")
@@ -402,6 +403,12 @@ class PowerCutScenario(Scenario):
                     "conflicting_reports", "unexpected_status", "stray_writes", "panics", "journal_moved_aside"):
             if result[key]:
                 result["failures"].append(f"{key} = {result[key]}")
+        for ev in result["moved_aside_evidence"]:
+            # What a CI log must show, since the logs go with its machine: why
+            # the gateway found the journal unreadable, and what the cut before
+            # that start dropped or tore, file by file.
+            result["failures"].append(f"moved aside at start {ev['start']}: {ev['reason']}; the cut before: "
+                                      f"{json.dumps(ev['cut'], sort_keys=True)}")
         if result["lazyfs_errors"]:
             result["failures"].append(f"lazyfs itself failed {result['lazyfs_errors']} times (see lazyfs.log)")
         if accounted != self.sent:
@@ -411,6 +418,21 @@ class PowerCutScenario(Scenario):
         if self.sent < self.count:
             result["failures"].append(f"only {self.sent} of {self.count} messages were sent")
         return result
+
+
+    def moved_aside_evidence(self, gw_log: str) -> list[dict]:
+        """Each "moving it aside" line of the gateway's log with the cut
+        before the start it happened in (start N follows cut N-1)."""
+        out, start = [], 0
+        for line in gw_log.splitlines():
+            if line.startswith("--- start"):
+                start += 1
+            elif "moving it aside" in line:
+                cut = self.cuts[start - 2] if 2 <= start <= len(self.cuts) + 1 else None
+                keep = ("mode", "torn_writes", "per_file", "t")
+                out.append({"start": start, "reason": line.strip()[-600:],
+                            "cut": {k: cut[k] for k in keep if k in cut} if cut else None})
+        return out
 
 
 COLUMNS = ("sent", "cuts", "cuts_torn", "torn_writes", "unsynced_ops_dropped", "unsynced_bytes_dropped",

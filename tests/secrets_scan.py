@@ -5,7 +5,7 @@
 
 Every secret the suites handed to a gateway is found in the configuration and
 credential files under DIR (connection strings' SharedAccessKey, MQTT
-passwords, password and connection-string files); every other text file
+passwords, proxy logins, password, key and connection-string files); every other text file
 (gateway logs, captured stderr, reports) must contain none of them, nor
 anything that looks like a SAS token signature (`sig=...`). Prints one line
 per leak (the secret itself masked) and exits 1 when there is any; prints
@@ -29,6 +29,8 @@ MAX_BYTES = 64 * 1024 * 1024
 
 KEY_RE = re.compile(r"SharedAccessKey=([^;\"'\s]+)")
 PASSWORD_RE = re.compile(r"""^\s*password\s*=\s*["']([^"']+)["']""", re.M)
+# A proxy's login in its url: proxy = "http://user:PASSWORD@host:port".
+PROXY_RE = re.compile(r"""^\s*proxy\s*=\s*["']https?://[^:@/"']+:([^@"']+)@""", re.M)
 # A SAS token's signature: never in a log, whatever key made it.
 SIG_RE = re.compile(r"(?:sig=|SharedAccessSignature\s+sr=)[A-Za-z0-9%+/=._-]{16,}")
 
@@ -66,6 +68,7 @@ def collect(roots):
             if is_config(path):
                 secrets.update(KEY_RE.findall(text))
                 secrets.update(PASSWORD_RE.findall(text))
+                secrets.update(PROXY_RE.findall(text))
                 if CREDENTIAL_NAMES.search(path.name) and path.suffix not in {".toml", ".conf"}:
                     secrets.update(line.strip() for line in text.splitlines() if line.strip())
             else:

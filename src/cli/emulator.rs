@@ -26,7 +26,7 @@ pub struct Args {
     pub x509_ca: Option<PathBuf>,
     /// Serve a Device Provisioning Service with this id scope (on the MQTT,
     /// TLS and WebSocket listeners, told apart by the CONNECT's user name).
-    #[arg(long)]
+    #[arg(long, visible_alias = "dps", value_name = "SCOPE")]
     pub id_scope: Option<String>,
     /// A DPS individual enrollment: REGISTRATION_ID:BASE64KEY, or
     /// REGISTRATION_ID:x509=SHA256-THUMBPRINT.

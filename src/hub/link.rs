@@ -513,6 +513,15 @@ fn log_connection_error(e: &ConnectionError, wait: Duration) {
             "the hub's TLS certificate is not trusted: check hub.ca_file and the system's CA store (a proxy that \
              opens TLS itself is not supported: the gateway verifies the hub end to end)"
         ),
+        ConnectionError::Proxy(e) if e.to_string().contains("407") => tracing::error!(
+            error = %e,
+            wait_ms,
+            "the proxy asks for a login (407): give it in hub.proxy as http://user:password@host:port"
+        ),
+        ConnectionError::Proxy(e) => {
+            tracing::error!(error = %e, wait_ms, "the proxy did not open a tunnel to the hub (is hub.proxy right, and \
+                does the proxy allow CONNECT to the hub's port?)")
+        }
         other => tracing::warn!(error = %other, wait_ms, "hub connection lost or failed; reconnecting"),
     }
 }

@@ -31,8 +31,9 @@ class Tinyproxy:
     """tinyproxy on a free loopback port, in the foreground, logging each
     CONNECT it serves."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, login: tuple[str, str] | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
+        self.login = login
         self.port = free_port()
         self.log = workdir / "tinyproxy.log"
         self.log.touch()
@@ -40,7 +41,8 @@ class Tinyproxy:
         conf = workdir / "tinyproxy.conf"
         conf.write_text(
             f"Port {self.port}\nListen {HOST}\nTimeout 600\nMaxClients 20\nAllow {HOST}\n"
-            f'LogFile "{self.log}"\nLogLevel Connect\n', encoding="utf-8")
+            f'LogFile "{self.log}"\nLogLevel Connect\n'
+            + (f"BasicAuth {login[0]} {login[1]}\n" if login else ""), encoding="utf-8")
         self.proc = Proc([require_program("tinyproxy"), "-d", "-c", conf], workdir / "stderr.log")
 
     def start(self) -> "Tinyproxy":
@@ -49,7 +51,8 @@ class Tinyproxy:
         return self
 
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        login = f"{self.login[0]}:{self.login[1]}@" if self.login else ""
+        return f"http://{login}{HOST}:{self.port}"
 
     def connects(self) -> list[str]:
         """The `host:port` of each CONNECT request in the proxy's log."""
@@ -69,7 +72,9 @@ def websockets_hub(emu, proxy_url: str, ca_file) -> str:
             '[routing]\ndevice_property = "device"\n\n')
 
 
-def test_iot_hub_over_websockets_through_an_http_proxy(emulator, tinyproxy, modbus_device, gateway):
+def test_iot_hub_over_websockets_through_an_http_proxy_with_a_login(emulator, modbus_device, gateway, tmp_path):
+    """The proxy asks for a login (basic auth): given in the proxy url, never logged."""
+    tinyproxy = Tinyproxy(tmp_path / "tinyproxy-auth", ("plant-gw", "pr0xy-Secret-4711")).start()
     emu = emulator(args=["--wss", f"{HOST}:0"])
     device = modbus_device()
     gw = gateway(websockets_hub(emu, tinyproxy.url(), emu.ca_file) + modbus_tcp_bus("plc", device.address) + BOILER)
@@ -83,6 +88,13 @@ def test_iot_hub_over_websockets_through_an_http_proxy(emulator, tinyproxy, modb
     wait_until(lambda: {r["message_id"] for r in emu.reports() if r["status"] == "delivered"} >= set(batch.ids),
                20, what="a delivered report per message")
     assert_exactly_once(device, batch, gw)
+    assert "pr0xy-Secret-4711" not in gw.log_text()
+    tinyproxy.proc.stop()
+    # Without the login the proxy refuses the tunnel, and the log says so.
+    gw2 = gateway(websockets_hub(emu, tinyproxy.url().replace("plant-gw:pr0xy-Secret-4711@", ""), emu.ca_file)
+                  + modbus_tcp_bus("plc", device.address) + BOILER, wait_ready=False)
+    tinyproxy.start()
+    wait_until(lambda: "the proxy asks for a login (407)" in gw2.log_text(), 20, what="the proxy's refusal in the log")
 
 
 def test_a_wrong_ca_is_refused_through_the_proxy(emulator, tinyproxy, modbus_device, gateway, tmp_path):

@@ -50,6 +50,18 @@ fn device_cert(dir: &Path, cn: &str, issuer: Option<&Issuer<'_, KeyPair>>) -> (V
     (cert.der().to_vec(), c, k)
 }
 
+/// A CA (as the emulator trusts it, and as it signs device certificates).
+fn plant_ca(cn: &str) -> (rustls::RootCertStore, Issuer<'static, KeyPair>) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, cn);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    (roots, Issuer::new(ca, ca_key))
+}
+
 async fn delivers(rig: &Rig, gw: Gateway, id: &str) {
     rig.send("boiler", id, r#"{"point": "mode", "value": 4}"#);
     wait_until("feedback Success", T, || rig.feedback_for(id) == ["Success"]).await;
@@ -90,14 +102,7 @@ async fn an_x509_device_known_by_its_thumbprint_connects_without_a_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_signed_device_connects_over_websockets_and_a_stranger_certificate_is_refused() {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "plant CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca_cert.der().clone()).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
+    let (roots, issuer) = plant_ca("plant CA");
 
     let rig = rig(Some(roots)).await;
     let cs = rig.emu.add_x509_device("gw1", X509Auth::Ca);
@@ -229,14 +234,7 @@ async fn a_group_member_provisions_over_websockets_with_its_derived_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_x509_device_provisions_by_its_ca_signed_certificate() {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "fleet CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca_cert.der().clone()).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
+    let (roots, issuer) = plant_ca("fleet CA");
     let rig = Rig::with(dps_rig_options(EmulatorOptions { x509_ca: Some(roots), ..EmulatorOptions::default() })).await;
     let (_, cert, key) = device_cert(rig.state.path(), "cert-gw-9", Some(&issuer));
     let tls = rig.emu.tls_addr().unwrap().port();

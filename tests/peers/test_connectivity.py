@@ -11,7 +11,9 @@ Service: a gateway with DPS alone, moved while its journal holds messages."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
@@ -111,14 +113,36 @@ def test_a_wrong_ca_is_refused_through_the_proxy(emulator, tinyproxy, modbus_dev
     assert gw.alive
 
 
-def test_a_broker_over_ws_through_the_proxy(tmp_path, tinyproxy, modbus_device, gateway):
+def broker_ca(workdir: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 made by openssl: (ca, cert, key)."""
+    ca_key, ca, key, csr, cert = (workdir / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", ca_key, "-out", ca, "-subj", "/CN=test broker CA", "-days", "2")
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    ext = workdir / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n", encoding="ascii")
+    run("openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+        "-days", "2", "-extfile", ext)
+    return ca, cert, key
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_a_broker_over_websockets_through_the_proxy(tmp_path, tinyproxy, modbus_device, gateway, scheme):
     mosquitto = require_program("mosquitto")
     workdir = tmp_path / "mosquitto"
     workdir.mkdir()
     mqtt_port, ws_port = free_port(), free_port()
     conf = workdir / "mosquitto.conf"
+    tls, ca_line = "", ""
+    if scheme == "wss":
+        ca, cert, key = broker_ca(workdir)
+        # (started as root, Mosquitto runs as user mosquitto, who cannot read the test's directory)
+        tls = f"certfile {cert}\nkeyfile {key}\n" + ("user root\n" if os.geteuid() == 0 else "")
+        ca_line = f'ca_file = "{ca}"\n'
     conf.write_text(f"listener {mqtt_port} {HOST}\nallow_anonymous true\n"
-                    f"listener {ws_port} {HOST}\nprotocol websockets\n"
+                    f"listener {ws_port} {HOST}\nprotocol websockets\n{tls}"
                     "persistence false\nlog_dest stderr\nlog_type all\n", encoding="utf-8")
     broker = Proc([mosquitto, "-c", conf], workdir / "mosquitto.log")
     broker.start()
@@ -126,8 +150,8 @@ def test_a_broker_over_ws_through_the_proxy(tmp_path, tinyproxy, modbus_device, 
         broker.wait_ready(lambda: port_accepts(ws_port) and port_accepts(mqtt_port), 10, "mosquitto")
         backend = Backend(type("B", (), {"host": HOST, "port": mqtt_port})(), "backend-ws")
         device = modbus_device()
-        gw = gateway(f'[hub]\nkind = "mqtt"\nurl = "ws://{HOST}:{ws_port}/mqtt"\nclient_id = "gw-ws"\n'
-                     f'proxy = "{tinyproxy.url()}"\n\n[routing]\ndefault_device = "boiler"\n\n'
+        gw = gateway(f'[hub]\nkind = "mqtt"\nurl = "{scheme}://{HOST}:{ws_port}/mqtt"\nclient_id = "gw-ws"\n'
+                     f'proxy = "{tinyproxy.url()}"\n{ca_line}\n[routing]\ndefault_device = "boiler"\n\n'
                      + modbus_tcp_bus("plc", device.address) + BOILER)
         gw.wait_log(r"connected to the hub", timeout=20)
         assert f"{HOST}:{ws_port}" in tinyproxy.connects()

@@ -351,6 +351,39 @@ mod tests {
         assert!(derive_key("not base64!", "x").is_err());
     }
 
+    fn dps_for(state: &Path, registration_id: &str) -> Dps {
+        let key = state.join("k");
+        std::fs::write(&key, "c2VjcmV0LWtleQ==\n").unwrap();
+        let text = format!(
+            "[gateway]\nstate_dir = \"{}\"\n[hub]\nkind = \"azure\"\n[hub.dps]\nid_scope = \"s\"\n\
+             registration_id = \"{registration_id}\"\nsymmetric_key_file = \"{}\"\nglobal_endpoint = \"localhost:9\"\n",
+            state.display(),
+            key.display()
+        );
+        let cfg: Config = toml::from_str(&text).unwrap();
+        let net = crate::hub::net_from_config(&cfg.hub).unwrap();
+        Dps::from_config(&cfg, &net).unwrap().unwrap()
+    }
+
+    #[test]
+    fn the_cached_assignment_is_for_this_identity_only_and_holds_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dps_for(dir.path(), "gw-1");
+        assert_eq!(d.cached(), None);
+        let a = Assignment { assigned_hub: "h.azure-devices.net".into(), device_id: "gw-1".into() };
+        d.store(&a).unwrap();
+        assert_eq!(d.cached(), Some(a.clone()));
+        let text = std::fs::read_to_string(dir.path().join(CACHE_FILE)).unwrap();
+        assert!(!text.contains("c2VjcmV0LWtleQ"), "{text}");
+        assert_eq!(dps_for(dir.path(), "gw-2").cached(), None, "another registration id");
+        std::fs::write(dir.path().join(CACHE_FILE), "{ torn").unwrap();
+        assert_eq!(d.cached(), None, "an unreadable cache means: provision");
+        d.store(&a).unwrap();
+        d.forget();
+        assert_eq!(d.cached(), None);
+        assert_eq!((d.endpoint.host.as_str(), d.endpoint.port), ("localhost", 9));
+    }
+
     #[test]
     fn answers_are_read_from_topic_and_body() {
         let wait = answer(

@@ -55,6 +55,9 @@ pub struct Hub {
     /// When it last connected or lost the connection (unix ms).
     pub since_ms: Option<u64>,
     pub connections: u64,
+    /// Where and how the last connection went (host, port, device id,
+    /// WebSockets, X.509, proxy, DPS); no credentials.
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -135,6 +138,11 @@ impl Live {
 
     pub fn snapshot(&self) -> Snapshot {
         self.lock().clone()
+    }
+
+    /// How the hub link connected (see [`Hub::endpoint`]).
+    pub fn hub_endpoint(&self, endpoint: String) {
+        self.lock().hub.endpoint = (!endpoint.is_empty()).then_some(endpoint);
     }
 
     /// The hub link connected or lost its connection.

@@ -80,6 +80,7 @@ pub fn document(hub: HubKind, journal: &Journal, live: &Live, started_ms: u64) -
             "connected": snap.hub.connected,
             "since": time(snap.hub.since_ms),
             "reconnects": snap.hub.connections.saturating_sub(1),
+            "endpoint": snap.hub.endpoint,
         },
         "queued": stats.unfinished,
         "oldest_queued_s": oldest.map_or(Value::Null, secs),

@@ -118,7 +118,7 @@ points.mode = {{ table = "holding", address = 10, type = "u16" }}
     // goes out and the hub acknowledges it; its PUBACK is handed to the
     // link, which never writes it (the connection dies with it queued, so
     // no `HubEvent::Acked` comes).
-    events_tx.send(HubEvent::Connected { generation: 1 }).await.unwrap();
+    events_tx.send(HubEvent::Connected { generation: 1, endpoint: String::new() }).await.unwrap();
     events_tx.send(HubEvent::Message { generation: 1, pkid: 7, inbound: c2d("c1") }).await.unwrap();
     assert!(
         commands_until(&mut hub_rx, &events_tx, Duration::from_secs(5), &mut seen, |s| reports_of(s, "c1") == 1).await,
@@ -136,7 +136,7 @@ points.mode = {{ table = "holding", address = 10, type = "u16" }}
         "c1's ack handed to the link: {seen:?}"
     );
     events_tx.send(HubEvent::Disconnected { generation: 1 }).await.unwrap();
-    events_tx.send(HubEvent::Connected { generation: 2 }).await.unwrap();
+    events_tx.send(HubEvent::Connected { generation: 2, endpoint: String::new() }).await.unwrap();
 
     // c2 at the bound: c1 may not make room for it (the hub still owes us
     // its redelivery). Then c1 comes again and must be recognised.

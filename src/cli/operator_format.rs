@@ -62,6 +62,9 @@ pub fn status(v: &Value) -> String {
         s(&hub["since"]),
         s(&hub["reconnects"])
     );
+    if let Some(e) = hub["endpoint"].as_str() {
+        let _ = writeln!(out, "         {e}");
+    }
     let oldest =
         if v["oldest_queued_s"].is_null() { String::new() } else { format!(", oldest {}", age(&v["oldest_queued_s"])) };
     let _ = writeln!(

@@ -210,7 +210,7 @@ pub async fn run(
                                 tracing::error!(%topic, error = %e, "cannot subscribe");
                             }
                         }
-                        let _ = events.send(HubEvent::Connected { generation }).await;
+                        let _ = events.send(HubEvent::Connected { generation, endpoint: dialect.describe() }).await;
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let pkid = if p.qos == QoS::AtMostOnce { 0 } else { p.pkid };

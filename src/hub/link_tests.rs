@@ -239,7 +239,7 @@ impl Link {
             match ev {
                 HubEvent::Reported { seq } => self.reported.push(seq),
                 HubEvent::Acked { seq } => self.acked.push(seq),
-                HubEvent::Connected { generation } => self.connected.push(generation),
+                HubEvent::Connected { generation, .. } => self.connected.push(generation),
                 HubEvent::Message { generation, pkid, .. } => {
                     self.messages.push((generation, pkid));
                     if self.auto_ack {

@@ -21,8 +21,10 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum HubEvent {
     /// CONNACK received; acks are only valid for this generation.
+    /// `endpoint`: where and how, for operators (never credentials).
     Connected {
         generation: u64,
+        endpoint: String,
     },
     Disconnected {
         generation: u64,

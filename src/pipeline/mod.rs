@@ -301,8 +301,9 @@ impl Pipeline {
             HubEvent::Method { name, rid, payload } => self.on_method(name, rid, payload).await,
             HubEvent::TwinAnswer { status, rid, payload } => self.on_twin_answer(status, rid, payload).await,
             HubEvent::DesiredPatch => self.on_desired_patch(),
-            HubEvent::Connected { generation } => {
+            HubEvent::Connected { generation, endpoint } => {
                 self.live.hub(true, now_ms());
+                self.live.hub_endpoint(endpoint);
                 self.generation = generation;
                 self.core.on_connected(generation);
                 self.publish_status();

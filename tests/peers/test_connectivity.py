@@ -22,7 +22,7 @@ import pytest
 
 from conftest import Backend, require_program
 from hub_emulator import emulator  # noqa: F401 (a fixture)
-from operator_surface import Ops
+from operator_surface import Ops, verb
 from test_hub_faults import BOILER, Batch, assert_exactly_once, wait_emulator_done
 from util import HOST, Proc, free_port, modbus_tcp_bus, port_accepts, wait_until
 
@@ -83,6 +83,11 @@ def test_iot_hub_over_websockets_through_an_http_proxy_with_a_login(emulator, mo
     gw.wait_log(r"connected to the hub", timeout=20)
     assert f"localhost:{emu.wss_port}" in tinyproxy.connects(), tinyproxy.log.read_text()
     assert "over WebSockets through proxy http://127.0.0.1" in gw.log_text()
+    # The operator sees how the gateway reaches its hub (and no login).
+    status = verb(gw, "status")
+    assert status.returncode == 0, status.stderr
+    want = f"IoT Hub localhost:{emu.wss_port} as device gw over WebSockets through proxy http://{HOST}:{tinyproxy.port}"
+    assert want in status.stdout and "pr0xy" not in status.stdout, status.stdout
     batch = Batch("ws", 10)
     for mid in batch.ids:
         emu.send(mid, "boiler", batch.body(mid))
@@ -185,6 +190,7 @@ def test_dps_only_gateway_provisions_and_is_moved_with_messages_in_its_queue(emu
                  f'global_endpoint = "127.0.0.1:{emu.mqtt_port}"\nsymmetric_key_file = "{key_file}"\n\n'
                  '[routing]\ndevice_property = "device"\n\n' + modbus_tcp_bus("plc", device.address) + BOILER)
     gw.wait_log(r"DPS assigned the gateway to a hub", timeout=20)
+    wait_until(lambda: "provisioned by DPS" in verb(gw, "status").stdout, 10, what="status naming DPS")
     batch = Batch("dps", 30)
     for mid in batch.ids:
         emu.send(mid, "boiler", batch.body(mid))

@@ -300,8 +300,9 @@ impl AzureDialect {
             (_, false) => ", X.509",
             _ => "",
         };
+        let dps = if self.dps.is_some() { ", provisioned by DPS" } else { "" };
         format!(
-            "IoT Hub {}:{} as device {}{how}{}",
+            "IoT Hub {}:{} as device {}{how}{}{dps}",
             self.cs.host_name,
             self.endpoint.port,
             self.cs.device_id,

@@ -157,6 +157,12 @@ impl Dps {
                 Endpoint { scheme: Scheme::Mqtt, port: if port == 0 { 1883 } else { port }, path: String::new(), host }
             }
         };
+        if endpoint.scheme == Scheme::Mqtt && !super::is_loopback(&endpoint.host) {
+            return Err(HubError::Config(format!(
+                "transport = \"mqtt\" (no TLS) is only allowed for a DPS on this machine, not {}",
+                endpoint.host
+            )));
+        }
         Ok(Some(Dps {
             id_scope: d.id_scope.clone(),
             registration_id,
@@ -382,6 +388,22 @@ mod tests {
         d.forget();
         assert_eq!(d.cached(), None);
         assert_eq!((d.endpoint.host.as_str(), d.endpoint.port), ("localhost", 9));
+    }
+
+    #[test]
+    fn plain_mqtt_to_a_remote_dps_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        std::fs::write(&key, "c2VjcmV0LWtleQ==").unwrap();
+        let cfg: Config = toml::from_str(&format!(
+            "[hub]\nkind = \"azure\"\ntransport = \"mqtt\"\n[hub.dps]\nid_scope = \"s\"\nregistration_id = \"r\"\n\
+             symmetric_key_file = \"{}\"\n",
+            key.display()
+        ))
+        .unwrap();
+        let net = crate::hub::net_from_config(&cfg.hub).unwrap();
+        let e = Dps::from_config(&cfg, &net).err().expect("refused").to_string();
+        assert!(e.contains("only allowed for a DPS on this machine"), "{e}");
     }
 
     #[test]

@@ -303,7 +303,7 @@ fn the_hub_is_checked_by_kind() {
         ("[hub]\nkind = \"mqtt\"\nurl = \"mqtt://user:hunter2@b\"\n", "", "url", "must not hold a login"),
         ("[hub]\nkind = \"mqtt\"\nurl = \"mqtts://b/mqtt\"\n", "", "url", "only ws:// and wss://"),
         (mqtt, "proxy = \"socks5://u:hunter2@p:1080\"\n", "proxy", "must start with http:// or https://"),
-        (azure, "proxy = \"http://p:port\"\n", "proxy", "bad port"),
+        (azure, "proxy = \"http://p:port\"\n", "proxy", "invalid port"),
         (mqtt, "certificate_file = \"/c.pem\"\n", "certificate_file", "needs hub.private_key_file"),
         (azure, "private_key_file = \"/k.pem\"\n", "private_key_file", "needs hub.certificate_file"),
         (azure, "auth = \"x509\"\n", "auth", "needs hub.certificate_file"),

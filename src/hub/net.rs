@@ -188,8 +188,17 @@ pub fn parse_proxy(url: &str) -> Result<ProxyUrl, String> {
         }
         None => (None, rest),
     };
-    let (host, port) = host_port(authority, if tls { 443 } else { 3128 }, "(proxy)")
-        .map_err(|e| format!("{}; value not shown", e.to_string().replace("url \"(proxy)\"", "the proxy url")))?;
+    // The value is never quoted: "http://user:password" (no host) would
+    // take the password for a port.
+    let (host, port) = host_port(authority, if tls { 443 } else { 3128 }, "").map_err(|e| {
+        let why = match e {
+            UrlError::BadPort { .. } => "has an invalid port (1..=65535)",
+            UrlError::UnclosedIpv6 { .. } => "has an unclosed `[` in the host",
+            UrlError::BareIpv6 { .. } => "needs brackets around an IPv6 address",
+            _ => "has no host",
+        };
+        format!("{why} (http://[user:password@]host[:port]); value not shown")
+    })?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     Ok(ProxyUrl { tls, host, port, login })
 }
@@ -296,5 +305,8 @@ mod tests {
             assert!(!e.contains("pw"), "{e}");
         }
         assert!(!parse_proxy("ftp://u:hunter2@h").unwrap_err().contains("hunter2"));
+        // A forgotten "@host": the password where a port would be.
+        let e = parse_proxy("http://operator:hunter2").unwrap_err();
+        assert!(e.contains("invalid port") && !e.contains("hunter2"), "{e}");
     }
 }

@@ -39,7 +39,7 @@ enum Command {
         #[arg(long)]
         dps: bool,
     },
-    /// A local stand-in for Azure IoT Hub (MQTT, MQTT over TLS, HTTP back-end API).
+    /// A local stand-in for Azure IoT Hub (MQTT, MQTT over TLS and over WebSockets, X.509 devices, DPS, HTTP back-end API).
     HubEmulator(cli::emulator::Args),
     /// Send a cloud-to-device message through the emulator's HTTP API; prints its id.
     Send(cli::send::Args),

@@ -834,8 +834,12 @@ impl RunningConfig {
                 let path_buf = de.path();
                 let path = path_buf.as_path();
                 let path_str = &*path.to_string_lossy();
+                // c2d-gateway patch 4: a `.generating` file is a snapshot
+                // not yet complete (write_snapshot renames it when it is):
+                // never a candidate.
                 if path_str.starts_with(&*absolute_path.to_string_lossy())
                     && !path_str.ends_with(".in___motion")
+                    && !path_str.ends_with(".generating")
                 {
                     Some(path.to_path_buf())
                 } else {

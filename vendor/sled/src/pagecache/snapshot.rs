@@ -456,6 +456,7 @@ pub fn read_snapshot_or_default(config: &RunningConfig) -> Result<Snapshot> {
 /// Returns an error if the read snapshot was corrupted.
 /// Returns `Ok(Some(snapshot))` if there was nothing written.
 fn read_snapshot(config: &RunningConfig) -> Result<Option<Snapshot>> {
+    remove_unfinished_snapshots(config)?;
     let mut candidates = config.get_snapshot_files()?;
     if candidates.is_empty() {
         debug!("no previous snapshot found");
@@ -507,6 +508,29 @@ fn read_snapshot(config: &RunningConfig) -> Result<Option<Snapshot>> {
     let bytes = buf;
 
     Snapshot::deserialize(&mut bytes.as_slice()).map(Some)
+}
+
+/// c2d-gateway patch 4: a process killed while writing a snapshot leaves
+/// its `snap.*.generating` file (empty, or partly written); read at the
+/// next start as the newest snapshot, it made the whole store "corrupt".
+/// Nothing else writes snapshots while the store is being opened (the
+/// store's lock is held), so what is left of them is removed here.
+fn remove_unfinished_snapshots(config: &RunningConfig) -> Result<()> {
+    let dir = config.get_path();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for de in entries {
+        let path = de?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.as_deref().map_or(false, |n| n.starts_with("snap.") && n.ends_with(".generating")) {
+            warn!("removing an unfinished snapshot file {:?} (a process stopped while writing it)", path);
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {

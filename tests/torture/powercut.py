@@ -159,7 +159,7 @@ class PowerCutScenario(Scenario):
     """torture.Scenario on Mosquitto, with every kill turned into a power cut."""
 
     def __init__(self, name, binary, workdir: Path, count: int, cuts: int, rng, value_base: int,
-                 cut_mode: str = "mixed", large: bool = True, startup_share: float = 0.15):
+                 cut_mode: str = "mixed", large: bool = True, startup_share: float = 0.3):
         workdir = Path(workdir)
         self.mount = lazyfs.Mount(workdir / "lazyfs-backing", workdir / "state", workdir / "lazyfs.sock",
                                   workdir / "lazyfs.log")
@@ -460,8 +460,8 @@ def main(argv=None) -> int:
                    help="no 160-250 KiB bodies (they become sled blob files; see the README)")
     p.add_argument("--large-kib", default="160,250", metavar="LO,HI",
                    help="size range of the large bodies in KiB (default 160,250; max_body is 256 KiB)")
-    p.add_argument("--startup-share", type=float, default=0.15,
-                   help="share of the cuts that hit a gateway just started (journal open and recovery)")
+    p.add_argument("--startup-share", type=float, default=0.3,
+                   help="share of the cuts that hit a gateway just started (journal open and recovery, where sled once left a half-written snapshot behind; 0.3)")
     p.add_argument("--self-test-only", action="store_true", help="only lazyfs's self-test")
     args = p.parse_args(argv)
 

@@ -182,3 +182,22 @@ fn enrollment(spec: &str) -> Result<(String, Enrollment), String> {
     };
     Ok((id.to_string(), e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrollments_and_x509_devices_are_read_or_refused_with_the_form_expected() {
+        let t = "AB".repeat(32);
+        assert_eq!(enrollment("r1:c2VjcmV0").unwrap(), ("r1".into(), Enrollment::Key("c2VjcmV0".into())));
+        assert_eq!(enrollment(&format!("r2:x509={t}")).unwrap().1, Enrollment::X509(t.clone()));
+        for bad in ["r1", ":c2VjcmV0", "r1:not base64!", "r1:x509=abc", "r1:"] {
+            assert!(enrollment(bad).unwrap_err().contains("REGISTRATION_ID:BASE64KEY"), "{bad}");
+        }
+        assert_eq!(x509_auth("d", "x509-ca").unwrap(), Some(X509Auth::Ca));
+        assert_eq!(x509_auth("d", &format!("x509={t}")).unwrap(), Some(X509Auth::Thumbprint(t)));
+        assert_eq!(x509_auth("d", "c2VjcmV0").unwrap(), None, "a SAS key");
+        assert!(x509_auth("d", "x509=12").unwrap_err().contains("64 hex digits"));
+    }
+}

@@ -13,7 +13,7 @@
 
 use super::net::{Endpoint, Net, Scheme};
 use super::{azure::sas, HubError};
-use crate::config::{Config, Secret, Transport};
+use crate::config::{Config, Secret};
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -143,20 +143,10 @@ impl Dps {
             ),
             _ => (d.global_endpoint.clone(), 0),
         };
-        let endpoint = match cfg.hub.transport {
-            Transport::Websockets => Endpoint {
-                scheme: Scheme::Wss,
-                port: if port == 0 { 443 } else { port },
-                path: "/$iothub/websocket".into(),
-                host,
-            },
-            Transport::Tls => {
-                Endpoint { scheme: Scheme::Mqtts, port: if port == 0 { 8883 } else { port }, path: String::new(), host }
-            }
-            Transport::Mqtt => {
-                Endpoint { scheme: Scheme::Mqtt, port: if port == 0 { 1883 } else { port }, path: String::new(), host }
-            }
-        };
+        let scheme = Scheme::of(cfg.hub.transport);
+        let path = if scheme.websocket() { "/$iothub/websocket" } else { "" };
+        let port = if port == 0 { scheme.default_port() } else { port };
+        let endpoint = Endpoint { scheme, host, port, path: path.into() };
         if endpoint.scheme == Scheme::Mqtt && !super::is_loopback(&endpoint.host) {
             return Err(HubError::Config(format!(
                 "transport = \"mqtt\" (no TLS) is only allowed for a DPS on this machine, not {}",

@@ -39,7 +39,16 @@ impl Scheme {
         }
     }
 
-    fn default_port(self) -> u16 {
+    /// How IoT Hub (and DPS) is reached with this `transport`.
+    pub fn of(transport: crate::config::Transport) -> Scheme {
+        match transport {
+            crate::config::Transport::Tls => Scheme::Mqtts,
+            crate::config::Transport::Mqtt => Scheme::Mqtt,
+            crate::config::Transport::Websockets => Scheme::Wss,
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
         match self {
             Scheme::Mqtt => 1883,
             Scheme::Mqtts => 8883,

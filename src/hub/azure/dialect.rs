@@ -98,17 +98,13 @@ fn read_secret_file(path: &Path) -> Result<String, HubError> {
 /// `wss://{host}:443/$iothub/websocket` (with `?iothub-no-client-cert=true`
 /// unless the device shows a certificate).
 pub fn azure_endpoint(host: &str, transport: Transport, port: Option<u16>, x509: bool) -> Endpoint {
-    let (scheme, default_port) = match transport {
-        Transport::Tls => (Scheme::Mqtts, 8883),
-        Transport::Mqtt => (Scheme::Mqtt, 1883),
-        Transport::Websockets => (Scheme::Wss, 443),
-    };
+    let scheme = Scheme::of(transport);
     let path = match (transport, x509) {
         (Transport::Websockets, false) => "/$iothub/websocket?iothub-no-client-cert=true",
         (Transport::Websockets, true) => "/$iothub/websocket",
         _ => "",
     };
-    Endpoint { scheme, host: host.to_string(), port: port.unwrap_or(default_port), path: path.to_string() }
+    Endpoint { scheme, host: host.to_string(), port: port.unwrap_or(scheme.default_port()), path: path.to_string() }
 }
 
 impl AzureDialect {

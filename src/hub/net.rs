@@ -229,8 +229,8 @@ pub struct Net {
 
 impl Net {
     /// Fresh MQTT options for `endpoint` with this way to it (certificate
-    /// files are read each time: a renewed certificate is used on the next
-    /// connection).
+    /// files are read each time this is called: at the link's start and
+    /// after a new DPS assignment; reconnects reuse the options).
     pub fn options(&self, client_id: String, endpoint: &Endpoint) -> Result<MqttOptions, HubError> {
         let mut o = if endpoint.scheme.websocket() {
             // rumqttc takes the whole URL as the broker address for WebSockets.

@@ -76,6 +76,9 @@ fn quick_bench_writes_every_figure() {
         }
     }
     assert_eq!(num(&v, "latency.fixed_rate.offered_per_s"), 200.0);
+    // The disk's own durable append at that rate (the floor under the latency).
+    assert_eq!(num(&v, "latency.disk_append.samples"), 200.0);
+    assert!(num(&v, "latency.disk_append.p99_ms") >= num(&v, "latency.disk_append.p50_ms"));
     let rtu = v["rtu"].as_array().expect("rtu runs");
     assert_eq!(rtu.iter().map(|r| r["baud"].as_u64().unwrap()).collect::<Vec<_>>(), [9600, 115_200]);
     for r in rtu {

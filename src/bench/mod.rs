@@ -7,6 +7,7 @@
 //! removed when it ends, on errors and on Ctrl-C too.
 
 mod ceiling;
+mod disk;
 mod footprint;
 mod gateway;
 mod latency;
@@ -70,6 +71,8 @@ pub struct Plan {
     pub sat_secs: f64,
     pub fixed_secs: f64,
     pub fixed_rate: f64,
+    /// How long the disk's durable append is measured at `fixed_rate`.
+    pub disk_secs: f64,
     pub rtu_secs: f64,
     pub rtu_reply_time: Duration,
     pub service_time: Duration,
@@ -93,6 +96,7 @@ impl Plan {
             sat_secs: if q { 1.5 } else { 10.0 },
             fixed_secs: if q { 2.0 } else { 20.0 },
             fixed_rate: 200.0,
+            disk_secs: if q { 1.0 } else { 10.0 },
             rtu_secs: if q { 1.5 } else { 10.0 },
             rtu_reply_time: a.rtu_reply_time,
             service_time: a.device_service_time,
@@ -157,6 +161,14 @@ async fn bench(a: Args) -> Result<(), String> {
     for n in [1, 8, 64].into_iter().filter(|_| runs(Phase::Throughput)) {
         eprintln!("bench: throughput with {n} Modbus TCP device(s)");
         let fixed = (n == 8).then_some(plan.fixed_rate);
+        if fixed.is_some() {
+            let (dir, rate, secs) = (plan.dir.clone(), plan.fixed_rate, plan.disk_secs);
+            match tokio::task::spawn_blocking(move || disk::durable_append(&dir, rate, secs)).await {
+                Ok(Ok(p)) => r.latency.disk_append = Some(p),
+                Ok(Err(e)) => r.errors.push(format!("the disk's durable append: {e}")),
+                Err(e) => r.errors.push(format!("the disk's durable append: {e}")),
+            }
+        }
         match throughput::run(&plan, n, fixed).await {
             Ok(o) => {
                 if n == 8 {

@@ -2,7 +2,7 @@
 //! pass or miss) and the same as JSON, with the machine and the gateway.
 
 use super::footprint::Footprint;
-use super::latency::{FixedRate, Latency};
+use super::latency::{FixedRate, Latency, Percentiles};
 use super::{ceiling, rtu, throughput};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -31,6 +31,9 @@ pub struct Results {
 
 #[derive(Debug, Default, Serialize)]
 pub struct LatencyResults {
+    /// The disk alone: a 256-byte append and fdatasync at the fixed rate
+    /// (what each admission's flush costs at least; `bench/disk.rs`).
+    pub disk_append: Option<Percentiles>,
     pub fixed_rate: Option<FixedRate>,
     pub saturation: Option<Saturation>,
 }
@@ -127,6 +130,10 @@ impl Results {
             Some((false, 1.0)),
         );
         add(format!("gateway-added latency @{rate}/s max"), fixed.map(|l| l.gateway_added.max_ms), "ms", None);
+        // The floor under it: each message waits for one durable write.
+        let disk = self.latency.disk_append.as_ref();
+        add(format!("the disk alone: append + fdatasync @{rate}/s p50"), disk.map(|d| d.p50_ms), "ms", None);
+        add(format!("the disk alone: append + fdatasync @{rate}/s p99"), disk.map(|d| d.p99_ms), "ms", None);
         add(format!("PUBLISH->PUBACK @{rate}/s p50"), fixed.map(|l| l.publish_to_puback.p50_ms), "ms", None);
         add(
             format!("PUBLISH->PUBACK @{rate}/s p99"),

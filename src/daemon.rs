@@ -14,6 +14,11 @@ use tokio::sync::{mpsc, watch};
 /// EX_CONFIG); the systemd unit lists it in RestartPreventExitStatus.
 pub const EXIT_CONFIG: i32 = 78;
 
+/// Exit status after a clean stop for a restart (sysexits EX_TEMPFAIL):
+/// DPS assigned another device id, which the next start takes from the
+/// cached assignment. The unit's `Restart=on-failure` starts it again.
+pub const EXIT_RESTART: i32 = 75;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
@@ -22,6 +27,9 @@ pub enum DaemonError {
     Runtime(String),
     #[error("{0}")]
     Buses(#[from] crate::bus::SpawnError),
+    /// Stopped cleanly to start again (see [`EXIT_RESTART`]).
+    #[error("stopped to restart: {0}")]
+    Restart(String),
 }
 
 impl DaemonError {
@@ -29,6 +37,7 @@ impl DaemonError {
         match self {
             DaemonError::Config(_) | DaemonError::Buses(_) => EXIT_CONFIG,
             DaemonError::Runtime(_) => 1,
+            DaemonError::Restart(_) => EXIT_RESTART,
         }
     }
 }
@@ -194,7 +203,8 @@ pub async fn run(
     pipeline.start_buses()?;
     pipeline.recover().await.map_err(|e| DaemonError::Runtime(format!("journal recovery failed: {e}")))?;
 
-    let link_task = tokio::spawn(link::run(link_dialect, hub_events_tx, hub_cmd_rx, hub_stop_rx));
+    let (restart_tx, mut restart_rx) = watch::channel(None::<String>);
+    let link_task = tokio::spawn(link::run(link_dialect, hub_events_tx, hub_cmd_rx, hub_stop_rx, restart_tx));
     let (pipe_stop_tx, pipe_stop_rx) = watch::channel(false);
     let pipe_task = tokio::spawn(pipeline.run(hub_events_rx, done_rx, readings_rx, reload_rx, asks_rx, pipe_stop_rx));
     let ctx = Arc::new(crate::operate::Ctx {
@@ -216,6 +226,7 @@ pub async fn run(
     let mut wd_tick = tokio::time::interval(watchdog.map_or(std::time::Duration::from_secs(3600), |d| d / 2));
     let mut last_beat = u64::MAX;
     let mut journal_failed: Option<String> = None;
+    let mut restart: Option<String> = None;
     const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
     let (mut status_due, mut last_hub) = (false, false);
     let now = tokio::time::Instant::now();
@@ -226,6 +237,13 @@ pub async fn run(
                 tracing::error!(error = %why, "the journal cannot be written (disk full?): stopping; nothing that is not in the journal was acknowledged, and the service manager starts the gateway again");
                 journal_failed = Some(why);
                 break;
+            }
+            Ok(()) = restart_rx.changed() => {
+                if let Some(why) = restart_rx.borrow_and_update().clone() {
+                    tracing::warn!(reason = %why, "stopping cleanly to restart");
+                    restart = Some(why);
+                    break;
+                }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
@@ -299,7 +317,10 @@ pub async fn run(
     }
     journal.seal().await.map_err(|e| DaemonError::Runtime(format!("final flush failed: {e}")))?;
     tracing::info!(journal_flushes = journal.flushes(), "stopped");
-    Ok(())
+    match restart {
+        Some(why) => Err(DaemonError::Restart(why)),
+        None => Ok(()),
+    }
 }
 
 /// Takes the hub events nobody else reads any more until the link has

@@ -119,6 +119,10 @@ fn main() -> ExitCode {
             };
             match rt.block_on(daemon::run(cfg, Some(config.clone()), None)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e @ daemon::DaemonError::Restart(_)) => {
+                    eprintln!("c2d-gateway: {e}");
+                    ExitCode::from(e.exit_code() as u8)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "c2d-gateway stopped on an error");
                     eprintln!("c2d-gateway: {e}");

@@ -215,6 +215,45 @@ async fn a_gateway_with_only_dps_provisions_delivers_and_provisions_again_when_m
     gw.stop().await;
 }
 
+/// DPS assigns another device id (a custom allocation policy, a device
+/// enrolled again under a new id): the gateway stops cleanly (the journal
+/// sealed, as on SIGTERM) with the restart status 75, and the restart runs
+/// as the new device from the cached assignment; nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_id_from_dps_stops_the_gateway_cleanly_and_the_restart_runs_as_it() {
+    let rig = Rig::with(dps_rig_options(EmulatorOptions::default())).await;
+    let hub = format!(
+        "transport = \"mqtt\"\nport = {port}\n[hub.dps]\nid_scope = \"{SCOPE}\"\nregistration_id = \"gw-dps\"\n\
+         global_endpoint = \"127.0.0.1:{port}\"\nsymmetric_key_file = \"{key}\"",
+        port = rig.emu.mqtt_addr().unwrap().port(),
+        key = secret_file(&rig, "dps.key", &format!("{KEY}\n")).display()
+    );
+    let cfg = rig.config_hub(&hub, "");
+    let gw = Gateway::start(&cfg).await;
+    wait_until("registered at DPS", T, || rig.emu.shared().dps().registrations == 1).await;
+    send_to(&rig, "gw-dps", "n-1", 201);
+    wait_until("n-1 delivered", T, || delivered_reports(&rig, "gw-dps") == ["n-1"]).await;
+
+    // Moved, and DPS now assigns the registration another device id.
+    rig.emu.shared().dps().device_ids.insert("gw-dps".into(), "gw-dps-2".into());
+    assert!(rig.emu.shared().move_device("gw-dps"));
+    let err = gw.ended(Duration::from_secs(30)).await.expect_err("a restart is asked for");
+    assert!(matches!(err, c2d_gateway::daemon::DaemonError::Restart(_)), "{err}");
+    assert_eq!(err.exit_code(), 75);
+    assert!(err.to_string().contains("gw-dps-2"), "{err}");
+    assert!(rig.state.path().join("journal").join("c2d-sealed").exists(), "stopped cleanly: the journal is sealed");
+    let cache = std::fs::read_to_string(rig.state.path().join("dps-assignment.json")).unwrap();
+    assert!(cache.contains("gw-dps-2"), "{cache}");
+
+    // The restart connects as the new device without registering again.
+    let gw = Gateway::start(&cfg).await;
+    send_to(&rig, "gw-dps-2", "n-2", 202);
+    wait_until("n-2 delivered as gw-dps-2", T, || delivered_reports(&rig, "gw-dps-2") == ["n-2"]).await;
+    assert_eq!(rig.emu.shared().dps().registrations, 2);
+    assert_eq!(mode_writes(&rig), [201, 202], "each command written once");
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_member_provisions_over_websockets_with_its_derived_key() {
     let rig = Rig::with(dps_rig_options(EmulatorOptions::default())).await;

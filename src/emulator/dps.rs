@@ -35,6 +35,9 @@ pub struct DpsState {
     pub individual: HashMap<String, Enrollment>,
     /// Enrollment groups: (name, key base64).
     pub groups: Vec<(String, String)>,
+    /// The device id a registration is assigned (as a custom allocation
+    /// policy may give); absent: the registration id.
+    pub device_ids: HashMap<String, String>,
     /// Operation id → (registration id, device id).
     pub(super) operations: HashMap<String, (String, String)>,
     pub(super) next_op: u64,
@@ -175,9 +178,10 @@ fn request(
         }
         // The device joins the hub (again) with the credentials it attested with.
         let cred = credential.take().unwrap_or(Credential::Key(String::new()));
+        let device = shared.dps().device_ids.get(reg).cloned().unwrap_or_else(|| reg.to_string());
         {
             let mut st = shared.state();
-            let d = st.devices.entry(reg.to_string()).or_default();
+            let d = st.devices.entry(device.clone()).or_default();
             match cred {
                 Credential::Key(k) => (d.key, d.x509) = (k, None),
                 Credential::X509(a) => (d.key, d.x509) = (String::new(), Some(a)),
@@ -187,7 +191,7 @@ fn request(
         st.next_op += 1;
         st.registrations += 1;
         let op = format!("4.{:016x}.{}", st.next_op, reg);
-        st.operations.insert(op.clone(), (reg.to_string(), reg.to_string()));
+        st.operations.insert(op.clone(), (reg.to_string(), device));
         tracing::info!(registration = %reg, "emulator: DPS registration");
         return (202, rid, serde_json::json!({"operationId": op, "status": "assigning"}));
     }

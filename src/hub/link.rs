@@ -89,14 +89,19 @@ impl AcksOut {
 /// PUBACKs written while stopping. Events the pipeline cannot take any
 /// more (its receiver dropped) are dropped: the daemon drains the
 /// receiver while the link stops, so none are lost that way.
+///
+/// When DPS assigns another device id, the link says so on `restart` and
+/// waits for `shutdown`: the daemon stops cleanly and exits 75 (a restart
+/// reads the cached assignment).
 pub async fn run(
     mut dialect: Dialect,
     events: mpsc::Sender<HubEvent>,
     mut commands: mpsc::UnboundedReceiver<HubCommand>,
     mut shutdown: watch::Receiver<bool>,
+    restart: watch::Sender<Option<String>>,
 ) -> Stopped {
     let mut failures: u32 = 0;
-    if dialect.needs_provisioning() && !provision(&mut dialect, &mut shutdown).await {
+    if dialect.needs_provisioning() && !provision(&mut dialect, &mut shutdown, &restart).await {
         return Stopped::default();
     }
     let opts = loop {
@@ -291,7 +296,7 @@ pub async fn run(
                             _ = shutdown.changed() => return Stopped::default(),
                         }
                         if reprovision {
-                            if !provision(&mut dialect, &mut shutdown).await {
+                            if !provision(&mut dialect, &mut shutdown, &restart).await {
                                 return Stopped::default();
                             }
                             match dialect.mqtt_options() {
@@ -456,10 +461,15 @@ fn reclaim_publishes(eventloop: &mut rumqttc::EventLoop, outbox: &mut VecDeque<H
 }
 
 /// Registers through DPS until it works (back-off between attempts) or the
-/// gateway stops (false). A new device id ends the process (exit status
-/// 75): the pipeline runs under the old one, and a restart reads the cached
-/// assignment.
-async fn provision(dialect: &mut Dialect, shutdown: &mut watch::Receiver<bool>) -> bool {
+/// gateway stops (false). A new device id stops the gateway: the pipeline
+/// runs under the old one (its reports, methods and twin), so the link asks
+/// the daemon for a clean stop and a restart (`restart`) and connects no
+/// more; the restart reads the cached assignment.
+async fn provision(
+    dialect: &mut Dialect,
+    shutdown: &mut watch::Receiver<bool>,
+    restart: &watch::Sender<Option<String>>,
+) -> bool {
     let mut failures: u32 = 0;
     loop {
         let r = tokio::select! {
@@ -469,8 +479,13 @@ async fn provision(dialect: &mut Dialect, shutdown: &mut watch::Receiver<bool>) 
         match r {
             Ok(()) => return true,
             Err(e @ super::dps::DpsError::DeviceIdChanged { .. }) => {
-                tracing::error!(error = %e, "restarting");
-                std::process::exit(75);
+                let _ = restart.send(Some(e.to_string()));
+                while !*shutdown.borrow_and_update() {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+                return false;
             }
             Err(e) => {
                 failures += 1;

@@ -218,7 +218,7 @@ impl Link {
         let (ev_tx, events) = mpsc::channel(4096);
         let (commands, cmd_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(link::run(dialect(port), ev_tx, cmd_rx, stop_rx));
+        let task = tokio::spawn(link::run(dialect(port), ev_tx, cmd_rx, stop_rx, watch::channel(None).0));
         Link {
             task,
             events,

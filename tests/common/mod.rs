@@ -37,6 +37,13 @@ impl Gateway {
         Gateway { stop, task }
     }
 
+    /// Waits (at most `within`) for the gateway to stop by itself.
+    pub async fn ended(self, within: Duration) -> Result<(), DaemonError> {
+        let r = tokio::time::timeout(within, self.task).await.expect("the gateway stops by itself");
+        drop(self.stop);
+        r.expect("task")
+    }
+
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         tokio::time::timeout(Duration::from_secs(10), self.task)

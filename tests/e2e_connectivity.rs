@@ -181,8 +181,9 @@ fn mode_writes(rig: &Rig) -> Vec<u16> {
     rig.dev.writes().into_iter().filter(|w| w.address == 10).flat_map(|w| w.registers).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_with_only_dps_provisions_delivers_and_provisions_again_when_moved() {
+/// A rig with DPS and the gateway's config for registration `gw-dps` by
+/// its individual key, over plain MQTT to the emulator (DPS on the same port).
+async fn dps_only_rig() -> (Rig, String) {
     let rig = Rig::with(dps_rig_options(EmulatorOptions::default())).await;
     let hub = format!(
         "transport = \"mqtt\"\nport = {port}\n[hub.dps]\nid_scope = \"{SCOPE}\"\nregistration_id = \"gw-dps\"\n\
@@ -191,6 +192,12 @@ async fn a_gateway_with_only_dps_provisions_delivers_and_provisions_again_when_m
         key = secret_file(&rig, "dps.key", &format!("{KEY}\n")).display()
     );
     let cfg = rig.config_hub(&hub, "");
+    (rig, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_only_dps_provisions_delivers_and_provisions_again_when_moved() {
+    let (rig, cfg) = dps_only_rig().await;
     let gw = Gateway::start(&cfg).await;
     wait_until("registered at DPS", T, || rig.emu.shared().dps().registrations == 1).await;
     send_to(&rig, "gw-dps", "d-1", 101);
@@ -221,14 +228,7 @@ async fn a_gateway_with_only_dps_provisions_delivers_and_provisions_again_when_m
 /// as the new device from the cached assignment; nothing runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_device_id_from_dps_stops_the_gateway_cleanly_and_the_restart_runs_as_it() {
-    let rig = Rig::with(dps_rig_options(EmulatorOptions::default())).await;
-    let hub = format!(
-        "transport = \"mqtt\"\nport = {port}\n[hub.dps]\nid_scope = \"{SCOPE}\"\nregistration_id = \"gw-dps\"\n\
-         global_endpoint = \"127.0.0.1:{port}\"\nsymmetric_key_file = \"{key}\"",
-        port = rig.emu.mqtt_addr().unwrap().port(),
-        key = secret_file(&rig, "dps.key", &format!("{KEY}\n")).display()
-    );
-    let cfg = rig.config_hub(&hub, "");
+    let (rig, cfg) = dps_only_rig().await;
     let gw = Gateway::start(&cfg).await;
     wait_until("registered at DPS", T, || rig.emu.shared().dps().registrations == 1).await;
     send_to(&rig, "gw-dps", "n-1", 201);

@@ -119,12 +119,11 @@ fn main() -> ExitCode {
             };
             match rt.block_on(daemon::run(cfg, Some(config.clone()), None)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e @ daemon::DaemonError::Restart(_)) => {
-                    eprintln!("c2d-gateway: {e}");
-                    ExitCode::from(e.exit_code() as u8)
-                }
                 Err(e) => {
-                    tracing::error!(error = %e, "c2d-gateway stopped on an error");
+                    // A restart asked for (exit 75) is logged by the daemon.
+                    if !matches!(e, daemon::DaemonError::Restart(_)) {
+                        tracing::error!(error = %e, "c2d-gateway stopped on an error");
+                    }
                     eprintln!("c2d-gateway: {e}");
                     ExitCode::from(e.exit_code() as u8)
                 }

@@ -163,9 +163,9 @@ async fn bench(a: Args) -> Result<(), String> {
         let fixed = (n == 8).then_some(plan.fixed_rate);
         if fixed.is_some() {
             let (dir, rate, secs) = (plan.dir.clone(), plan.fixed_rate, plan.disk_secs);
-            match tokio::task::spawn_blocking(move || disk::durable_append(&dir, rate, secs)).await {
-                Ok(Ok(p)) => r.latency.disk_append = Some(p),
-                Ok(Err(e)) => r.errors.push(format!("the disk's durable append: {e}")),
+            let took = tokio::task::spawn_blocking(move || disk::durable_append(&dir, rate, secs)).await;
+            match took.map_err(|e| e.to_string()).and_then(|t| t) {
+                Ok(p) => r.latency.disk_append = Some(p),
                 Err(e) => r.errors.push(format!("the disk's durable append: {e}")),
             }
         }

@@ -39,9 +39,7 @@ impl Gateway {
 
     /// Waits (at most `within`) for the gateway to stop by itself.
     pub async fn ended(self, within: Duration) -> Result<(), DaemonError> {
-        let r = tokio::time::timeout(within, self.task).await.expect("the gateway stops by itself");
-        drop(self.stop);
-        r.expect("task")
+        tokio::time::timeout(within, self.task).await.expect("the gateway stops by itself").expect("task")
     }
 
     pub async fn stop(self) {
